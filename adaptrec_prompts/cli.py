@@ -1,0 +1,112 @@
+"""The `adaptrec` command line. Subcommands grow with the stages; each prints what it did."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from adaptrec_prompts.errors import AdaptRecError
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from adaptrec_prompts.data.download import download
+    from adaptrec_prompts.prepare import build, save
+    from adaptrec_prompts.protocol import ProtocolConfig
+
+    config = ProtocolConfig(
+        history_len=args.history_len, min_history=args.min_history, k_candidates=args.k_candidates,
+        seed=args.seed, extended_seeds=args.extended_seeds,
+    )
+    raw_dir = args.raw_dir or download(args.dataset, args.cache_dir)
+    ddict, titles, manifest = build(args.dataset, raw_dir, config, items_file=args.items_file)
+    out = save(ddict, titles, manifest, args.out, overwrite=args.overwrite)
+    counts = ", ".join(f"{s}={n}" for s, n in manifest["counts"]["examples"].items())
+    print(f"wrote {out} ({args.dataset}, seed {args.seed}): {counts}")
+
+
+def _cmd_stats(args: argparse.Namespace) -> None:
+    from adaptrec_prompts.prepare import stats
+
+    info = stats(args.dir)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    print(f"dataset {info['dataset']}: {info['items']} items")
+    print(f"{'split':<14}{'users':>8}{'examples':>10}  history length: examples")
+    for split, s in info["splits"].items():
+        hist = " ".join(f"{k}:{v}" for k, v in s["history_length"].items())
+        print(f"{split:<14}{s['users']:>8}{s['examples']:>10}  {hist}")
+
+
+def _cmd_download(args: argparse.Namespace) -> None:
+    from adaptrec_prompts.data.download import download
+
+    print(download(args.dataset, args.cache_dir))
+
+
+def _cmd_compare_llara(args: argparse.Namespace) -> None:
+    from adaptrec_prompts.data.fidelity import compare_llara_movielens
+
+    print(f"$ adaptrec data compare-llara --raw-dir {args.raw_dir} --llara-dir {args.llara_dir}")
+    print(f"{'split':<8}{'rows':>6}{'matched':>9}{'same split':>12}{'exact row':>11}{'target at last ts':>19}{'any tie order':>15}")
+    for split, c in compare_llara_movielens(args.raw_dir, args.llara_dir).items():
+        print(f"{split:<8}{c['rows']:>6}{c['matched_one_user']:>9}{c['user_in_same_split']:>12}"
+              f"{c['exact_row']:>11}{c['target_at_last_timestamp']:>19}{c['consistent_any_tie_order']:>15}")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from adaptrec_prompts.data import DATASET_NAMES
+
+    parser = argparse.ArgumentParser(prog="adaptrec", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    groups = parser.add_subparsers(dest="group", required=True)
+
+    data = groups.add_parser("data", help="datasets: download, prepare frozen splits, stats").add_subparsers(
+        dest="command", required=True)
+    prep = data.add_parser("prepare", help="raw files -> frozen example splits (DatasetDict + manifest)")
+    prep.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASET_NAMES)}")
+    prep.add_argument("--raw-dir", help="folder with the raw files (default: download into --cache-dir)")
+    prep.add_argument("--items-file", help="llara only: titles file when --raw-dir has none (ml-100k u.item)")
+    prep.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    prep.add_argument("--seed", type=int, default=0, help="candidate-sampling seed (default 0)")
+    prep.add_argument("--k-candidates", type=int, default=20)
+    prep.add_argument("--history-len", type=int, default=10)
+    prep.add_argument("--min-history", type=int, default=3)
+    prep.add_argument("--extended-seeds", type=int, default=1, help="candidate seeds in test_extended")
+    prep.add_argument("--cache-dir", default="artifacts/raw", help="where downloads are kept")
+    prep.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    prep.set_defaults(func=_cmd_prepare)
+
+    st = data.add_parser("stats", help="users, items, examples per split, history-length histogram")
+    st.add_argument("dir")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_cmd_stats)
+
+    dl = data.add_parser("download", help="fetch an official archive (needs a network)")
+    dl.add_argument("--dataset", required=True, choices=["ml-100k", "lastfm"])
+    dl.add_argument("--cache-dir", default="artifacts/raw")
+    dl.set_defaults(func=_cmd_download)
+
+    cmp_ = data.add_parser("compare-llara", help="how many LLaRA MovieLens rows our raw protocol reproduces")
+    cmp_.add_argument("--raw-dir", required=True, help="ml-100k raw folder")
+    cmp_.add_argument("--llara-dir", required=True, help="LLaRA data/ref/movielens folder")
+    cmp_.set_defaults(func=_cmd_compare_llara)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        args.func(args)
+    except AdaptRecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Named errors. Every message says what was received, what was expected, and how to fix it."""
+
+
+class AdaptRecError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class DataError(AdaptRecError, ValueError):
+    """A data file is missing, malformed or inconsistent. The message names the file (and line)."""
+
+
+class UnsafePickleError(DataError):
+    """A pickle asked for a class outside the numpy/pandas allow-list and was refused unread."""
+
+
+class ConfigError(AdaptRecError, ValueError):
+    """An option has a value that cannot work; the message lists the valid values."""
+
+
+class OutputExistsError(AdaptRecError, FileExistsError):
+    """An output folder exists already; finished work is never overwritten silently."""
+
+
+class DownloadError(AdaptRecError):
+    """A download failed or its checksum did not match."""

@@ -1,0 +1,192 @@
+"""Frozen example splits on disk: build, save (with manifest), load and describe them.
+
+A prepared folder is `datasets.load_from_disk`-able as a DatasetDict (train, valid, test,
+test_extended) and also holds `items.jsonl` (item id -> title) and `manifest.json` (source sha256s,
+protocol parameters, seed, counts, package version, data hash). The same inputs and seed give
+byte-identical folders; nothing time- or machine-dependent is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import datasets
+
+from adaptrec_prompts import __version__
+from adaptrec_prompts.data import DATASET_NAMES, LOADERS, load_llara
+from adaptrec_prompts.data.interactions import Interactions
+from adaptrec_prompts.errors import ConfigError, DataError, OutputExistsError
+from adaptrec_prompts.protocol import ProtocolConfig, build_examples, draw_candidates, example_rng
+from adaptrec_prompts.schema import EXAMPLE_FEATURES, SPLITS
+
+MANIFEST = "manifest.json"
+ITEMS = "items.jsonl"
+FORMAT_VERSION = 1
+
+
+def _llara_examples(rows_by_split, titles: dict[int, str], config: ProtocolConfig) -> dict[str, list[dict]]:
+    """LLaRA rows as example rows: exact history/target, candidates drawn here with the recorded seed."""
+    import numpy as np
+
+    universe = np.asarray(sorted(titles), dtype=np.int64)
+    k = config.k_candidates
+    out: dict[str, list[dict]] = {split: [] for split in SPLITS}
+
+    def row(split: str, source: str, r, seed: int) -> dict:
+        candidates = draw_candidates(example_rng(seed, "llara", source, r.index), r.target, set(r.history),
+                                     universe, k)
+        suffix = f"/s{seed}" if split == "test_extended" else ""
+        return {
+            "example_id": f"{split}/{r.index}{suffix}", "split": split, "user_id": None, "position": None,
+            "history_item_ids": r.history, "target_item_id": r.target, "candidate_item_ids": candidates,
+            "candidate_seed": seed, "history_titles": [titles[i] for i in r.history],
+            "target_title": titles[r.target], "candidate_titles": [titles[i] for i in candidates],
+            "timestamp": None,
+        }
+
+    for split, rows in rows_by_split.items():
+        out[split] = [row(split, split, r, config.seed) for r in rows]
+    # LLaRA's test file is already its full test set (every window for LastFM, one per user for
+    # MovieLens); with no user ids we cannot add windows, so test_extended = test x candidate seeds.
+    for offset in range(config.extended_seeds):
+        out["test_extended"].extend(row("test_extended", "test", r, config.seed + offset)
+                                    for r in rows_by_split.get("test", []))
+    return out
+
+
+def build(dataset: str, raw_dir: str | Path, config: ProtocolConfig,
+          items_file: str | Path | None = None) -> tuple[datasets.DatasetDict, dict[int, str], dict]:
+    """Load raw files and build the frozen splits.
+
+    Returns:
+        (DatasetDict with SPLITS, {item id: title}, manifest without the data hash).
+
+    Raises:
+        ConfigError: unknown dataset name (the message lists the valid ones).
+        DataError: missing or malformed input files.
+    """
+    if dataset not in DATASET_NAMES:
+        raise ConfigError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASET_NAMES)}")
+    if dataset == "llara":
+        rows, titles, sources, notes = load_llara(raw_dir, items_file)
+        examples = _llara_examples(rows, titles, config)
+    else:
+        inter: Interactions = LOADERS[dataset](raw_dir)
+        titles, sources, notes = inter.titles, inter.sources, inter.notes
+        examples = build_examples(inter, config)
+    splits = {}
+    for split in SPLITS:
+        columns = {name: [r[name] for r in examples[split]] for name in EXAMPLE_FEATURES}
+        splits[split] = datasets.Dataset.from_dict(columns, features=EXAMPLE_FEATURES, split=split)
+    ddict = datasets.DatasetDict(splits)
+    users = {split: len({u for u in ddict[split]["user_id"] if u is not None}) for split in SPLITS}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "package": "adaptrec-prompts",
+        "package_version": __version__,
+        "dataset": dataset,
+        "protocol": config.to_dict(),
+        "seed": config.seed,
+        "sources": dict(sorted(sources.items())),
+        "loader_notes": notes,
+        "counts": {
+            "examples": {split: ddict[split].num_rows for split in SPLITS},
+            "users": users,
+            "items": len(titles),
+        },
+    }
+    return ddict, titles, manifest
+
+
+def _fingerprinted(ds: datasets.Dataset) -> datasets.Dataset:
+    """Give a split a fingerprint derived from its content, so state.json is reproducible."""
+    digest = hashlib.sha256()
+    for batch in ds.data.to_batches():
+        for column in batch.columns:
+            for buffer in column.buffers():
+                if buffer is not None:
+                    digest.update(buffer)
+    ds._fingerprint = digest.hexdigest()[:16]
+    return ds
+
+
+def data_hash(folder: Path) -> str:
+    """sha256 over every split's arrow files, in split order: the identity of a prepared folder."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        for path in sorted((folder / split).glob("*.arrow")):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def save(ddict: datasets.DatasetDict, titles: dict[int, str], manifest: dict, out: str | Path,
+         overwrite: bool = False) -> Path:
+    """Write a prepared folder atomically (a partial folder is renamed into place when complete).
+
+    Raises:
+        OutputExistsError: `out` exists and `overwrite` is false.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"output folder {str(out)!r} exists; pass --overwrite to replace it or choose "
+                                "another --out")
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        datasets.DatasetDict({s: _fingerprinted(ddict[s]) for s in SPLITS}).save_to_disk(
+            str(partial), num_shards={s: 1 for s in SPLITS})  # one shard each; an empty split still gets a file
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    with open(partial / ITEMS, "w", encoding="utf-8") as handle:
+        for item_id in sorted(titles):
+            handle.write(json.dumps({"item_id": item_id, "title": titles[item_id]}, ensure_ascii=False) + "\n")
+    manifest = {**manifest, "data_hash": data_hash(partial)}
+    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return out
+
+
+def load_manifest(folder: str | Path) -> dict:
+    """Read a prepared folder's manifest, with an error that says how to create one."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{str(path)!r} not found: {str(folder)!r} is not a prepared folder; create one with "
+                        "`adaptrec data prepare --dataset NAME --raw-dir PATH --out DIR`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_items(folder: str | Path) -> dict[int, str]:
+    """Read a prepared folder's item table."""
+    with open(Path(folder) / ITEMS, encoding="utf-8") as handle:
+        return {rec["item_id"]: rec["title"] for rec in map(json.loads, handle)}
+
+
+def load_prepared(folder: str | Path) -> datasets.DatasetDict:
+    """Open a prepared folder's splits (checks the manifest first)."""
+    load_manifest(folder)
+    return datasets.load_from_disk(str(folder))
+
+
+def stats(folder: str | Path) -> dict:
+    """Users, items, examples per split and the history-length histogram of a prepared folder."""
+    manifest = load_manifest(folder)
+    ddict = load_prepared(folder)
+    out = {"dataset": manifest["dataset"], "items": manifest["counts"]["items"], "splits": {}}
+    for split in SPLITS:
+        lengths = Counter(len(h) for h in ddict[split]["history_item_ids"])
+        out["splits"][split] = {
+            "examples": ddict[split].num_rows,
+            "users": manifest["counts"]["users"][split],
+            "history_length": dict(sorted(lengths.items())),
+        }
+    return out

@@ -1,0 +1,95 @@
+import json
+import subprocess
+import sys
+import zipfile
+
+import datasets
+import pytest
+
+from adaptrec_prompts.cli import main
+from adaptrec_prompts.data.download import Archive, download
+from adaptrec_prompts.data._io import sha256_file
+from adaptrec_prompts.errors import DownloadError
+
+
+def test_prepare_and_stats_goodreads(goodreads_raw, tmp_path, capsys):
+    out = tmp_path / "gr"
+    assert main(["data", "prepare", "--dataset", "goodreads", "--raw-dir", str(goodreads_raw), "--out", str(out),
+                 "--seed", "3"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    ddict = datasets.load_from_disk(str(out))
+    assert set(ddict) == {"train", "valid", "test", "test_extended"}
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 3
+    assert main(["data", "stats", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "dataset goodreads: 40 items" in printed and "test_extended" in printed
+
+
+def test_prepare_llara_movielens_with_items_file(llara_movielens_raw, ml100k_raw, tmp_path, capsys):
+    out = tmp_path / "llara-ml"
+    assert main(["data", "prepare", "--dataset", "llara", "--raw-dir", str(llara_movielens_raw),
+                 "--items-file", str(ml100k_raw / "u.item"), "--out", str(out)]) == 0
+    ddict = datasets.load_from_disk(str(out))
+    assert (ddict["train"].num_rows, ddict["valid"].num_rows, ddict["test"].num_rows) == (0, 94, 95)
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, goodreads_raw):
+    assert main(["data", "prepare", "--dataset", "nope", "--raw-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "valid: ml-100k, lastfm, goodreads, llara" in capsys.readouterr().err
+    assert main(["data", "prepare", "--dataset", "ml-100k", "--raw-dir", str(tmp_path), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "missing file" in capsys.readouterr().err
+    out = tmp_path / "exists"
+    out.mkdir()
+    assert main(["data", "prepare", "--dataset", "goodreads", "--raw-dir", str(goodreads_raw), "--out",
+                 str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["data", "stats", str(tmp_path)]) == 2
+    assert "adaptrec data prepare" in capsys.readouterr().err
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "adaptrec_prompts.cli", "data", "prepare", "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "--raw-dir" in result.stdout
+
+
+def _archive(tmp_path, content=b"1\t1\t5\t1\n"):
+    zpath = tmp_path / "ml-100k.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("ml-100k/u.data", content)
+    member = tmp_path / "member"
+    member.write_bytes(content)
+    return zpath, sha256_file(member)
+
+
+def test_download_verifies_and_unpacks(tmp_path):
+    zpath, digest = _archive(tmp_path)
+    arch = Archive(url=zpath.as_uri(), folder="ml-100k", file_sha256={"u.data": digest})
+    raw = download("ml-100k", tmp_path / "cache", archive=arch)
+    assert (raw / "u.data").read_bytes() == b"1\t1\t5\t1\n"
+    assert download("ml-100k", tmp_path / "cache", archive=arch) == raw  # cached, verified
+
+
+def test_download_rejects_a_wrong_checksum(tmp_path):
+    zpath, _ = _archive(tmp_path)
+    arch = Archive(url=zpath.as_uri(), folder="ml-100k", file_sha256={"u.data": "0" * 64})
+    with pytest.raises(DownloadError, match="does not match"):
+        download("ml-100k", tmp_path / "cache", archive=arch)
+    arch_md5 = Archive(url=zpath.as_uri(), folder="ml-100k", md5="0" * 32)
+    with pytest.raises(DownloadError, match="MD5"):
+        download("ml-100k", tmp_path / "cache2", archive=arch_md5)
+
+
+def test_download_offline_says_raw_dir(tmp_path):
+    arch = Archive(url="http://127.0.0.1:9/ml-100k.zip", folder="ml-100k")
+    with pytest.raises(DownloadError, match="--raw-dir"):
+        download("ml-100k", tmp_path, archive=arch, timeout=5)
+
+
+def test_import_stays_light():
+    code = ("import sys, adaptrec_prompts, adaptrec_prompts.cli; "
+            "heavy = [m for m in ('torch', 'chromadb', 'trl', 'transformers', 'peft') if m in sys.modules]; "
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
