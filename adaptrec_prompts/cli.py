@@ -20,7 +20,7 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         seed=args.seed, extended_seeds=args.extended_seeds,
     )
     raw_dir = args.raw_dir or download(args.dataset, args.cache_dir)
-    ddict, titles, manifest = build(args.dataset, raw_dir, config, items_file=args.items_file)
+    ddict, titles, manifest = build(args.dataset, raw_dir, config, items_file=args.items_file, domain=args.domain)
     out = save(ddict, titles, manifest, args.out, overwrite=args.overwrite)
     counts = ", ".join(f"{s}={n}" for s, n in manifest["counts"]["examples"].items())
     print(f"wrote {out} ({args.dataset}, seed {args.seed}): {counts}")
@@ -69,6 +69,7 @@ def make_parser() -> argparse.ArgumentParser:
     prep.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASET_NAMES)}")
     prep.add_argument("--raw-dir", help="folder with the raw files (default: download into --cache-dir)")
     prep.add_argument("--items-file", help="llara only: titles file when --raw-dir has none (ml-100k u.item)")
+    prep.add_argument("--domain", help="template domain to record (movies, music, books); default from dataset")
     prep.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     prep.add_argument("--seed", type=int, default=0, help="candidate-sampling seed (default 0)")
     prep.add_argument("--k-candidates", type=int, default=20)

@@ -22,6 +22,7 @@ from adaptrec_prompts.data import DATASET_NAMES, LOADERS, load_llara
 from adaptrec_prompts.data.interactions import Interactions
 from adaptrec_prompts.errors import ConfigError, DataError, OutputExistsError
 from adaptrec_prompts.protocol import ProtocolConfig, build_examples, draw_candidates, example_rng
+from adaptrec_prompts.render import DATASET_DOMAINS
 from adaptrec_prompts.schema import EXAMPLE_FEATURES, SPLITS
 
 MANIFEST = "manifest.json"
@@ -59,9 +60,13 @@ def _llara_examples(rows_by_split, titles: dict[int, str], config: ProtocolConfi
     return out
 
 
-def build(dataset: str, raw_dir: str | Path, config: ProtocolConfig,
-          items_file: str | Path | None = None) -> tuple[datasets.DatasetDict, dict[int, str], dict]:
+def build(dataset: str, raw_dir: str | Path, config: ProtocolConfig, items_file: str | Path | None = None,
+          domain: str | None = None) -> tuple[datasets.DatasetDict, dict[int, str], dict]:
     """Load raw files and build the frozen splits.
+
+    Args:
+        domain: template domain recorded in the manifest (default: from the dataset; LLaRA: movies when
+            titles come from u.item, music when from id2name.txt).
 
     Returns:
         (DatasetDict with SPLITS, {item id: title}, manifest without the data hash).
@@ -74,6 +79,7 @@ def build(dataset: str, raw_dir: str | Path, config: ProtocolConfig,
         raise ConfigError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASET_NAMES)}")
     if dataset == "llara":
         rows, titles, sources, notes = load_llara(raw_dir, items_file)
+        domain = domain or ("movies" if "u.item" in sources else "music")
         examples = _llara_examples(rows, titles, config)
     else:
         inter: Interactions = LOADERS[dataset](raw_dir)
@@ -90,6 +96,7 @@ def build(dataset: str, raw_dir: str | Path, config: ProtocolConfig,
         "package": "adaptrec-prompts",
         "package_version": __version__,
         "dataset": dataset,
+        "domain": domain or DATASET_DOMAINS[dataset],
         "protocol": config.to_dict(),
         "seed": config.seed,
         "sources": dict(sorted(sources.items())),

@@ -1,0 +1,39 @@
+"""API backends through `dspy.LM`, and the one function that turns an `--lm` spec into an LM.
+
+Keys come from the environment only (e.g. OPENAI_API_KEY, read by the provider client); they are
+never passed through our configs, results, manifests or saved programs.
+"""
+
+from __future__ import annotations
+
+import dspy
+
+from adaptrec_prompts.errors import ConfigError
+
+
+def api_lm(model: str, api_base: str | None = None, temperature: float = 0.0, max_tokens: int = 256,
+           cache: bool = True, num_retries: int = 3, **kwargs) -> dspy.LM:
+    """`dspy.LM` for any provider DSPy supports; `api_base` for OpenAI-compatible servers (vLLM, llama.cpp).
+
+    Example:
+        >>> lm = api_lm("openai/gpt-4o-mini")  # doctest: +SKIP
+        >>> lm = api_lm("openai/my-adapter", api_base="http://127.0.0.1:8000/v1")  # doctest: +SKIP
+    """
+    if "api_key" in kwargs:
+        raise ConfigError("pass API keys through the environment (e.g. OPENAI_API_KEY), not as an argument")
+    if api_base:
+        kwargs["api_base"] = api_base
+    return dspy.LM(model, temperature=temperature, max_tokens=max_tokens, cache=cache, num_retries=num_retries,
+                   **kwargs)
+
+
+def make_lm(spec: str, adapter: str | None = None, api_base: str | None = None, **kwargs) -> dspy.LM:
+    """`hf:PATH` -> local Hugging Face model (+ optional peft adapter); anything else -> `api_lm(spec)`."""
+    if spec.startswith("hf:"):
+        from adaptrec_prompts.backends.hf import hf_lm
+
+        return hf_lm(spec[3:], adapter=adapter, **kwargs)
+    if adapter:
+        raise ConfigError("--adapter applies to local models (hf:PATH); serve an adapter behind an "
+                          "OpenAI-compatible server (vLLM --lora-modules) for API use")
+    return api_lm(spec, api_base=api_base, **kwargs)

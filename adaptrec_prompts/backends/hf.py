@@ -1,0 +1,193 @@
+"""A local Hugging Face causal LM (+ optional peft LoRA adapter) as a DSPy engine, with scoring.
+
+`HFEngine` implements DSPy 3.4's engine contract (`complete(Request) -> Response`; the deprecated
+`BaseLM.forward` is not used) and plugs in with `dspy.LM("local/<name>", engine=HFEngine(...))`
+(`hf_lm` does this). It also offers:
+
+- `generate(list_of_messages)`: batched greedy generation (left padding) that stops at the adapter's
+  end marker `[[ ## completed ## ]]` (or EOS / max_new_tokens);
+- `score(messages, completions)`: the log-likelihood of each completion after the same prompt, from
+  one prefill whose KV cache is expanded to all completions (DESIGN.md §5); `score_separately` is the
+  K-passes reference it is tested against.
+
+Prompts use the tokenizer's chat template when it has one; base models without a template get a plain
+rendering (message contents joined by blank lines), which is what base models continue sensibly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import dspy
+import torch
+from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from adaptrec_prompts.errors import ConfigError
+
+END_MARKER = "[[ ## completed ## ]]"
+PROMPT_FORMATS = ("auto", "chat", "plain")
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def request_messages(request) -> list[dict]:
+    """A dspy.lm15 Request as OpenAI-style message dicts (system first)."""
+    messages = []
+    if request.system is not None:
+        system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system)
+        messages.append({"role": "system", "content": system})
+    messages.extend({"role": m.role, "content": m.text or ""} for m in request.messages)
+    return messages
+
+
+class HFEngine:
+    """Local causal LM engine for DSPy. Holds the model; DSPy modules never do.
+
+    Args:
+        model_path: a local folder with a transformers model and tokenizer.
+        adapter: optional peft adapter folder (LoRA) applied on top.
+        dtype: "float32" (fast on CPU) or "bfloat16".
+        max_new_tokens: generation budget.
+        prompt_format: "auto" (chat template if the tokenizer has one, else plain), "chat" or "plain".
+        stop: strings that end generation (default: the ChatAdapter's end marker).
+    """
+
+    def __init__(self, model_path: str | Path, adapter: str | Path | None = None, dtype: str = "float32",
+                 max_new_tokens: int = 64, prompt_format: str = "auto", stop: Sequence[str] = (END_MARKER,)):
+        if prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
+        if not Path(model_path).is_dir():
+            raise ConfigError(f"model folder {str(model_path)!r} not found: pass a local transformers model folder "
+                              "(config.json, weights, tokenizer files)")
+        self.model_path = str(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, dtype))
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter))
+        self.model = model.eval()
+        self.max_new_tokens = max_new_tokens
+        self.stop = tuple(stop)
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        if prompt_format == "chat" and not has_template:
+            raise ConfigError(f"{model_path}: the tokenizer has no chat template; use prompt_format='plain'")
+        self.use_chat = prompt_format == "chat" or (prompt_format == "auto" and has_template)
+        self._lock = threading.Lock()
+
+    # ---- prompts ----
+    def render(self, messages: Sequence[dict]) -> str:
+        """The prompt text for `messages` (chat template with generation prompt, or plain)."""
+        if self.use_chat:
+            return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+    def prompt_ids(self, messages: Sequence[dict]) -> list[int]:
+        # A chat template writes its own BOS; a plain prompt gets the tokenizer's special tokens.
+        return self.tokenizer(self.render(messages), add_special_tokens=not self.use_chat)["input_ids"]
+
+    # ---- generation ----
+    @torch.no_grad()
+    def generate(self, batch: Sequence[Sequence[dict]]) -> list[Generation]:
+        """Greedy generation for several conversations at once (left padding)."""
+        tok = self.tokenizer
+        ids = [self.prompt_ids(m) for m in batch]
+        width = max(len(x) for x in ids)
+        input_ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids])
+        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        with self._lock:
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention, do_sample=False,
+                                      max_new_tokens=self.max_new_tokens, stop_strings=list(self.stop) or None,
+                                      tokenizer=tok, pad_token_id=tok.pad_token_id)
+        results = []
+        for row, prompt in zip(out[:, width:].tolist(), ids, strict=True):
+            n = len(row)
+            while n and row[n - 1] == tok.pad_token_id:
+                n -= 1
+            text = tok.decode(row[:n], skip_special_tokens=True)
+            for marker in self.stop:
+                if marker in text:
+                    text = text[: text.index(marker) + len(marker)]
+            results.append(Generation(text=text, prompt_tokens=len(prompt), completion_tokens=n))
+        return results
+
+    def complete(self, request) -> Response:
+        gen = self.generate([request_messages(request)])[0]
+        return Response(id=None, model=Path(self.model_path).name, message=Message.assistant([TextPart(gen.text)]),
+                        finish_reason="stop", usage=Usage(input_tokens=gen.prompt_tokens,
+                                                          output_tokens=gen.completion_tokens,
+                                                          total_tokens=gen.prompt_tokens + gen.completion_tokens))
+
+    def stream(self, request):
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        pass
+
+    # ---- scoring ----
+    def _completion_ids(self, completions: Sequence[str]) -> list[list[int]]:
+        ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+        if any(not x for x in ids):
+            raise ConfigError("cannot score an empty completion")
+        return ids
+
+    @torch.no_grad()
+    def score(self, messages: Sequence[dict], completions: Sequence[str]) -> list[float]:
+        """Sum of log p(completion tokens | prompt) for each completion, with one shared prefill.
+
+        The prompt is run once; its KV cache is repeated for the K completions, which are then run as
+        one right-padded batch. Shapes: prefill (1, P); completions (K, L-1) after the first token,
+        whose log-probability comes from the prefill's last logits.
+        """
+        prompt = self.prompt_ids(messages)
+        comps = self._completion_ids(completions)
+        k, width = len(comps), max(len(c) for c in comps)
+        with self._lock:
+            out = self.model(input_ids=torch.tensor([prompt]), use_cache=True, logits_to_keep=1)
+            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+            scores = [first[c[0]].item() for c in comps]
+            if width == 1:
+                return scores
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(k)
+            pad = self.tokenizer.pad_token_id
+            fed = torch.tensor([c[:-1] + [pad] * (width - len(c)) for c in comps])  # (K, L-1)
+            mask = torch.tensor([[1] * len(prompt) + [1] * (len(c) - 1) + [0] * (width - len(c)) for c in comps])
+            positions = torch.arange(len(prompt), len(prompt) + width - 1).expand(k, -1)
+            logits = self.model(input_ids=fed, attention_mask=mask, position_ids=positions, cache=cache,
+                                use_cache=True).logits  # (K, L-1, V)
+        for j, c in enumerate(comps):
+            if len(c) > 1:
+                logp = torch.log_softmax(logits[j, : len(c) - 1].float(), dim=-1)
+                scores[j] += logp.gather(1, torch.tensor(c[1:])[:, None]).sum().item()
+        return scores
+
+    @torch.no_grad()
+    def score_separately(self, messages: Sequence[dict], completions: Sequence[str]) -> list[float]:
+        """Reference for `score`: one full forward pass per completion (K times the work)."""
+        prompt = self.prompt_ids(messages)
+        scores = []
+        for c in self._completion_ids(completions):
+            logits = self.model(input_ids=torch.tensor([prompt + c])).logits[0]
+            logp = torch.log_softmax(logits[len(prompt) - 1 : -1].float(), dim=-1)
+            scores.append(logp.gather(1, torch.tensor(c)[:, None]).sum().item())
+        return scores
+
+
+def hf_lm(model_path: str | Path, adapter: str | Path | None = None, **kwargs) -> dspy.LM:
+    """`dspy.LM` over an `HFEngine` (DSPy's response cache off: the model is local and deterministic)."""
+    engine = HFEngine(model_path, adapter=adapter, **kwargs)
+    name = Path(model_path).name + (f"+{Path(adapter).name}" if adapter else "")
+    return dspy.LM(f"local/{name}", engine=engine, cache=False, temperature=0.0, max_tokens=engine.max_new_tokens)

@@ -1,0 +1,65 @@
+"""Tiny Llama models built locally (no hub): a byte-level BPE tokenizer trained with `tokenizers` on the
+dataset's own text, and a randomly initialized `LlamaForCausalLM`. Used by tests, benchmarks and the
+CPU fine-tuning path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+SPECIALS = ("<s>", "</s>", "<pad>", "<unk>")
+CHAT_TEMPLATE = (
+    "<s>{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+SIZES = {  # name -> (hidden, intermediate, layers, heads); vocab comes from the tokenizer
+    "micro": (32, 64, 2, 4),
+    "small": (128, 344, 4, 4),
+    "25m": (512, 1376, 6, 8),
+}
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000, chat_template: bool = False):
+    """A byte-level BPE `PreTrainedTokenizerFast` trained on `texts` (any text round-trips)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+    if chat_template:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_llama(texts: Iterable[str], out_dir: str | Path, size: str = "micro", vocab_size: int = 2000,
+                     chat_template: bool = False, seed: int = 0) -> Path:
+    """Train a tokenizer on `texts`, build a random Llama of `size` (see SIZES), save both to `out_dir`.
+
+    Example:
+        >>> build_tiny_llama(["User 1 watched Alien (1979)."], "/tmp/tiny")  # doctest: +SKIP
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hidden, inter, layers, heads = SIZES[size]
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size, chat_template=chat_template)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=inter,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

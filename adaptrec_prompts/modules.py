@@ -1,0 +1,232 @@
+"""DSPy modules: UserSelector (Stage 2), NextItemRecommender (Stage 3), AdaptRec (1 -> 2 -> 3).
+
+Modules hold predictors and plain config only (a `Template`, strings, ints): no clients, models or
+files, so DSPy optimizers can deep-copy them. Stage-1 neighbours arrive as inputs, in embedding order.
+Programs are saved as JSON (`save_program` / `load_program`): the config plus DSPy's state
+(instructions, demos); never a pickle, never an LM endpoint or key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import dspy
+from dspy.utils.exceptions import AdapterParseError
+
+from adaptrec_prompts.errors import ConfigError
+from adaptrec_prompts.parsing import parse_choice, parse_selection, ranking_from_scores
+from adaptrec_prompts.protocol import example_rng
+from adaptrec_prompts.render import Template, load_template
+from adaptrec_prompts.scoring import score_completions
+from adaptrec_prompts.signatures import RecommendNextItem, RecommendNextItemZeroShot, SelectSimilarUsers
+
+logger = logging.getLogger(__name__)
+
+SELECTIONS = ("none", "random", "static", "adaptive")
+MODES = ("generate", "score")
+PROGRAM_FORMAT = 1
+
+
+def eval_adapter() -> dspy.ChatAdapter:
+    """The adapter for evaluation and SFT: ChatAdapter without the silent JSON retry (DESIGN.md §8)."""
+    return dspy.ChatAdapter(use_json_adapter_fallback=False)
+
+
+def _adapter() -> dspy.Adapter:
+    return dspy.settings.adapter or eval_adapter()
+
+
+class UserSelector(dspy.Module):
+    """Stage 2: the LM picks the M pool users most similar to the target user.
+
+    If the answer does not parse, the selection falls back to embedding order and says so
+    (`fallback=True`); if it names fewer than M users, embedding order fills the rest (`padded=True`).
+    """
+
+    def __init__(self, template: Template, m_select: int = 5):
+        super().__init__()
+        self.template = template
+        self.m_select = m_select
+        self.select = dspy.Predict(SelectSimilarUsers)
+
+    def forward(self, history_titles: Sequence[str], pool_histories: Sequence[Sequence[str]]) -> dspy.Prediction:
+        m = min(self.m_select, len(pool_histories))
+        raw, values = None, None
+        try:
+            with dspy.context(adapter=_adapter()):
+                pred = self.select(user_history=self.template.render_history(history_titles),
+                                   candidate_users=self.template.render_pool(pool_histories), select_count=m)
+            values = pred.selected_users
+        except AdapterParseError as exc:
+            raw = exc.lm_response
+        picked, reason = parse_selection(values, len(pool_histories), m) if values is not None else (
+            None, f"adapter could not parse the answer: {str(raw)[:200]!r}")
+        if picked is None:
+            return dspy.Prediction(indices=list(range(m)), fallback=True, padded=False, reason=reason)
+        padded = len(picked) < m
+        picked += [i for i in range(len(pool_histories)) if i not in picked][: m - len(picked)]
+        return dspy.Prediction(indices=picked, fallback=False, padded=padded, reason="")
+
+
+class NextItemRecommender(dspy.Module):
+    """Stage 3: pick the next item among K numbered candidates, with or without similar users.
+
+    mode="generate": the LM writes an answer, parsed exactly (parsing.parse_choice).
+    mode="score": every candidate's answer text is scored by log-likelihood after the same prompt
+    (one prefill, cache reused; the backend must support scoring), giving a full ranking.
+    """
+
+    def __init__(self, template: Template, mode: str = "generate", zero_shot: bool = False):
+        super().__init__()
+        if mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
+        self.template = template
+        self.mode = mode
+        self.zero_shot = zero_shot
+        self.recommend = dspy.Predict(RecommendNextItemZeroShot if zero_shot else RecommendNextItem)
+
+    def inputs(self, history_titles: Sequence[str], candidate_titles: Sequence[str],
+               similar_users: Sequence[tuple[Sequence[str], str]] = ()) -> dict[str, str]:
+        """The signature's input values, rendered with the template."""
+        values = {"user_history": self.template.render_history(history_titles),
+                  "candidates": self.template.render_candidates(candidate_titles)}
+        if not self.zero_shot:
+            values["similar_users"] = self.template.render_similar_users(similar_users)
+        return values
+
+    def answer_text(self, number: int, title: str) -> str:
+        """The answer a candidate would be, as the signature asks for it."""
+        return self.template.render_candidate(number, title)
+
+    def forward(self, history_titles: Sequence[str], candidate_ids: Sequence[int], candidate_titles: Sequence[str],
+                similar_users: Sequence[tuple[Sequence[str], str]] = ()) -> dspy.Prediction:
+        inputs = self.inputs(history_titles, candidate_titles, similar_users)
+        if self.mode == "score":
+            adapter = _adapter()
+            signature = self.recommend.signature
+            messages = adapter.format(signature=signature, demos=self.recommend.demos, inputs=inputs)
+            completions = [adapter.format_assistant_message_content(signature, {"answer": self.answer_text(i, t)})
+                           for i, t in enumerate(candidate_titles, start=1)]
+            scores = score_completions(dspy.settings.lm, messages, completions)
+            result = ranking_from_scores(scores, candidate_ids)
+            return dspy.Prediction(answer=None, raw=None, scores=scores, valid=True, ranking=result.ranking, reason="")
+        raw = answer = None
+        try:
+            with dspy.context(adapter=_adapter()):
+                answer = self.recommend(**inputs).answer
+            raw = answer
+        except AdapterParseError as exc:
+            raw = exc.lm_response
+        result = parse_choice(answer, candidate_ids, candidate_titles)
+        if answer is None:
+            result = type(result)(False, [], f"adapter could not parse the answer: {str(raw)[:200]!r}")
+        return dspy.Prediction(answer=answer, raw=raw, scores=None, valid=result.valid, ranking=result.ranking,
+                               reason=result.reason)
+
+
+class AdaptRec(dspy.Module):
+    """The full method: Stage-1 neighbours (inputs) -> Stage-2 selection -> Stage-3 recommendation.
+
+    Args:
+        template: domain wording.
+        selection: "none" (zero-shot, no demonstrations), "random" (M of the N neighbours, seeded by
+            example id), "static" (the first M in embedding order) or "adaptive" (the LM selects).
+        n_retrieve: N, how many Stage-1 neighbours are considered.
+        m_select: M, how many similar users Stage 3 sees.
+        mode: "generate" or "score" (Stage 3).
+        seed: seed of the random selection.
+
+    Example:
+        >>> program = AdaptRec(load_template("movies"), selection="static", m_select=5)  # doctest: +SKIP
+        >>> program(**example_inputs(row)).ranking  # doctest: +SKIP
+    """
+
+    def __init__(self, template: Template, selection: str = "static", n_retrieve: int = 10, m_select: int = 5,
+                 mode: str = "generate", seed: int = 0):
+        super().__init__()
+        if selection not in SELECTIONS:
+            raise ConfigError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        if not 1 <= m_select <= n_retrieve:
+            raise ConfigError(f"need 1 <= m_select <= n_retrieve, got m_select={m_select}, n_retrieve={n_retrieve}")
+        self.template = template
+        self.selection = selection
+        self.n_retrieve = n_retrieve
+        self.m_select = m_select
+        self.mode = mode
+        self.seed = seed
+        self.selector = UserSelector(template, m_select)
+        self.recommender = NextItemRecommender(template, mode=mode, zero_shot=selection == "none")
+
+    def config(self) -> dict:
+        return {"template": self.template.model_dump(), "selection": self.selection, "n_retrieve": self.n_retrieve,
+                "m_select": self.m_select, "mode": self.mode, "seed": self.seed}
+
+    def forward(self, history_titles: Sequence[str], candidate_ids: Sequence[int], candidate_titles: Sequence[str],
+                neighbors: Sequence[tuple[Sequence[str], str]] = (), example_id: str = "") -> dspy.Prediction:
+        pool = list(neighbors)[: self.n_retrieve]
+        selection = {"indices": [], "fallback": False, "padded": False, "reason": ""}
+        if self.selection != "none" and not pool:
+            raise ConfigError("this program needs Stage-1 neighbours: run `adaptrec index neighbors` on the data, "
+                              "or use selection='none'")
+        if self.selection == "static":
+            selection["indices"] = list(range(min(self.m_select, len(pool))))
+        elif self.selection == "random":
+            rng = example_rng(self.seed, "random-selection", example_id)
+            selection["indices"] = sorted(rng.choice(len(pool), size=min(self.m_select, len(pool)),
+                                                     replace=False).tolist())
+        elif self.selection == "adaptive":
+            pred = self.selector(history_titles=history_titles, pool_histories=[h for h, _ in pool])
+            selection = {k: pred[k] for k in ("indices", "fallback", "padded", "reason")}
+            if pred.fallback:
+                logger.info("%s: Stage-2 answer did not parse (%s); using embedding order", example_id, pred.reason)
+        similar = [pool[i] for i in selection["indices"]]
+        rec = self.recommender(history_titles=history_titles, candidate_ids=candidate_ids,
+                               candidate_titles=candidate_titles, similar_users=similar)
+        return dspy.Prediction(**{k: rec[k] for k in ("answer", "raw", "scores", "valid", "ranking", "reason")},
+                               selection=selection)
+
+
+def example_inputs(row: dict) -> dict:
+    """Map a prepared dataset row (with the Stage-1 neighbour columns when present) to AdaptRec's inputs."""
+    neighbors = list(zip(row.get("neighbor_history_titles") or [], row.get("neighbor_next_titles") or [],
+                         strict=True))
+    return {"history_titles": row["history_titles"], "candidate_ids": row["candidate_item_ids"],
+            "candidate_titles": row["candidate_titles"], "neighbors": neighbors, "example_id": row["example_id"]}
+
+
+def save_program(program: AdaptRec, path: str | Path) -> Path:
+    """Write a program as JSON: its config and DSPy state (instructions, demos). No LM, no keys."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = program.dump_state()
+    for predictor in state.values():  # an LM set on a predictor carries endpoints: never saved
+        if isinstance(predictor, dict):
+            predictor["lm"] = None
+    payload = {"format": PROGRAM_FORMAT, "class": "AdaptRec", "config": program.config(), "state": state}
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def load_program(path: str | Path, **overrides) -> AdaptRec:
+    """Build an AdaptRec from a saved JSON file (optionally overriding config keys such as mode).
+
+    Raises:
+        ConfigError: the file is not a saved AdaptRec program.
+    """
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        config = {**payload["config"], **overrides}
+        template = config.pop("template")
+        program = AdaptRec(load_template_obj(template), **config)
+        program.load_state(payload["state"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a saved AdaptRec program ({exc}); create one with save_program()") from None
+    return program
+
+
+def load_template_obj(value: dict | str) -> Template:
+    return Template(**value) if isinstance(value, dict) else load_template(value)

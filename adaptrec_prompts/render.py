@@ -1,0 +1,86 @@
+"""Pure text rendering of histories, similar users, pool users and numbered candidates.
+
+Wording comes from a domain `Template` (templates/<domain>.toml); this module only fills it. The
+structure follows the paper's prompts: similar users as "consumed <history> and then chose <item>",
+then the target history, then the candidate list.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from adaptrec_prompts.errors import ConfigError
+
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
+DATASET_DOMAINS = {"ml-100k": "movies", "lastfm": "music", "goodreads": "books"}
+
+
+class Template(BaseModel):
+    """One domain's wording. Unknown keys are errors (a typo must not silently change a prompt)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    domain: str
+    item: str
+    items: str
+    consumed: str
+    history: str
+    similar_user: str
+    pool_user: str
+    candidate: str
+    title_separator: str = "; "
+
+    def _fill(self, pattern: str, **values: object) -> str:
+        return pattern.format(item=self.item, items=self.items, consumed=self.consumed, **values)
+
+    def titles(self, titles: Sequence[str]) -> str:
+        return self.title_separator.join(titles)
+
+    def render_history(self, titles: Sequence[str]) -> str:
+        return self._fill(self.history, count=len(titles), titles=self.titles(titles))
+
+    def render_similar_users(self, users: Sequence[tuple[Sequence[str], str]]) -> str:
+        """Numbered similar users, each (history titles, next title), one per line."""
+        return "\n".join(
+            self._fill(self.similar_user, number=i, count=len(hist), titles=self.titles(hist), next_title=nxt)
+            for i, (hist, nxt) in enumerate(users, start=1)
+        )
+
+    def render_pool(self, histories: Sequence[Sequence[str]]) -> str:
+        """Numbered Stage-2 pool users (histories only: their next choices would leak the answer's shape)."""
+        return "\n".join(
+            self._fill(self.pool_user, number=i, count=len(hist), titles=self.titles(hist))
+            for i, hist in enumerate(histories, start=1)
+        )
+
+    def render_candidate(self, number: int, title: str) -> str:
+        return self._fill(self.candidate, number=number, title=title)
+
+    def render_candidates(self, titles: Sequence[str]) -> str:
+        return "\n".join(self.render_candidate(i, t) for i, t in enumerate(titles, start=1))
+
+
+def load_template(name_or_path: str | Path) -> Template:
+    """Load a template by domain name (`movies`, `music`, `books`) or by path to a TOML file.
+
+    Raises:
+        ConfigError: no such template, or a key is unknown or missing.
+
+    Example:
+        >>> load_template("movies").render_history(["Alien (1979)", "Aliens (1986)"])
+        'The user watched these 2 movies, oldest first: Alien (1979); Aliens (1986).'
+    """
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = TEMPLATES_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in TEMPLATES_DIR.glob("*.toml"))
+        raise ConfigError(f"template {str(name_or_path)!r} not found; use one of {known} or a path to a .toml file")
+    try:
+        return Template(**tomllib.loads(path.read_text(encoding="utf-8")))
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise ConfigError(f"{path}: invalid template: {exc}") from None
