@@ -56,6 +56,45 @@ def _cmd_compare_llara(args: argparse.Namespace) -> None:
               f"{c['exact_row']:>11}{c['target_at_last_timestamp']:>19}{c['consistent_any_tie_order']:>15}")
 
 
+def _index_parts(args: argparse.Namespace):
+    from adaptrec_prompts.neighbors import make_embedder, open_index
+    from adaptrec_prompts.retriever import make_client
+
+    embedder = make_embedder(args.embedder, args.data, args.embed_model)
+    client = make_client(path=None if args.chroma_url else args.chroma_path, url=args.chroma_url)
+    hnsw = {"ef_search": args.ef_search, "ef_construction": args.ef_construction, "max_neighbors": args.max_neighbors}
+    return embedder, open_index(args.data, embedder, client, hnsw=hnsw)
+
+
+def _cmd_index_build(args: argparse.Namespace) -> None:
+    embedder, index = _index_parts(args)
+    print(f"collection {index.name}: {index.count()} training examples, embedder {embedder.id}")
+
+
+def _cmd_index_neighbors(args: argparse.Namespace) -> None:
+    from adaptrec_prompts.neighbors import add_neighbors
+
+    embedder, index = _index_parts(args)
+    section = add_neighbors(args.data, args.out, index, embedder, n=args.n, splits=args.splits.split(","),
+                            overfetch=args.overfetch, overwrite=args.overwrite)
+    print(f"wrote {args.out}: top-{args.n} neighbours from {index.name}")
+    for split, st in section["splits"].items():
+        print(f"  {split:<14} queries={st['queries']} refetched={st['refetched']} short={st['short']} "
+              f"excluded_same_user={st['excluded']['same_user']} "
+              f"excluded_not_before={st['excluded']['not_before_query_time']} seconds={st['seconds']}")
+
+
+def _add_index_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="a prepared folder (adaptrec data prepare)")
+    p.add_argument("--embedder", default="collab", help="collab (default), lm or text")
+    p.add_argument("--embed-model", help="local model folder for the lm/text embedders")
+    p.add_argument("--chroma-path", default="artifacts/chroma", help="embedded Chroma folder (default)")
+    p.add_argument("--chroma-url", help="a Chroma server, e.g. http://127.0.0.1:8000 (`chroma run`)")
+    p.add_argument("--ef-search", type=int, default=400)
+    p.add_argument("--ef-construction", type=int, default=200)
+    p.add_argument("--max-neighbors", type=int, default=32)
+
+
 def make_parser() -> argparse.ArgumentParser:
     from adaptrec_prompts.data import DATASET_NAMES
 
@@ -94,6 +133,20 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--raw-dir", required=True, help="ml-100k raw folder")
     cmp_.add_argument("--llara-dir", required=True, help="LLaRA data/ref/movielens folder")
     cmp_.set_defaults(func=_cmd_compare_llara)
+
+    index = groups.add_parser("index", help="Stage 1: Chroma user index and persisted neighbours").add_subparsers(
+        dest="command", required=True)
+    build = index.add_parser("build", help="embed the training pool and index it in Chroma (idempotent)")
+    _add_index_options(build)
+    build.set_defaults(func=_cmd_index_build)
+    nb = index.add_parser("neighbors", help="write a copy of --data with top-N neighbour columns on every split")
+    _add_index_options(nb)
+    nb.add_argument("--out", required=True)
+    nb.add_argument("--n", type=int, default=10, help="neighbours per example (1..50; the paper's N is 10)")
+    nb.add_argument("--splits", default="train,valid,test,test_extended", help="comma-separated splits to query")
+    nb.add_argument("--overfetch", type=int, default=3, help="fetch n*overfetch+10 before exclusions")
+    nb.add_argument("--overwrite", action="store_true")
+    nb.set_defaults(func=_cmd_index_neighbors)
     return parser
 
 

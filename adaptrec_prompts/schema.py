@@ -24,3 +24,12 @@ EXAMPLE_FEATURES = datasets.Features(
 )
 
 COLUMNS = tuple(EXAMPLE_FEATURES)
+
+
+def column(ds: datasets.Dataset, name: str) -> list:
+    """A whole column as a Python list, in one Arrow conversion.
+
+    `ds[name]` returns a lazy Column whose items are converted one by one (~0.25 ms each); reading a
+    column this way is 10-20x faster for the loops this package runs over splits.
+    """
+    return ds.data.column(name).to_pylist()

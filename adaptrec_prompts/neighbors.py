@@ -1,0 +1,117 @@
+"""Persisted Stage-1 neighbours: fit the embedder on train, index the train pool in Chroma, query every
+split, and write a copy of the prepared folder with neighbour columns (so Stage 2/3, fine-tuning and
+evaluation all read the same neighbours).
+
+Columns added to every split (empty lists for splits not queried):
+`neighbor_example_ids`, `neighbor_scores` (cosine), `neighbor_user_ids`, `neighbor_history_item_ids`,
+`neighbor_next_item_ids`, `neighbor_history_titles`, `neighbor_next_titles` (best first).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import datasets
+
+from adaptrec_prompts.embed import CollabEmbedder, Embedder, LMEmbedder, TextEmbedder, training_sequences
+from adaptrec_prompts.errors import ConfigError
+from adaptrec_prompts.prepare import load_items, load_manifest, load_prepared, save
+from adaptrec_prompts.render import load_template
+from adaptrec_prompts.retriever import QueryStats, UserIndex, collection_name
+from adaptrec_prompts.schema import SPLITS, column
+
+logger = logging.getLogger(__name__)
+EMBEDDERS = ("collab", "lm", "text")
+MAX_N = 50
+NEIGHBOR_FEATURES = {
+    "neighbor_example_ids": datasets.Sequence(datasets.Value("string")),
+    "neighbor_scores": datasets.Sequence(datasets.Value("float32")),
+    "neighbor_user_ids": datasets.Sequence(datasets.Value("string")),
+    "neighbor_history_item_ids": datasets.Sequence(datasets.Sequence(datasets.Value("int64"))),
+    "neighbor_next_item_ids": datasets.Sequence(datasets.Value("int64")),
+    "neighbor_history_titles": datasets.Sequence(datasets.Sequence(datasets.Value("string"))),
+    "neighbor_next_titles": datasets.Sequence(datasets.Value("string")),
+}
+
+
+def make_embedder(kind: str, data_dir: str | Path, model_path: str | Path | None = None) -> Embedder:
+    """Build the embedder `kind` for a prepared folder (collab is fitted on its train split)."""
+    if kind not in EMBEDDERS:
+        raise ConfigError(f"unknown embedder {kind!r}; valid: {', '.join(EMBEDDERS)}")
+    if kind == "collab":
+        return CollabEmbedder().fit(training_sequences(load_prepared(data_dir)["train"]))
+    if model_path is None:
+        raise ConfigError(f"the {kind} embedder needs --embed-model PATH (a local model folder)")
+    template = load_template(load_manifest(data_dir)["domain"])
+    cls = LMEmbedder if kind == "lm" else TextEmbedder
+    return cls(model_path, load_items(data_dir), template.render_history)
+
+
+def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | None = None) -> UserIndex:
+    """The Chroma collection for (dataset, embedder, data); built from the train pool if empty."""
+    manifest = load_manifest(data_dir)
+    name = collection_name(manifest["dataset"], embedder.id, manifest["data_hash"])
+    train = load_prepared(data_dir)["train"]
+    ids, users, nexts, times = (column(train, c) for c in ("example_id", "user_id", "target_item_id", "timestamp"))
+    lookup = {e: (u, n, t) for e, u, n, t in zip(ids, users, nexts, times, strict=True)}
+    index = UserIndex(client, name, hnsw=hnsw, lookup=lookup,
+                      metadata={"embedder_id": embedder.id, "data_hash": manifest["data_hash"],
+                                "dataset": manifest["dataset"]})
+    if index.count() != train.num_rows:
+        started = time.perf_counter()
+        vectors = embedder.embed(column(train, "history_item_ids"))
+        index.build(ids, vectors, users, nexts, times)
+        logger.info("built %s: %d vectors in %.1fs", name, train.num_rows, time.perf_counter() - started)
+    return index
+
+
+def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embedder: Embedder, n: int = 10,
+                  splits: Sequence[str] = SPLITS, overfetch: int = 3, overwrite: bool = False) -> dict:
+    """Query the index for every row of `splits` and write `out` with the neighbour columns.
+
+    Returns:
+        The `neighbors` section written into the output manifest (per-split query stats included).
+    """
+    if not 1 <= n <= MAX_N:
+        raise ConfigError(f"n must be in 1..{MAX_N}, got {n}")
+    unknown = set(splits) - set(SPLITS)
+    if unknown:
+        raise ConfigError(f"unknown splits {sorted(unknown)}; valid: {', '.join(SPLITS)}")
+    ddict = load_prepared(data_dir)
+    train = ddict["train"]
+    pool = {e: k for k, e in enumerate(column(train, "example_id"))}
+    t_hist, t_next = column(train, "history_item_ids"), column(train, "target_item_id")
+    t_hist_titles, t_next_titles = column(train, "history_titles"), column(train, "target_title")
+    section = {"embedder_id": embedder.id, "collection": index.name, "hnsw": index.hnsw, "n": n,
+               "overfetch": overfetch, "splits": {}}
+    out_splits = {}
+    for split in SPLITS:
+        ds = ddict[split]
+        columns = {name: [[] for _ in range(ds.num_rows)] for name in NEIGHBOR_FEATURES}
+        if split in splits and ds.num_rows:
+            started, stats = time.perf_counter(), QueryStats()
+            vectors = embedder.embed(column(ds, "history_item_ids"))
+            found = index.query(vectors, n, column(ds, "user_id"), column(ds, "timestamp"), overfetch=overfetch,
+                                stats=stats)
+            for row, neighbors in enumerate(found):
+                rows = [pool[nb.example_id] for nb in neighbors]
+                columns["neighbor_example_ids"][row] = [nb.example_id for nb in neighbors]
+                columns["neighbor_scores"][row] = [nb.score for nb in neighbors]
+                columns["neighbor_user_ids"][row] = [nb.user_id for nb in neighbors]
+                columns["neighbor_history_item_ids"][row] = [t_hist[r] for r in rows]
+                columns["neighbor_next_item_ids"][row] = [t_next[r] for r in rows]
+                columns["neighbor_history_titles"][row] = [t_hist_titles[r] for r in rows]
+                columns["neighbor_next_titles"][row] = [t_next_titles[r] for r in rows]
+            section["splits"][split] = {**asdict(stats), "seconds": round(time.perf_counter() - started, 2)}
+        for name, feature in NEIGHBOR_FEATURES.items():
+            ds = ds.add_column(name, columns[name], feature=feature)
+        out_splits[split] = ds
+    manifest = load_manifest(data_dir)
+    manifest = {**{k: v for k, v in manifest.items() if k != "data_hash"}, "source_data_hash": manifest["data_hash"],
+                "neighbors": section}
+    save(datasets.DatasetDict(out_splits), load_items(data_dir), manifest, out, overwrite=overwrite)
+    return section

@@ -1,0 +1,185 @@
+"""Stage 1: the user index over Chroma (the only module that imports chromadb).
+
+The pool is the training examples (history + next item). `UserIndex` stores one vector per training
+example, with metadata (example id, user id, next item id, timestamp), in a cosine-space HNSW
+collection whose parameters are set at creation. Embedded by default (`PersistentClient(path)`),
+client/server when a URL is given (`HttpClient`; the server is `chroma run --path DIR --host 127.0.0.1
+--port P`). Embeddings are always passed explicitly (Chroma would otherwise download an ONNX model).
+
+Exclusions (DESIGN.md §3) are applied in Python after over-fetching: never the query's own user (which
+also removes every window of that user whose next item is the query's target), and nothing at or after
+the query's timestamp when both are known. When the over-fetch leaves fewer than N, the query is
+re-issued with a larger k, and the event is counted (`QueryStats.refetched`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from adaptrec_prompts.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# Chosen by measurement (docs/retrieval.md, `adaptrec bench retrieval`): Chroma's default ef_search=100
+# gave recall@50 of 0.49 on random 64-d vectors; these reach >= 0.99 recall@10 on the real embeddings.
+DEFAULT_HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 400, "max_neighbors": 32}
+NO_TIME = -1
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    example_id: str
+    user_id: str | None
+    next_item_id: int
+    timestamp: int | None
+    score: float  # cosine similarity
+
+
+@dataclass
+class QueryStats:
+    queries: int = 0
+    refetched: int = 0  # queries where the first over-fetch left fewer than N after exclusions
+    short: int = 0  # queries that still have fewer than N (the pool ran out)
+    excluded: dict[str, int] = field(default_factory=lambda: {"same_user": 0, "not_before_query_time": 0})
+
+
+def collection_name(dataset: str, embedder_id: str, data_hash: str) -> str:
+    """A valid Chroma name that changes with the dataset, the embedder (and its parameters) and the data."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{embedder_id}|{data_hash}".encode()).hexdigest()[:12]
+    kind = embedder_id.split("-", 1)[0]
+    return f"{dataset}-{kind}-{digest}".replace("_", "-")
+
+
+def make_client(path: str | Path | None = None, url: str | None = None):
+    """`chromadb.PersistentClient(path)` or, with a URL, `chromadb.HttpClient` (telemetry off)."""
+    try:
+        import chromadb
+    except ImportError:
+        raise ConfigError("Stage-1 retrieval needs chromadb: pip install -e '.[retrieval]'") from None
+    settings = chromadb.Settings(anonymized_telemetry=False)
+    if url:
+        parsed = urlparse(url)
+        if not parsed.hostname or not parsed.port:
+            raise ConfigError(f"--chroma-url must look like http://127.0.0.1:8000, got {url!r}")
+        return chromadb.HttpClient(host=parsed.hostname, port=parsed.port, ssl=parsed.scheme == "https",
+                                   settings=settings)
+    if path is None:
+        raise ConfigError("give a Chroma folder (--chroma-path) or a server URL (--chroma-url)")
+    return chromadb.PersistentClient(path=str(path), settings=settings)
+
+
+class UserIndex:
+    """A Chroma collection of training examples, with batched adds and exclusion-aware batched queries."""
+
+    def __init__(self, client, name: str, hnsw: dict | None = None, metadata: dict | None = None,
+                 lookup: dict[str, tuple[str | None, int, int | None]] | None = None):
+        """Open or create the collection `name`.
+
+        Args:
+            lookup: optional example id -> (user id, next item id, timestamp) of the pool, held locally;
+                when given, queries fetch only ids and distances (about 2x faster than with metadata).
+        """
+        self.client = client
+        self.lookup = lookup
+        self.name = name
+        self.hnsw = {**DEFAULT_HNSW, **(hnsw or {})}
+        self.collection = client.get_or_create_collection(name, configuration={"hnsw": self.hnsw},
+                                                          metadata=metadata or None)
+
+    def count(self) -> int:
+        return self.collection.count()
+
+    def build(self, example_ids: Sequence[str], vectors: np.ndarray, user_ids: Sequence[str | None],
+              next_item_ids: Sequence[int], timestamps: Sequence[int | None]) -> int:
+        """Add the pool (idempotent: ids are example ids and writes are upserts). Returns rows written."""
+        if self.count() == len(example_ids):
+            logger.info("collection %s already holds %d vectors; not rebuilt", self.name, len(example_ids))
+            return 0
+        batch = self.client.get_max_batch_size()
+        metadatas = [{"example_id": e, "user_id": u or "", "next_item_id": int(n),
+                      "timestamp": NO_TIME if t is None else int(t)}
+                     for e, u, n, t in zip(example_ids, user_ids, next_item_ids, timestamps, strict=True)]
+        for start in range(0, len(example_ids), batch):
+            stop = start + batch
+            self.collection.upsert(ids=list(example_ids[start:stop]), embeddings=vectors[start:stop],
+                                   metadatas=metadatas[start:stop])
+        return len(example_ids)
+
+    def query(self, vectors: np.ndarray, n: int, user_ids: Sequence[str | None],
+              timestamps: Sequence[int | None], overfetch: int = 3, batch_size: int = 256,
+              stats: QueryStats | None = None) -> list[list[Neighbor]]:
+        """Top-n neighbours per query vector after the exclusion rules (module docstring)."""
+        stats = stats or QueryStats()
+        pool = self.count()
+        results: list[list[Neighbor]] = []
+        for start in range(0, len(vectors), batch_size):
+            chunk = slice(start, start + batch_size)
+            results.extend(self._query_chunk(vectors[chunk], n, list(user_ids[chunk]), list(timestamps[chunk]),
+                                             min(pool, n * overfetch + 10), pool, stats))
+        return results
+
+    def _fetch(self, vectors: np.ndarray, k: int):
+        if self.lookup is None:
+            res = self.collection.query(query_embeddings=vectors, n_results=k, include=["distances", "metadatas"])
+            return res["distances"], res["metadatas"]
+        res = self.collection.query(query_embeddings=vectors, n_results=k, include=["distances"])
+        metas = [[_meta(e, *self.lookup[e]) for e in ids] for ids in res["ids"]]
+        return res["distances"], metas
+
+    def _query_chunk(self, vectors, n, users, times, k, pool, stats) -> list[list[Neighbor]]:
+        distances, metadatas = self._fetch(vectors, k)
+        out = []
+        for q, (dist, meta) in enumerate(zip(distances, metadatas, strict=True)):
+            stats.queries += 1
+            kept = _filter(dist, meta, users[q], times[q], stats)
+            kk = k
+            if len(kept) < n and kk < pool:
+                stats.refetched += 1
+                while len(kept) < n and kk < pool:
+                    kk = min(pool, kk * 4)
+                    d2, m2 = self._fetch(vectors[q : q + 1], kk)
+                    kept = _filter(d2[0], m2[0], users[q], times[q], QueryStats())
+            stats.short += len(kept) < n
+            out.append(kept[:n])
+        return out
+
+
+def _meta(example_id: str, user: str | None, next_item: int, ts: int | None) -> dict:
+    return {"example_id": example_id, "user_id": user or "", "next_item_id": next_item,
+            "timestamp": NO_TIME if ts is None else ts}
+
+
+def _filter(distances, metadatas, user, time, stats: QueryStats) -> list[Neighbor]:
+    kept = []
+    for dist, meta in zip(distances, metadatas, strict=True):
+        if user is not None and meta["user_id"] == user:
+            stats.excluded["same_user"] += 1
+            continue
+        ts = meta["timestamp"]
+        if time is not None and ts != NO_TIME and ts >= time:
+            stats.excluded["not_before_query_time"] += 1
+            continue
+        kept.append(Neighbor(meta["example_id"], meta["user_id"] or None, int(meta["next_item_id"]),
+                             None if ts == NO_TIME else int(ts), 1.0 - float(dist)))
+    return kept
+
+
+def exact_top_k(pool: np.ndarray, queries: np.ndarray, k: int, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine top-k by brute force (rows L2-normalized): (indices, similarities), best first."""
+    idx_out, sim_out = [], []
+    for start in range(0, len(queries), batch_size):
+        sims = queries[start : start + batch_size] @ pool.T
+        top = np.argpartition(-sims, min(k, sims.shape[1] - 1), axis=1)[:, :k]
+        part = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-part, axis=1, kind="stable")
+        idx_out.append(np.take_along_axis(top, order, axis=1))
+        sim_out.append(np.take_along_axis(part, order, axis=1))
+    return np.concatenate(idx_out), np.concatenate(sim_out)

@@ -1,0 +1,214 @@
+"""Stage 1: embedders, the Chroma user index (embedded and a real `chroma run` server), exclusions."""
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+
+import chromadb
+import datasets
+import numpy as np
+import pytest
+
+from adaptrec_prompts.cli import main
+from adaptrec_prompts.embed import CollabEmbedder, LMEmbedder, l2_normalize, training_sequences
+from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
+from adaptrec_prompts.prepare import build, load_manifest, save
+from adaptrec_prompts.protocol import ProtocolConfig
+from adaptrec_prompts.retriever import QueryStats, UserIndex, collection_name, exact_top_k, make_client
+from adaptrec_prompts.schema import column
+
+
+@pytest.fixture(scope="module")
+def gr(tmp_path_factory, goodreads_raw):
+    ddict, titles, manifest = build("goodreads", goodreads_raw, ProtocolConfig(k_candidates=10))
+    return save(ddict, titles, manifest, tmp_path_factory.mktemp("gr") / "gr")
+
+
+def ephemeral():
+    return chromadb.EphemeralClient(settings=chromadb.Settings(anonymized_telemetry=False))
+
+
+def test_collab_embedder_is_deterministic_normalized_and_train_only(ml100k):
+    seqs = training_sequences(ml100k["train"])
+    assert len(seqs) == 754 and all(len(s) >= 4 for s in seqs)
+    a, b = CollabEmbedder().fit(seqs), CollabEmbedder().fit(seqs)
+    histories = column(ml100k["test"], "history_item_ids")
+    va, vb = a.embed(histories), b.embed(histories)
+    np.testing.assert_array_equal(va, vb)
+    assert va.dtype == np.float32 and np.allclose(np.linalg.norm(va, axis=1), 1, atol=1e-5)
+    assert set(a.item_index) == {i for s in seqs for i in s}  # items seen in training only
+    assert a.id == b.id and CollabEmbedder(dim=32).fit(seqs).id != a.id
+    assert CollabEmbedder().fit(seqs[:-1]).id != a.id  # other data, other id
+
+
+def test_collab_vectors_carry_signal(ml100k):
+    emb = CollabEmbedder().fit(training_sequences(ml100k["train"]))
+    v = emb.embed([[50, 181, 172], [50, 181, 172, 1], [1, 2, 3]])  # Star Wars, Return of the Jedi, Empire
+    assert v[0] @ v[1] > v[0] @ v[2]
+
+
+def test_unfitted_embedder_says_how_to_fix():
+    with pytest.raises(Exception, match="call fit"):
+        CollabEmbedder().embed([[1]])
+
+
+def test_exact_top_k_matches_sorting():
+    rng = np.random.default_rng(0)
+    pool, queries = l2_normalize(rng.normal(size=(500, 8))), l2_normalize(rng.normal(size=(7, 8)))
+    idx, sims = exact_top_k(pool, queries, 5, batch_size=3)
+    ref = np.argsort(-(queries @ pool.T), axis=1)[:, :5]
+    np.testing.assert_array_equal(idx, ref)
+    assert np.all(np.diff(sims, axis=1) <= 0)
+
+
+def _toy_index(client, n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    vectors = l2_normalize(rng.normal(size=(n, 16)))
+    ids = [f"train/u{i % 20}/{i}" for i in range(n)]
+    users = [f"u{i % 20}" for i in range(n)]
+    index = UserIndex(client, f"toy-{uuid.uuid4().hex[:8]}")
+    index.build(ids, vectors, users, list(range(n)), [1000 + i for i in range(n)])
+    return index, vectors, users
+
+
+def test_build_is_idempotent_and_batches_are_per_query():
+    client = ephemeral()
+    index, vectors, _ = _toy_index(client)
+    assert index.count() == 400
+    assert index.build([f"train/u{i % 20}/{i}" for i in range(400)], vectors, ["x"] * 400, [0] * 400, [0] * 400) == 0
+    assert index.count() == 400
+    queries = vectors[[3, 150, 299]]
+    found = index.query(queries, 10, [None, None, None], [None, None, None])
+    exact, _ = exact_top_k(vectors, queries, 10)
+    for q in range(3):
+        got = [int(nb.example_id.rsplit("/", 1)[1]) for nb in found[q]]
+        assert got[0] == [3, 150, 299][q]  # each query gets its own rows (the old ChromadbRM bug)
+        assert len(set(got) & set(exact[q].tolist())) >= 9  # HNSW ~ exact at this size
+
+
+def test_exclusions_own_user_and_future_are_never_returned():
+    index, vectors, users = _toy_index(ephemeral())
+    stats = QueryStats()
+    queries = vectors[[5, 390]]
+    found = index.query(queries, 10, [users[5], users[390]], [1000 + 200, 1000 + 390], overfetch=1, stats=stats)
+    for q, (user, t) in enumerate([(users[5], 1200), (users[390], 1390)]):
+        assert len(found[q]) == 10
+        assert all(nb.user_id != user and nb.timestamp < t for nb in found[q])
+        assert all(a.score >= b.score for a, b in zip(found[q], found[q][1:]))
+    assert stats.excluded["same_user"] >= 2 and stats.excluded["not_before_query_time"] > 0
+    assert stats.refetched >= 1 and stats.short == 0  # overfetch=1 cannot be enough: counted, then fixed
+
+
+def test_changed_embedder_or_data_gives_a_new_collection():
+    a = collection_name("ml-100k", "collab-x-fit1", "hash1")
+    assert a != collection_name("ml-100k", "collab-y-fit1", "hash1") != collection_name("ml-100k", "collab-x-fit1",
+                                                                                         "hash2")
+    assert a.startswith("ml-100k-collab-")
+
+
+def _check_neighbour_rules(out):
+    ddict = datasets.load_from_disk(str(out))
+    train = ddict["train"]
+    pool_ids = set(column(train, "example_id"))
+    time_of = dict(zip(column(train, "example_id"), column(train, "timestamp")))
+    user_of = dict(zip(column(train, "example_id"), column(train, "user_id")))
+    next_of = dict(zip(column(train, "example_id"), column(train, "target_item_id")))
+    checked = 0
+    for split in ("train", "valid", "test", "test_extended"):
+        for row in ddict[split]:
+            ids = row["neighbor_example_ids"]
+            assert set(ids) <= pool_ids  # rule 1: the pool is training examples only
+            for nid, next_item in zip(ids, row["neighbor_next_item_ids"]):
+                assert user_of[nid] != row["user_id"]  # rule 2: never the query's own user
+                assert time_of[nid] < row["timestamp"]  # rule 3: nothing at or after the query time
+                assert next_of[nid] == next_item
+            checked += len(ids)
+    return ddict, checked
+
+
+def test_neighbors_pipeline_embedded_respects_leakage_rules(gr, tmp_path):
+    out = tmp_path / "gr-nb"
+    assert main(["index", "neighbors", "--data", str(gr), "--chroma-path", str(tmp_path / "chroma"),
+                 "--out", str(out), "--n", "5"]) == 0
+    ddict, checked = _check_neighbour_rules(out)
+    assert checked > 50
+    valid = ddict["valid"][0]
+    assert len(valid["neighbor_history_titles"]) == len(valid["neighbor_next_titles"]) <= 5
+    manifest = load_manifest(out)
+    assert manifest["neighbors"]["n"] == 5 and manifest["source_data_hash"] == load_manifest(gr)["data_hash"]
+    # building again reuses the collection (no duplicates)
+    assert main(["index", "build", "--data", str(gr), "--chroma-path", str(tmp_path / "chroma")]) == 0
+    client = make_client(path=tmp_path / "chroma")
+    (col,) = client.list_collections()
+    assert col.count() == ddict["train"].num_rows
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def chroma_server(tmp_path):
+    chroma = shutil.which("chroma")
+    if chroma is None:
+        pytest.skip("the `chroma` CLI is not installed (pip install chromadb)")
+    port = _free_port()
+    proc = subprocess.Popen([chroma, "run", "--path", str(tmp_path / "server"), "--host", "127.0.0.1", "--port",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                make_client(url=url).heartbeat()
+                break
+            except Exception:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("chroma run did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_server_mode_gives_the_same_neighbours(gr, tmp_path, chroma_server):
+    embedded, served = tmp_path / "embedded", tmp_path / "served"
+    emb = make_embedder("collab", gr)
+    add_neighbors(gr, embedded, open_index(gr, emb, make_client(path=tmp_path / "c")), emb, n=5,
+                  splits=["valid", "test"])
+    add_neighbors(gr, served, open_index(gr, emb, make_client(url=chroma_server)), emb, n=5, splits=["valid", "test"])
+    a, b = datasets.load_from_disk(str(embedded)), datasets.load_from_disk(str(served))
+    for split in ("valid", "test"):
+        assert column(a[split], "neighbor_example_ids") == column(b[split], "neighbor_example_ids")
+        assert any(column(a[split], "neighbor_example_ids"))
+
+
+def test_lm_embedder_with_tiny_model(tiny_model, ml100k):
+    from adaptrec_prompts.render import load_template
+
+    titles = dict(zip(column(ml100k["test"], "target_item_id"), column(ml100k["test"], "target_title")))
+    for row in ml100k["test"].select(range(4)):
+        titles.update(zip(row["history_item_ids"], row["history_titles"]))
+    emb = LMEmbedder(tiny_model, titles, load_template("movies").render_history, batch_size=3)
+    histories = column(ml100k["test"].select(range(4)), "history_item_ids")
+    batched = emb.embed(histories)
+    single = np.concatenate([emb.embed([h]) for h in histories])
+    np.testing.assert_allclose(batched, single, atol=1e-5)  # padding does not change a history's vector
+    assert batched.shape == (4, 32) and np.allclose(np.linalg.norm(batched, axis=1), 1, atol=1e-5)
+    assert emb.id.startswith("lm-micro-")
+
+
+def test_text_embedder_without_the_extra_says_how_to_install():
+    import importlib.util
+
+    from adaptrec_prompts.embed import TextEmbedder
+    from adaptrec_prompts.errors import ConfigError
+
+    if importlib.util.find_spec("sentence_transformers") is not None:
+        pytest.skip("sentence-transformers is installed; no tiny sentence-transformers model can be built offline here")
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[text\]'"):
+        TextEmbedder("/nonexistent", {}, str)
