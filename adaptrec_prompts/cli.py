@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from adaptrec_prompts.errors import AdaptRecError
 
@@ -84,6 +85,188 @@ def _cmd_index_neighbors(args: argparse.Namespace) -> None:
               f"excluded_not_before={st['excluded']['not_before_query_time']} seconds={st['seconds']}")
 
 
+def _cmd_bench_retrieval(args: argparse.Namespace) -> None:
+    from adaptrec_prompts.benchmarks.retrieval import coverage, measure
+    from adaptrec_prompts.embed import CollabEmbedder, training_sequences
+    from adaptrec_prompts.prepare import load_prepared
+    from adaptrec_prompts.schema import column
+
+    print("$ adaptrec bench retrieval " + " ".join(sys.argv[3:]))
+    pools = []
+    for size in filter(None, args.sizes.split(",")):
+        n = int(float(size.lower().replace("k", "e3").replace("m", "e6")))
+        pools.append((f"synthetic {size}", ("synthetic", n, 0), ("synthetic", args.queries, 1)))
+    for folder in args.data or []:
+        ddict = load_prepared(folder)
+        emb = CollabEmbedder().fit(training_sequences(ddict["train"]))
+        queries = emb.embed(column(ddict["test_extended"], "history_item_ids")[: args.queries])
+        pools.append((f"{folder} collab", emb.embed(column(ddict["train"], "history_item_ids")), queries))
+    hnsw = {"ef_search": args.ef_search, "ef_construction": args.ef_construction, "max_neighbors": args.max_neighbors}
+    print(f"N={args.n}, {args.queries} queries; HNSW {hnsw}; exact = numpy brute force (float32 matmul)")
+    header = f"{'pool':<28}{'size':>9} {'method':<7}{'build seq/s':>12}{'single ms/q':>12}{'batched ms/q':>13}"
+    print(header + f"{'recall@N':>10}{'disk MB':>9}{'peak RSS MB':>12}")
+    for name, pool, queries in pools:
+        for method in ("chroma", "exact"):
+            r = measure(method, pool, queries, n=args.n, hnsw=hnsw)
+            build = "-" if method == "exact" else f"{r['build_per_s']:,.0f}"
+            print(f"{name:<28}{r['pool']:>9} {method:<7}{build:>12}{r['single_ms']:>12.3f}{r['batched_ms']:>13.3f}"
+                  f"{r['recall']:>10.3f}{r['disk_mb']:>9.1f}{r['peak_rss_mb']:>12.0f}", flush=True)
+    for folder in args.data or []:
+        cov = coverage(folder, n=args.n)
+        for name, c in cov.items():
+            print(f"coverage@{args.n} {folder} valid ({c['n_queries']} queries), {name:<7}: target among neighbours' "
+                  f"next items {c['next_item']:.3f}, among their histories {c['history']:.3f}")
+
+
+def _cmd_bench_modes(args: argparse.Namespace) -> None:
+    from adaptrec_prompts.benchmarks.modes import run
+
+    print("$ adaptrec bench modes " + " ".join(sys.argv[3:]))
+    r = run(args.data, examples=args.examples, m_select=args.m, max_new_tokens=args.max_new_tokens,
+            model_dir=args.model_dir)
+    print(f"model: locally built Llama, {r['params'] / 1e6:.1f}M parameters, fp32, "
+          f"{__import__('torch').get_num_threads()} torch threads")
+    print(f"{r['examples']} test examples, static selection M={args.m}, K={r['k']}, "
+          f"prompt tokens per recommendation: {r['prompt_tokens']:.0f}")
+    print(f"generate mode ({r['max_new_tokens']} new tokens): {r['generate_s']:.3f} s/recommendation")
+    print(f"score mode (one prefill + K candidates): {r['score_s']:.3f} s/recommendation")
+    print(f"generate/score time ratio: {r['ratio']:.1f}x")
+
+
+def _cmd_prompt(args: argparse.Namespace) -> None:
+    import dspy
+
+    from adaptrec_prompts.modules import AdaptRec, eval_adapter, example_inputs
+    from adaptrec_prompts.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.render import load_template, manifest_template
+
+    row = load_prepared(args.data)[args.split][args.index]
+    template = load_template(args.template) if args.template else manifest_template(load_manifest(args.data))
+    program = AdaptRec(template, selection=args.selection, n_retrieve=args.n, m_select=args.m)
+    inputs = example_inputs(row)
+    if args.selection == "adaptive":
+        raise SystemExit("error: --selection adaptive needs an LM; show static/random/none prompts")
+    pool = inputs["neighbors"][: args.n]
+    if args.selection == "random":
+        from adaptrec_prompts.protocol import example_rng
+
+        picked = example_rng(0, "random-selection", row["example_id"]).choice(len(pool), size=args.m, replace=False)
+        similar = [pool[i] for i in sorted(picked.tolist())]
+    else:
+        similar = pool[: args.m] if args.selection == "static" else []
+    rec = program.recommender
+    messages = eval_adapter().format(rec.recommend.signature, demos=rec.recommend.demos,
+                                     inputs=rec.inputs(inputs["history_titles"], inputs["candidate_titles"], similar))
+    print(f"<!-- adaptrec prompt --data {args.data} --split {args.split} --index {args.index} "
+          f"--selection {args.selection} --m {args.m} (dspy {dspy.__version__}, ChatAdapter) -->")
+    for message in messages:
+        print(f"### {message['role']}\n\n```text\n{message['content']}\n```\n")
+    print(f"Target: {row['target_title']} (candidate {row['candidate_item_ids'].index(row['target_item_id']) + 1})")
+
+
+PROGRAM_CHOICES = "none|random|static|adaptive (AdaptRec selection), baseline:random|popularity|userknn|sasrec, or a .json"
+
+
+def build_program(spec: str, data_dir: str, *, n: int = 10, m: int = 5, mode: str = "score", seed: int = 0,
+                  template: str | None = None, mode_given: bool = True):
+    """A program (AdaptRec variant, saved program or baseline) from a command-line spec."""
+    from adaptrec_prompts.embed import training_sequences
+    from adaptrec_prompts.errors import ConfigError
+    from adaptrec_prompts.modules import SELECTIONS, AdaptRec, load_program
+    from adaptrec_prompts.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.render import load_template, manifest_template
+
+    if spec in SELECTIONS:
+        tmpl = load_template(template) if template else manifest_template(load_manifest(data_dir))
+        return AdaptRec(tmpl, selection=spec, n_retrieve=n, m_select=m, mode=mode, seed=seed)
+    if spec.endswith(".json"):
+        return load_program(spec, **({"mode": mode} if mode_given else {}))
+    name = spec.removeprefix("baseline:")
+    train = load_prepared(data_dir)["train"]
+    if name == "random":
+        from adaptrec_prompts.baselines import RandomBaseline
+
+        return RandomBaseline(seed)
+    if name in ("popularity", "userknn"):
+        from adaptrec_prompts.baselines import PopularityBaseline, UserKNNBaseline
+
+        seqs = training_sequences(train)
+        return PopularityBaseline(seqs) if name == "popularity" else UserKNNBaseline(seqs, n_retrieve=n)
+    if name == "sasrec":
+        from adaptrec_prompts.baselines.sasrec import SASRecBaseline
+
+        return SASRecBaseline(train, seed=seed)
+    raise ConfigError(f"unknown program {spec!r}; use {PROGRAM_CHOICES}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from adaptrec_prompts.backends import make_lm
+    from adaptrec_prompts.errors import ConfigError
+    from adaptrec_prompts.evaluation import evaluate
+    from adaptrec_prompts.modules import AdaptRec
+    from adaptrec_prompts.prepare import load_manifest, load_prepared
+
+    manifest = load_manifest(args.data)
+    split = load_prepared(args.data)[args.split]
+    if args.limit:
+        split = split.select(range(min(args.limit, split.num_rows)))
+    program = build_program(args.program, args.data, n=args.n, m=args.m, mode=args.mode or "score", seed=args.seed,
+                            template=args.template, mode_given=args.mode is not None)
+    lm = None
+    if isinstance(program, AdaptRec):
+        if not args.lm:
+            raise ConfigError("this program needs an LM: pass --lm hf:PATH (local) or e.g. --lm openai/gpt-4o")
+        lm = make_lm(args.lm, adapter=args.adapter, api_base=args.api_base,
+                     **({"max_new_tokens": args.max_new_tokens} if args.lm.startswith("hf:") else
+                        {"max_tokens": args.max_new_tokens}))
+    config = {"data": str(args.data), "data_hash": manifest.get("data_hash"), "split": args.split,
+              "limit": args.limit, "examples": split.num_rows, "program": args.program,
+              "program_config": program.config(), "lm": args.lm, "adapter": args.adapter, "api_base": args.api_base,
+              "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+    results = evaluate(program, split.to_list(), args.out, config, lm=lm, threads=args.threads,
+                       progress=not args.no_progress, data_manifest=manifest)
+    print(format_results(args.out, results))
+
+
+def format_results(name: str, results: dict) -> str:
+    parts = [f"{name}: n={results['n']} errors={results['errors']}"]
+    for key, m in results["metrics"].items():
+        parts.append(f"{key}={m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
+    if results.get("overhead_share") is not None:
+        parts.append(f"overhead={100 * results['overhead_share']:.1f}% of {results['total_seconds']:.1f}s")
+    return " ".join(parts)
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from adaptrec_prompts.evaluation import read_log
+    from adaptrec_prompts.metrics import paired_comparison
+
+    a = list(read_log(Path(args.a) / "predictions.jsonl").values())
+    b = list(read_log(Path(args.b) / "predictions.jsonl").values())
+    res = paired_comparison(a, b)
+    print(f"$ adaptrec compare {args.a} {args.b}")
+    print(f"{res['n']} shared examples (only in A: {res['only_in_a']}, only in B: {res['only_in_b']})")
+    for key in ("HR@1", "NDCG@5"):
+        r = res[key]
+        print(f"{key}: A={r['a']:.3f} B={r['b']:.3f} B-A={r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] "
+              f"{r['test']} p={r['p_value']:.4f}" + (f" discordant A-only/B-only={r['discordant']}"
+                                                    if "discordant" in r else ""))
+
+
+def _cmd_tiny_model(args: argparse.Namespace) -> None:
+    from adaptrec_prompts.backends.tiny import build_tiny_llama
+    from adaptrec_prompts.benchmarks.modes import prompt_texts
+    from adaptrec_prompts.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.render import manifest_template
+
+    train = load_prepared(args.data)["train"]
+    texts = prompt_texts(train.select(range(min(args.texts, train.num_rows))), manifest_template(
+        load_manifest(args.data)))
+    out = build_tiny_llama(texts, args.out, size=args.size, vocab_size=args.vocab_size, chat_template=args.chat,
+                           seed=args.seed)
+    print(f"wrote {out} (random {args.size} Llama, tokenizer trained on {len(texts)} rendered training prompts)")
+
+
 def _add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="a prepared folder (adaptrec data prepare)")
     p.add_argument("--embedder", default="collab", help="collab (default), lm or text")
@@ -147,6 +330,70 @@ def make_parser() -> argparse.ArgumentParser:
     nb.add_argument("--overfetch", type=int, default=3, help="fetch n*overfetch+10 before exclusions")
     nb.add_argument("--overwrite", action="store_true")
     nb.set_defaults(func=_cmd_index_neighbors)
+
+    bench = groups.add_parser("bench", help="benchmarks that print measured numbers").add_subparsers(
+        dest="command", required=True)
+    br = bench.add_parser("retrieval", help="Chroma vs exact search speed/recall; Stage-1 coverage")
+    br.add_argument("--sizes", default="10k,100k", help="synthetic pool sizes, e.g. 10k,100k,1M")
+    br.add_argument("--data", action="append", help="prepared folder(s) for real collab embeddings (repeatable)")
+    br.add_argument("--n", type=int, default=10)
+    br.add_argument("--queries", type=int, default=1000)
+    br.add_argument("--ef-search", type=int, default=400)
+    br.add_argument("--ef-construction", type=int, default=200)
+    br.add_argument("--max-neighbors", type=int, default=32)
+    br.set_defaults(func=_cmd_bench_retrieval)
+    bm = bench.add_parser("modes", help="generate vs score mode wall time on a locally built ~25M Llama")
+    bm.add_argument("--data", required=True, help="a prepared folder with neighbour columns")
+    bm.add_argument("--examples", type=int, default=10)
+    bm.add_argument("--m", type=int, default=5)
+    bm.add_argument("--max-new-tokens", type=int, default=32)
+    bm.add_argument("--model-dir", help="reuse/keep the built model here")
+    bm.set_defaults(func=_cmd_bench_modes)
+
+    pr = groups.add_parser("prompt", help="print the exact Stage-3 messages DSPy sends for one example")
+    pr.add_argument("--data", required=True)
+    pr.add_argument("--split", default="test")
+    pr.add_argument("--index", type=int, default=0)
+    pr.add_argument("--selection", default="static", choices=["none", "random", "static"])
+    pr.add_argument("--n", type=int, default=10)
+    pr.add_argument("--m", type=int, default=5)
+    pr.add_argument("--template", help="domain name or .toml path (default: the folder's domain)")
+    pr.set_defaults(func=_cmd_prompt)
+
+    ev = groups.add_parser("eval", help="score a program or baseline on a frozen split (resumable)")
+    ev.add_argument("--data", required=True, help="prepared folder (with neighbour columns for AdaptRec variants)")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--program", default="static", help=PROGRAM_CHOICES)
+    ev.add_argument("--lm", help="hf:PATH for a local model, or a provider/model for dspy.LM (e.g. openai/gpt-4o)")
+    ev.add_argument("--adapter", help="peft LoRA adapter folder for hf: models")
+    ev.add_argument("--api-base", help="OpenAI-compatible server URL (vLLM, llama.cpp)")
+    ev.add_argument("--mode", choices=["generate", "score"], help="Stage-3 mode (default score)")
+    ev.add_argument("--n", type=int, default=10, help="n_retrieve (N)")
+    ev.add_argument("--m", type=int, default=5, help="m_select (M)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--limit", type=int, help="first N examples of the split")
+    ev.add_argument("--threads", type=int, default=1, help="parallel examples (API backends)")
+    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--template", help="domain name or .toml path (default: the data's domain)")
+    ev.add_argument("--out", required=True, help="run folder: results.json, manifest.json, predictions.jsonl")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.set_defaults(func=_cmd_eval)
+
+    cmp2 = groups.add_parser("compare", help="paired comparison of two runs on the same examples")
+    cmp2.add_argument("a")
+    cmp2.add_argument("b")
+    cmp2.set_defaults(func=_cmd_compare)
+
+    model = groups.add_parser("model", help="local models").add_subparsers(dest="command", required=True)
+    tiny = model.add_parser("tiny", help="build a random tiny Llama + a tokenizer trained on the data (offline)")
+    tiny.add_argument("--data", required=True)
+    tiny.add_argument("--out", required=True)
+    tiny.add_argument("--size", default="micro", choices=["micro", "small", "25m"])
+    tiny.add_argument("--vocab-size", type=int, default=4000)
+    tiny.add_argument("--texts", type=int, default=2000, help="training prompts used to train the tokenizer")
+    tiny.add_argument("--chat", action="store_true", help="give the tokenizer a chat template")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_cmd_tiny_model)
     return parser
 
 

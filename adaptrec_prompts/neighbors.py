@@ -20,7 +20,7 @@ import datasets
 from adaptrec_prompts.embed import CollabEmbedder, Embedder, LMEmbedder, TextEmbedder, training_sequences
 from adaptrec_prompts.errors import ConfigError
 from adaptrec_prompts.prepare import load_items, load_manifest, load_prepared, save
-from adaptrec_prompts.render import load_template
+from adaptrec_prompts.render import manifest_template
 from adaptrec_prompts.retriever import QueryStats, UserIndex, collection_name
 from adaptrec_prompts.schema import SPLITS, column
 
@@ -46,7 +46,7 @@ def make_embedder(kind: str, data_dir: str | Path, model_path: str | Path | None
         return CollabEmbedder().fit(training_sequences(load_prepared(data_dir)["train"]))
     if model_path is None:
         raise ConfigError(f"the {kind} embedder needs --embed-model PATH (a local model folder)")
-    template = load_template(load_manifest(data_dir)["domain"])
+    template = manifest_template(load_manifest(data_dir))
     cls = LMEmbedder if kind == "lm" else TextEmbedder
     return cls(model_path, load_items(data_dir), template.render_history)
 

@@ -84,3 +84,11 @@ def load_template(name_or_path: str | Path) -> Template:
         return Template(**tomllib.loads(path.read_text(encoding="utf-8")))
     except (tomllib.TOMLDecodeError, ValueError) as exc:
         raise ConfigError(f"{path}: invalid template: {exc}") from None
+
+
+def manifest_template(manifest: dict) -> Template:
+    """The template of a prepared folder's domain (older manifests without "domain" use the dataset's)."""
+    domain = manifest.get("domain") or DATASET_DOMAINS.get(manifest["dataset"])
+    if domain is None:
+        raise ConfigError(f"no template domain recorded for dataset {manifest['dataset']!r}; pass --template")
+    return load_template(domain)

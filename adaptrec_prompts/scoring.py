@@ -6,8 +6,10 @@ Hugging Face engine does: one prefill, cache reused for all completions).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
+from adaptrec_prompts import timing
 from adaptrec_prompts.errors import ConfigError
 
 
@@ -24,4 +26,11 @@ def score_completions(lm, messages: list[dict], completions: Sequence[str]) -> l
     if score is None:
         raise ConfigError(f"score mode needs a backend that can score candidates; {getattr(lm, 'model', lm)!r} "
                           "cannot. Use the local Hugging Face backend (hf:PATH) or mode='generate'.")
-    return list(score(messages, list(completions)))
+    started = time.perf_counter()
+    with_usage = getattr(engine, "score_with_usage", None)
+    if with_usage is not None:
+        scores, prompt_tokens, completion_tokens = with_usage(messages, list(completions))
+    else:
+        scores, prompt_tokens, completion_tokens = score(messages, list(completions)), 0, 0
+    timing.add(time.perf_counter() - started, prompt_tokens, completion_tokens)
+    return list(scores)

@@ -143,9 +143,13 @@ class HFEngine:
             raise ConfigError("cannot score an empty completion")
         return ids
 
-    @torch.no_grad()
     def score(self, messages: Sequence[dict], completions: Sequence[str]) -> list[float]:
-        """Sum of log p(completion tokens | prompt) for each completion, with one shared prefill.
+        """Sum of log p(completion tokens | prompt) for each completion (see `score_with_usage`)."""
+        return self.score_with_usage(messages, completions)[0]
+
+    @torch.no_grad()
+    def score_with_usage(self, messages: Sequence[dict], completions: Sequence[str]) -> tuple[list[float], int, int]:
+        """(scores, prompt tokens, completion tokens): log p(completion | prompt) with one shared prefill.
 
         The prompt is run once; its KV cache is repeated for the K completions, which are then run as
         one right-padded batch. Shapes: prefill (1, P); completions (K, L-1) after the first token,
@@ -158,8 +162,9 @@ class HFEngine:
             out = self.model(input_ids=torch.tensor([prompt]), use_cache=True, logits_to_keep=1)
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
             scores = [first[c[0]].item() for c in comps]
+            usage = (len(prompt), sum(len(c) for c in comps))
             if width == 1:
-                return scores
+                return scores, *usage
             cache = out.past_key_values
             cache.batch_repeat_interleave(k)
             pad = self.tokenizer.pad_token_id
@@ -172,7 +177,7 @@ class HFEngine:
             if len(c) > 1:
                 logp = torch.log_softmax(logits[j, : len(c) - 1].float(), dim=-1)
                 scores[j] += logp.gather(1, torch.tensor(c[1:])[:, None]).sum().item()
-        return scores
+        return scores, *usage
 
     @torch.no_grad()
     def score_separately(self, messages: Sequence[dict], completions: Sequence[str]) -> list[float]:

@@ -1,0 +1,89 @@
+"""SASRec (Kang & McAuley, ICDM 2018), small and CPU-trainable, as a harness baseline.
+
+Trained on the training windows (history of up to `history_len` items -> next item) with full-softmax
+cross-entropy at the last position, Adam; scores the K candidates by their logits.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from adaptrec_prompts.schema import column
+
+
+class SASRec(nn.Module):
+    def __init__(self, n_items: int, dim: int = 64, layers: int = 2, heads: int = 2, max_len: int = 10,
+                 dropout: float = 0.2):
+        super().__init__()
+        self.items = nn.Embedding(n_items + 1, dim, padding_idx=0)  # index 0 = padding
+        self.positions = nn.Embedding(max_len, dim)
+        block = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim * 2, dropout=dropout, batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.max_len = max_len
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq: (B, L) item indices, left-padded with 0 -> (B, n_items + 1) next-item logits."""
+        length = seq.shape[1]
+        x = self.items(seq) + self.positions(torch.arange(length))
+        causal = torch.triu(torch.full((length, length), float("-inf")), diagonal=1)
+        h = self.encoder(x, mask=causal, src_key_padding_mask=seq == 0)
+        return self.norm(h[:, -1]) @ self.items.weight.T
+
+
+class SASRecBaseline:
+    """Train on a prepared train split; rank candidates by SASRec logits."""
+
+    def __init__(self, train, epochs: int = 5, dim: int = 64, batch_size: int = 256, lr: float = 1e-3,
+                 history_len: int = 10, seed: int = 0):
+        torch.manual_seed(seed)
+        hist, targets = column(train, "history_item_ids"), column(train, "target_item_id")
+        items = sorted({i for h in hist for i in h} | set(targets))
+        self.index = {item: k + 1 for k, item in enumerate(items)}
+        self.history_len = history_len
+        self.params = {"name": "sasrec", "epochs": epochs, "dim": dim, "batch_size": batch_size, "lr": lr,
+                       "seed": seed, "training_windows": len(targets)}
+        self.model = SASRec(len(items), dim=dim, max_len=history_len)
+        x = self._encode(hist)
+        y = torch.tensor([self.index[t] for t in targets])
+        opt = torch.optim.Adam(self.model.parameters(), lr=lr)
+        started = time.perf_counter()
+        self.losses = []
+        for _ in range(epochs):
+            self.model.train()
+            order = torch.randperm(len(y))
+            total = 0.0
+            for start in range(0, len(y), batch_size):
+                idx = order[start : start + batch_size]
+                loss = nn.functional.cross_entropy(self.model(x[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+            self.losses.append(total / len(y))
+        self.train_seconds = time.perf_counter() - started
+        self.params.update(train_seconds=round(self.train_seconds, 1), final_loss=round(self.losses[-1], 4))
+        self.model.eval()
+
+    def _encode(self, histories) -> torch.Tensor:
+        rows = []
+        for h in histories:
+            ids = [self.index.get(i, 0) for i in h][-self.history_len :]
+            rows.append([0] * (self.history_len - len(ids)) + ids)
+        return torch.tensor(rows)
+
+    def config(self) -> dict:
+        return dict(self.params)
+
+    @torch.no_grad()
+    def predict_row(self, row: dict) -> dict:
+        logits = self.model(self._encode([row["history_item_ids"]]))[0]
+        cands = row["candidate_item_ids"]
+        scores = [logits[self.index[c]].item() if c in self.index else float("-inf") for c in cands]
+        order = sorted(range(len(cands)), key=lambda i: (-scores[i], i))
+        return {"raw": None, "answer": None, "ranking": [cands[i] for i in order], "valid": True, "reason": "",
+                "selection": None}

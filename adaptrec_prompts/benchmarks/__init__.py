@@ -1,0 +1,1 @@
+"""Benchmarks shipped as commands (`adaptrec bench ...`). They print measured numbers and the command line."""

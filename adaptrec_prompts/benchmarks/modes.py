@@ -1,0 +1,71 @@
+"""`adaptrec bench modes`: wall time per recommendation, generate vs score mode, same prompt.
+
+A ~25M-parameter Llama is built locally (tokenizer trained on rendered prompts of the training split,
+random weights: speed does not depend on what the weights know). Generation is given the tokens a
+trained model needs to write "[[ ## answer ## ]]\\n<number>. <title>\\n\\n[[ ## completed ## ]]"
+(`--max-new-tokens`, default 32); a random model never stops early, so every example uses all of them.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import dspy
+
+from adaptrec_prompts.backends.hf import hf_lm
+from adaptrec_prompts.backends.tiny import build_tiny_llama
+from adaptrec_prompts.errors import ConfigError
+from adaptrec_prompts.modules import AdaptRec, NextItemRecommender, eval_adapter, example_inputs
+from adaptrec_prompts.prepare import load_manifest, load_prepared
+from adaptrec_prompts.render import manifest_template
+
+
+def prompt_texts(rows, template) -> list[str]:
+    """Rendered Stage-3 training prompts + answers: the tokenizer's training text."""
+    rec, adapter = NextItemRecommender(template), eval_adapter()
+    texts = []
+    for r in rows:
+        inputs = rec.inputs(r["history_titles"], r["candidate_titles"], [(r["history_titles"], r["target_title"])])
+        number = r["candidate_item_ids"].index(r["target_item_id"]) + 1
+        messages = adapter.format_finetune_data(rec.recommend.signature, [], inputs,
+                                                {"answer": rec.answer_text(number, r["target_title"])})["messages"]
+        texts.append("\n\n".join(m["content"] for m in messages))
+    return texts
+
+
+def run(data_dir: str | Path, examples: int = 10, m_select: int = 5, max_new_tokens: int = 32,
+        size: str = "25m", model_dir: str | Path | None = None) -> dict:
+    ddict = load_prepared(data_dir)
+    if "neighbor_example_ids" not in ddict["test"].column_names:
+        raise ConfigError(f"{data_dir} has no neighbour columns: run `adaptrec index neighbors` first")
+    template = manifest_template(load_manifest(data_dir))
+    model_dir = Path(model_dir or tempfile.mkdtemp(prefix="bench-modes-"))
+    if not (model_dir / "config.json").is_file():
+        build_tiny_llama(prompt_texts(ddict["train"].select(range(2000)), template), model_dir, size=size,
+                         vocab_size=8000)
+    lm = hf_lm(model_dir, max_new_tokens=max_new_tokens)
+    engine = lm.engine
+    params = sum(p.numel() for p in engine.model.parameters())
+    rows = [example_inputs(r) for r in ddict["test"].select(range(examples))]
+    timings: dict[str, list[float]] = {"generate": [], "score": []}
+    tokens = []
+    for mode in ("generate", "score"):
+        program = AdaptRec(template, selection="static", n_retrieve=10, m_select=m_select, mode=mode)
+        with dspy.context(lm=lm):
+            program(**rows[0])  # warm-up
+            for inputs in rows:
+                started = time.perf_counter()
+                program(**inputs)
+                timings[mode].append(time.perf_counter() - started)
+    rec, adapter = NextItemRecommender(template), eval_adapter()
+    for inputs in rows:
+        msgs = adapter.format(rec.recommend.signature, [], rec.inputs(
+            inputs["history_titles"], inputs["candidate_titles"], inputs["neighbors"][:m_select]))
+        tokens.append(len(engine.prompt_ids(msgs)))
+    gen, score = statistics.mean(timings["generate"]), statistics.mean(timings["score"])
+    return {"params": params, "examples": examples, "prompt_tokens": statistics.mean(tokens),
+            "generate_s": gen, "score_s": score, "ratio": gen / score, "max_new_tokens": max_new_tokens,
+            "k": len(rows[0]["candidate_ids"])}

@@ -1,0 +1,243 @@
+"""The evaluation harness: any program (AdaptRec variant or baseline) x any backend x a frozen split.
+
+Writes, in `out_dir`:
+- `manifest.json` at start: resolved config, seeds, data manifest hash, program hash, package versions,
+  git commit, adapter (never an API key). Re-running into the same folder requires the same config.
+- `predictions.jsonl`: one line per example, flushed and fsync'd as soon as it is done (ids of the
+  inputs, raw output, parsed ranking, valid flag, reason, error, tokens, latency, LM time). A re-run
+  skips finished examples (errored ones are retried); an interrupted run loses nothing.
+- `results.json`: metrics with 95% bootstrap CIs and n (metrics.aggregate), errors, tokens, cost,
+  LM seconds vs total seconds (the share of time outside LM calls is the harness overhead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import dspy
+from dspy.utils.usage_tracker import track_usage
+
+from adaptrec_prompts import timing
+from adaptrec_prompts.errors import AdaptRecError, ConfigError
+from adaptrec_prompts.metrics import RESULTS_SCHEMA_VERSION, aggregate, example_metrics
+from adaptrec_prompts.modules import AdaptRec, eval_adapter, example_inputs
+
+logger = logging.getLogger(__name__)
+PACKAGES = ("adaptrec-prompts", "dspy", "datasets", "transformers", "torch", "peft", "trl", "chromadb", "litellm")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def program_state(program) -> dict:
+    """A JSON description of a program (config + DSPy state for AdaptRec; config for baselines)."""
+    if isinstance(program, AdaptRec):
+        return {"class": "AdaptRec", "config": program.config(), "state": program.dump_state()}
+    return {"class": type(program).__name__, "config": program.config()}
+
+
+def _sha(payload: object) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def predict_row(program, row: dict) -> dict:
+    """Run one program on one prepared row; the uniform output the harness logs."""
+    if isinstance(program, AdaptRec):
+        pred = program(**example_inputs(row))
+        return {"raw": pred.raw, "answer": pred.answer, "ranking": list(pred.ranking), "valid": bool(pred.valid),
+                "reason": pred.reason, "selection": pred.selection}
+    return program.predict_row(row)
+
+
+def read_log(path: Path) -> dict[str, dict]:
+    """Last record per example id from a predictions log (a torn last line from a kill is ignored)."""
+    records: dict[str, dict] = {}
+    if path.is_file():
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                records[record["example_id"]] = record
+    return records
+
+
+class _Log:
+    def __init__(self, path: Path):
+        self.path = path
+        self.lock = threading.Lock()
+
+    def write(self, record: dict) -> None:
+        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        with self.lock, open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _run_one(program, row: dict, lm, callbacks) -> dict:
+    started = time.perf_counter()
+    base = {"example_id": row["example_id"], "target_item_id": row["target_item_id"],
+            "history_item_ids": row["history_item_ids"], "candidate_item_ids": row["candidate_item_ids"],
+            "neighbor_example_ids": (row.get("neighbor_example_ids") or [])}
+    with timing.measure() as clock, track_usage() as usage:
+        try:
+            with dspy.context(lm=lm, adapter=eval_adapter(), callbacks=callbacks):
+                out = predict_row(program, row)
+            error = None
+        except AdaptRecError:
+            raise  # a configuration problem: every example would fail the same way
+        except Exception as exc:  # LM transport/provider errors: counted, never scored as outputs
+            out, error = {"raw": None, "answer": None, "ranking": [], "valid": False, "reason": ""}, repr(exc)[:500]
+    tokens = {"prompt_tokens": clock.prompt_tokens, "completion_tokens": clock.completion_tokens}
+    for totals in usage.get_total_tokens().values():
+        tokens["prompt_tokens"] += int(totals.get("prompt_tokens") or 0)
+        tokens["completion_tokens"] += int(totals.get("completion_tokens") or 0)
+    record = {**base, **out, "error": error, **tokens, "latency_s": time.perf_counter() - started,
+              "lm_seconds": clock.lm_seconds}
+    record.update(example_metrics(record["ranking"], row["target_item_id"], record["valid"]))
+    return record
+
+
+def evaluate(program, rows, out_dir: str | Path, config: dict, lm=None, threads: int = 1,
+             progress: bool = True, data_manifest: dict | None = None) -> dict:
+    """Run `program` on every row (a datasets split or list of dicts), resuming from `out_dir`.
+
+    Args:
+        program: an AdaptRec or a baseline (anything with `predict_row(row)` and `config()`).
+        rows: the frozen examples.
+        out_dir: run folder (created; reused for resume when its manifest config matches).
+        config: the resolved run configuration to record (no secrets).
+        lm: the dspy LM (None for baselines).
+        threads: parallel examples (for API backends; keep 1 for a local model).
+
+    Returns:
+        The results dict also written to `out_dir/results.json`.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "results_schema_version": RESULTS_SCHEMA_VERSION,
+        "config": config,
+        "config_hash": _sha(config),
+        "program": program_state(program),
+        "program_hash": _sha(program_state(program)),
+        "data_manifest_hash": _sha(data_manifest) if data_manifest else None,
+        "data_hash": (data_manifest or {}).get("data_hash"),
+        "adapter": "ChatAdapter(use_json_adapter_fallback=False)",
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+    }
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if (old["config_hash"], old["program_hash"]) != (manifest["config_hash"], manifest["program_hash"]):
+            raise ConfigError(f"{out} holds a run with a different config or program; resume only the same run, "
+                              "or choose another --out")
+    else:
+        manifest_path.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    log_path = out / "predictions.jsonl"
+    done = {k: r for k, r in read_log(log_path).items() if not r.get("error")}
+    todo = [row for row in rows if row["example_id"] not in done]
+    log = _Log(log_path)
+    callbacks = [timing.LMTimer()]
+    logger.info("%d examples, %d already done, %d to run", len(rows), len(done), len(todo))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="eval", dynamic_ncols=True)
+    hits = [r["hit1"] for r in done.values()]
+    started = time.perf_counter()
+
+    def finish(record: dict) -> None:
+        log.write(record)
+        done[record["example_id"]] = record
+        if not record["error"]:
+            hits.append(record["hit1"])
+        if bar is not None:
+            bar.set_postfix(HR1=f"{sum(hits) / max(1, len(hits)):.3f}", errors=sum(
+                1 for r in done.values() if r["error"]))
+            bar.update(1)
+
+    try:
+        if threads > 1:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                for record in pool.map(lambda r: _run_one(program, r, lm, callbacks), todo):
+                    finish(record)
+        else:
+            for row in todo:
+                finish(_run_one(program, row, lm, callbacks))
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - started
+    records = [done[row["example_id"]] for row in rows if row["example_id"] in done]
+    results = summarize(records, config.get("lm"))
+    results["wall_seconds_last_invocation"] = wall
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out / "results.json")
+    return results
+
+
+def summarize(records: Sequence[dict], lm_name: str | None = None) -> dict:
+    """results.json content from per-example records."""
+    agg = aggregate(records)
+    lm_seconds = sum(r["lm_seconds"] for r in records)
+    total_seconds = sum(r["latency_s"] for r in records)
+    prompt_tokens = sum(r["prompt_tokens"] for r in records)
+    completion_tokens = sum(r["completion_tokens"] for r in records)
+    return {
+        "results_schema_version": RESULTS_SCHEMA_VERSION,
+        "n": agg["n"],
+        "errors": agg["errors"],
+        "metrics": agg["metrics"],
+        "invalid": sum(1 for r in records if not r["error"] and not r["valid"]),
+        "lm_seconds": lm_seconds,
+        "total_seconds": total_seconds,
+        "overhead_share": (1 - lm_seconds / total_seconds) if total_seconds and lm_seconds else None,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "cost_usd": estimate_cost(lm_name, prompt_tokens, completion_tokens),
+    }
+
+
+def estimate_cost(lm_name: str | None, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """USD from litellm's (local) price map; None for local models or unknown names."""
+    if not lm_name or lm_name.startswith("hf:"):
+        return None
+    try:
+        import litellm
+
+        p, c = litellm.cost_per_token(model=lm_name, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        return float(p + c)
+    except Exception:  # unknown model in the price map
+        return None
