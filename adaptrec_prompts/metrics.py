@@ -51,6 +51,8 @@ def example_metrics(ranking: Sequence[int], target: int, valid: bool) -> dict[st
 
 
 def _ci(samples: np.ndarray) -> tuple[float, float]:
+    if np.isnan(samples).all():
+        return float("nan"), float("nan")
     lo, hi = np.nanpercentile(samples, [2.5, 97.5])
     return float(lo), float(hi)
 
