@@ -111,6 +111,9 @@ class NextItemRecommender(dspy.Module):
             completions = [adapter.format_assistant_message_content(signature, {"answer": self.answer_text(i, t)})
                            for i, t in enumerate(candidate_titles, start=1)]
             scores = score_completions(dspy.settings.lm, messages, completions)
+            if all(s == float("-inf") for s in scores):
+                return dspy.Prediction(answer=None, raw=None, scores=scores, valid=False, ranking=[],
+                                       reason="no candidate number found in the answer's token logprobs")
             result = ranking_from_scores(scores, candidate_ids)
             return dspy.Prediction(answer=None, raw=None, scores=scores, valid=True, ranking=result.ranking, reason="")
         raw = answer = None

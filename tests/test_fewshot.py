@@ -86,3 +86,37 @@ def test_dry_run_prints_the_estimate_only(gr_nb, tmp_path, monkeypatch, capsys):
     assert script.main(script.make_parser().parse_args(["--data", str(gr_nb), "--out", str(out), "--dry-run",
                                                         "--split", "test_extended", "--limit", "2"])) == 0
     assert "prompt tokens" in capsys.readouterr().out and not out.exists()
+
+
+def test_api_score_mode_reads_first_token_logprobs(ml100k, monkeypatch):
+    import dspy
+
+    from adaptrec_prompts import testing
+    from adaptrec_prompts.backends import api_lm
+    from adaptrec_prompts.modules import AdaptRec
+    from adaptrec_prompts.render import load_template
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    plain = testing.chat_response
+
+    def with_logprobs(text, model="mock"):
+        r = plain(text, model)
+        tokens = ["[[", " ##", " answer", " ##", " ]]", "\n", "7", ".", " X"]
+        tops = [{"token": "7", "logprob": -0.2}, {"token": "12", "logprob": -1.5}, {"token": "3", "logprob": -3.0}]
+        r["choices"][0]["logprobs"] = {"content": [
+            {"token": t, "logprob": -0.1, "top_logprobs": tops if t == "7" else [{"token": t, "logprob": -0.1}]}
+            for t in tokens]}
+        return r
+
+    monkeypatch.setattr(testing, "chat_response", with_logprobs)
+    row = ml100k["test"][0]
+    with testing.MockOpenAIServer(lambda i, body: ("ok", "[[ ## answer ## ]]\n7. X")) as server:
+        lm = api_lm("openai/gpt-4o-mini", api_base=server.url, cache=False)
+        with dspy.context(lm=lm):
+            pred = AdaptRec(load_template("movies"), selection="none", mode="score")(
+                history_titles=row["history_titles"], candidate_ids=row["candidate_item_ids"],
+                candidate_titles=row["candidate_titles"])
+        assert server.requests[0]["logprobs"] is True and server.requests[0]["top_logprobs"] == 20
+    ids = row["candidate_item_ids"]
+    assert pred.valid and pred.ranking[:3] == [ids[6], ids[11], ids[2]]
+    assert sorted(pred.ranking) == sorted(ids)
