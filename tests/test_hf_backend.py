@@ -15,7 +15,7 @@ MOVIES = load_template("movies")
 
 @pytest.fixture(scope="module")
 def engine(tiny_model):
-    return HFEngine(tiny_model, max_new_tokens=12)
+    return HFEngine.load(tiny_model, max_new_tokens=12)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def stage3(ml100k):
 
 @pytest.mark.parametrize("prompt_format", ["chat", "plain"])
 def test_score_with_shared_prefill_equals_k_separate_passes(tiny_model, stage3, prompt_format):
-    engine = HFEngine(tiny_model, prompt_format=prompt_format)
+    engine = HFEngine.load(tiny_model, prompt_format=prompt_format)
     messages, completions = stage3
     assert len(completions) == 20
     fast = np.array(engine.score(messages, completions))
@@ -44,7 +44,7 @@ def test_score_with_shared_prefill_equals_k_separate_passes(tiny_model, stage3, 
 
 def test_plain_and_chat_prompts_differ(tiny_model, stage3):
     messages, _ = stage3
-    chat, plain = HFEngine(tiny_model, prompt_format="chat"), HFEngine(tiny_model, prompt_format="plain")
+    chat, plain = HFEngine.load(tiny_model, prompt_format="chat"), HFEngine.load(tiny_model, prompt_format="plain")
     assert chat.render(messages).startswith("<s><|system|>") and chat.render(messages).endswith("<|assistant|>\n")
     assert plain.render(messages) == messages[0]["content"] + "\n\n" + messages[1]["content"] + "\n\n"
 
@@ -53,14 +53,14 @@ def test_chat_format_requires_a_template(tmp_path, tiny_model):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    assert HFEngine(tiny_model).use_chat  # auto picks the chat template when present
+    assert HFEngine.load(tiny_model).use_chat  # auto picks the chat template when present
     tok.chat_template = None
     tok.save_pretrained(tmp_path)
     for name in ("config.json", "model.safetensors"):
         (tmp_path / name).write_bytes((tiny_model / name).read_bytes())
-    assert not HFEngine(tmp_path).use_chat  # base model: plain fallback
+    assert not HFEngine.load(tmp_path).use_chat  # base model: plain fallback
     with pytest.raises(ConfigError, match="no chat template"):
-        HFEngine(tmp_path, prompt_format="chat")
+        HFEngine.load(tmp_path, prompt_format="chat")
 
 
 def test_batched_generation_equals_one_by_one(engine, stage3):
@@ -73,16 +73,16 @@ def test_batched_generation_equals_one_by_one(engine, stage3):
 
 def test_generation_stops_at_the_stop_string(tiny_model, stage3):
     messages, _ = stage3
-    free = HFEngine(tiny_model, max_new_tokens=12).generate([messages])[0].text
+    free = HFEngine.load(tiny_model, max_new_tokens=12).generate([messages])[0].text
     stop = free[2:5]
-    stopped = HFEngine(tiny_model, max_new_tokens=12, stop=(stop,)).generate([messages])[0]
+    stopped = HFEngine.load(tiny_model, max_new_tokens=12, stop=(stop,)).generate([messages])[0]
     assert stopped.text.endswith(stop) and len(stopped.text) < len(free)
     assert END_MARKER == "[[ ## completed ## ]]"
 
 
 def test_missing_model_folder():
     with pytest.raises(ConfigError, match="model folder"):
-        HFEngine("/nonexistent/model")
+        HFEngine.load("/nonexistent/model")
 
 
 @pytest.mark.parametrize("selection", ["none", "random", "static", "adaptive"])
@@ -115,8 +115,8 @@ def test_peft_adapter_changes_outputs_and_reloads(tmp_path, tiny_model, stage3):
     peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     peft_model.save_pretrained(tmp_path / "adapter")
     messages, completions = stage3
-    plain = HFEngine(tiny_model).score(messages, completions[:3])
-    adapted = HFEngine(tiny_model, adapter=tmp_path / "adapter").score(messages, completions[:3])
-    again = HFEngine(tiny_model, adapter=tmp_path / "adapter").score(messages, completions[:3])
+    plain = HFEngine.load(tiny_model).score(messages, completions[:3])
+    adapted = HFEngine.load(tiny_model, adapter=tmp_path / "adapter").score(messages, completions[:3])
+    again = HFEngine.load(tiny_model, adapter=tmp_path / "adapter").score(messages, completions[:3])
     assert not np.allclose(plain, adapted, atol=1e-3)
     np.testing.assert_allclose(adapted, again, atol=1e-6)

@@ -52,40 +52,48 @@ def request_messages(request) -> list[dict]:
 class HFEngine:
     """Local causal LM engine for DSPy. Holds the model; DSPy modules never do.
 
+    Build it with `HFEngine.load(model_path, adapter=None, dtype="float32", ...)`, or around live objects
+    (`HFEngine(model, tokenizer)`, e.g. the model being fine-tuned).
+
     Args:
-        model_path: a local folder with a transformers model and tokenizer.
-        adapter: optional peft adapter folder (LoRA) applied on top.
-        dtype: "float32" (fast on CPU) or "bfloat16".
+        model: a transformers causal LM (optionally peft-wrapped).
+        tokenizer: its tokenizer.
         max_new_tokens: generation budget.
         prompt_format: "auto" (chat template if the tokenizer has one, else plain), "chat" or "plain".
         stop: strings that end generation (default: the ChatAdapter's end marker).
     """
 
-    def __init__(self, model_path: str | Path, adapter: str | Path | None = None, dtype: str = "float32",
-                 max_new_tokens: int = 64, prompt_format: str = "auto", stop: Sequence[str] = (END_MARKER,)):
+    def __init__(self, model, tokenizer, max_new_tokens: int = 64, prompt_format: str = "auto",
+                 stop: Sequence[str] = (END_MARKER,), name: str = "model"):
         if prompt_format not in PROMPT_FORMATS:
             raise ConfigError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
-        if not Path(model_path).is_dir():
-            raise ConfigError(f"model folder {str(model_path)!r} not found: pass a local transformers model folder "
-                              "(config.json, weights, tokenizer files)")
-        self.model_path = str(model_path)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.model, self.tokenizer, self.name = model, tokenizer, name
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, dtype))
-        if adapter:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(adapter))
-        self.model = model.eval()
         self.max_new_tokens = max_new_tokens
         self.stop = tuple(stop)
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
         if prompt_format == "chat" and not has_template:
-            raise ConfigError(f"{model_path}: the tokenizer has no chat template; use prompt_format='plain'")
+            raise ConfigError(f"{name}: the tokenizer has no chat template; use prompt_format='plain'")
         self.use_chat = prompt_format == "chat" or (prompt_format == "auto" and has_template)
         self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model_path: str | Path, adapter: str | Path | None = None, dtype: str = "float32",
+             **kwargs) -> HFEngine:
+        """Load a local model folder (+ optional peft adapter) and wrap it."""
+        if not Path(model_path).is_dir():
+            raise ConfigError(f"model folder {str(model_path)!r} not found: pass a local transformers model folder "
+                              "(config.json, weights, tokenizer files)")
+        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, dtype))
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter))
+        name = Path(model_path).name + (f"+{Path(adapter).name}" if adapter else "")
+        return cls(model.eval(), tokenizer, name=name, **kwargs)
 
     # ---- prompts ----
     def render(self, messages: Sequence[dict]) -> str:
@@ -125,7 +133,7 @@ class HFEngine:
 
     def complete(self, request) -> Response:
         gen = self.generate([request_messages(request)])[0]
-        return Response(id=None, model=Path(self.model_path).name, message=Message.assistant([TextPart(gen.text)]),
+        return Response(id=None, model=self.name, message=Message.assistant([TextPart(gen.text)]),
                         finish_reason="stop", usage=Usage(input_tokens=gen.prompt_tokens,
                                                           output_tokens=gen.completion_tokens,
                                                           total_tokens=gen.prompt_tokens + gen.completion_tokens))
@@ -193,6 +201,6 @@ class HFEngine:
 
 def hf_lm(model_path: str | Path, adapter: str | Path | None = None, **kwargs) -> dspy.LM:
     """`dspy.LM` over an `HFEngine` (DSPy's response cache off: the model is local and deterministic)."""
-    engine = HFEngine(model_path, adapter=adapter, **kwargs)
-    name = Path(model_path).name + (f"+{Path(adapter).name}" if adapter else "")
-    return dspy.LM(f"local/{name}", engine=engine, cache=False, temperature=0.0, max_tokens=engine.max_new_tokens)
+    engine = HFEngine.load(model_path, adapter=adapter, **kwargs)
+    return dspy.LM(f"local/{engine.name}", engine=engine, cache=False, temperature=0.0,
+                   max_tokens=engine.max_new_tokens)

@@ -1,0 +1,159 @@
+"""finetune/sft.py and sft_data: identical prompts, a real TRL + LoRA run on a tiny local Llama, the callback."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import dspy
+import numpy as np
+import pytest
+import torch
+
+from adaptrec_prompts.modules import AdaptRec, example_inputs
+from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
+from adaptrec_prompts.prepare import build, save
+from adaptrec_prompts.protocol import ProtocolConfig
+from adaptrec_prompts.render import load_template
+from adaptrec_prompts.retriever import make_client
+from adaptrec_prompts.sft_data import build_rows, stage2_label, stage2_row, stage3_row
+
+SCRIPT = Path(__file__).resolve().parents[1] / "finetune" / "sft.py"
+
+
+def _sft():
+    spec = importlib.util.spec_from_file_location("adaptrec_sft", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["adaptrec_sft"] = module  # dataclasses resolve their string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def gr_nb(tmp_path_factory, goodreads_raw):
+    root = tmp_path_factory.mktemp("sft-data")
+    data = save(*build("goodreads", goodreads_raw, ProtocolConfig(k_candidates=10)), root / "gr")
+    emb = make_embedder("collab", data)
+    add_neighbors(data, root / "gr-nb", open_index(data, emb, make_client(path=root / "chroma")), emb, n=6,
+                  splits=["train", "test"])
+    return root / "gr-nb"
+
+
+class Recorder:
+    """An engine that records what inference sends and answers '1'."""
+
+    def __init__(self):
+        self.sent = []
+
+    def complete(self, request):
+        from adaptrec_prompts.backends.hf import request_messages
+        from dspy.lm15 import Message, Response, TextPart, Usage
+
+        self.sent.append(request_messages(request))
+        return Response(id=None, model="rec", message=Message.assistant([TextPart("[[ ## answer ## ]]\n1")]),
+                        finish_reason="stop", usage=Usage(input_tokens=1, output_tokens=1, total_tokens=2))
+
+    def stream(self, request):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("selection", ["static", "none", "random"])
+def test_training_prompt_is_byte_identical_to_the_inference_prompt(ml100k, selection):
+    import datasets as hfds
+
+    from conftest import with_fake_neighbors
+
+    row = with_fake_neighbors(ml100k["train"][500], ml100k["train"].select(range(40, 60)))
+    program = AdaptRec(load_template("movies"), selection=selection, n_retrieve=10, m_select=4, mode="generate")
+    program.recommender.recommend.signature = program.recommender.recommend.signature.with_instructions(
+        "A compiled instruction.")
+    recorder = Recorder()
+    with dspy.context(lm=dspy.LM("local/rec", engine=recorder, cache=False)):
+        program(**example_inputs(row))
+    sft_row = stage3_row(program, row)
+    assert sft_row["prompt"] == recorder.sent[0]  # same messages, same bytes
+    assert json.dumps(sft_row["prompt"]) == json.dumps(recorder.sent[0])
+    assert "A compiled instruction." in sft_row["prompt"][0]["content"]
+    number = row["candidate_item_ids"].index(row["target_item_id"]) + 1
+    assert sft_row["completion"] == [{"role": "assistant", "content":
+                                      f"[[ ## answer ## ]]\n{number}. {row['target_title']}\n\n[[ ## completed ## ]]\n"}]
+    assert isinstance(hfds.Dataset.from_list([{"prompt": sft_row["prompt"], "completion": sft_row["completion"]}]),
+                      hfds.Dataset)
+
+
+def test_stage2_label_rule():
+    row = {"target_item_id": 9, "history_item_ids": [1, 2, 3],
+           "neighbor_next_item_ids": [5, 9, 7, 8], "neighbor_history_item_ids": [[1, 2], [4], [9, 1], [1, 2, 3]]}
+    assert stage2_label(row, n=4, m=3) == [1, 2, 3]  # next==target, target in history, most overlap
+
+
+def test_stage2_rows(gr_nb):
+    import datasets
+
+    program = AdaptRec(load_template("books"), selection="adaptive", n_retrieve=6, m_select=3)
+    row = datasets.load_from_disk(str(gr_nb))["train"][10]
+    r = stage2_row(program, row)
+    assert r["completion"][0]["content"].startswith("[[ ## selected_users ## ]]\n[")
+    assert len(build_rows(program, [row], train_stage2=True)) == 2
+
+
+def _args(sft, tmp_path, gr_nb, *extra):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text((Path(__file__).resolve().parents[1] / "finetune" / "configs" / "tiny-cpu.yaml").read_text())
+    return sft.make_parser().parse_args_and_config([
+        "--config", str(cfg), "--data", str(gr_nb), "--output_dir", str(tmp_path / "out"), "--tiny_model_size",
+        "micro", "--tiny_vocab_size", "600", "--max_steps", "4", "--per_device_train_batch_size", "2",
+        "--logging_steps", "1", "--learning_rate", "5e-3", *extra])
+
+
+def test_tiny_lora_training_changes_the_adapter_only_and_reloads(gr_nb, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from adaptrec_prompts.backends.hf import HFEngine
+
+    sft = _sft()
+    out = sft.main(*_args(sft, tmp_path, gr_nb))
+    assert any("loss" in entry for entry in out["log_history"])  # a training loss was logged
+    base_dir, adapter_dir = Path(out["base_model"]), tmp_path / "out"
+    assert (adapter_dir / "adapter_config.json").is_file() and (adapter_dir / "adaptrec_manifest.json").is_file()
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir)
+    lora_b = [p for n, p in tuned.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # LoRA B starts at zero: it moved
+    base_state = base.state_dict()
+    for name, param in tuned.get_base_model().named_parameters():
+        if "lora_" not in name:
+            key = name.replace(".base_layer", "")
+            assert torch.equal(param, base_state[key]), name  # base weights unchanged
+    import datasets
+
+    row = datasets.load_from_disk(str(gr_nb))["test"][0]
+    r = stage3_row(AdaptRec(load_template("books"), selection="static", n_retrieve=10, m_select=5), row)
+    comps = ["[[ ## answer ## ]]\n1", "[[ ## answer ## ]]\n2"]
+    a = HFEngine.load(base_dir, adapter=adapter_dir).score(r["prompt"], comps)
+    b = HFEngine.load(base_dir, adapter=adapter_dir).score(r["prompt"], comps)
+    c = HFEngine.load(base_dir).score(r["prompt"], comps)
+    np.testing.assert_allclose(a, b, atol=1e-6)  # the adapter reloads to identical logits
+    assert not np.allclose(a, c, atol=1e-4)
+
+
+def test_self_adaptive_callback_reselects_with_the_model(gr_nb, tmp_path):
+    sft = _sft()
+    out = sft.main(*_args(sft, tmp_path, gr_nb, "--selection", "adaptive", "--selection_refresh_steps", "2",
+                          "--selection_refresh_window", "5", "--m_select", "3", "--n_retrieve", "6"))
+    history = out["selection_history"]
+    assert [h["step"] for h in history] == [2, 4]
+    assert all(h["reselected"] == 5 and 0 <= h["changed"] <= 5 for h in history)
+    assert any("loss" in entry for entry in out["log_history"])
+
+
+def test_unknown_yaml_keys_are_fatal(tmp_path):
+    sft = _sft()
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("data: x\nbf16: false\nlearning_rte: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rte"):
+        sft.make_parser().parse_args_and_config(["--config", str(cfg), "--output_dir", str(tmp_path)])
