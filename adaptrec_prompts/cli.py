@@ -267,6 +267,79 @@ def _cmd_tiny_model(args: argparse.Namespace) -> None:
     print(f"wrote {out} (random {args.size} Llama, tokenizer trained on {len(texts)} rendered training prompts)")
 
 
+def _cmd_compile(args: argparse.Namespace) -> None:
+    import json
+
+    from adaptrec_prompts.backends import make_lm
+    from adaptrec_prompts.errors import ConfigError
+    from adaptrec_prompts.evaluation import _sha, estimate_cost, evaluate, program_state
+    from adaptrec_prompts.modules import AdaptRec, save_program
+    from adaptrec_prompts.optimize import call_budget, compile_program, to_examples
+    from adaptrec_prompts.prepare import load_manifest, load_prepared
+
+    manifest = load_manifest(args.data)
+    ddict = load_prepared(args.data)
+    program = build_program(args.program, args.data, n=args.n, m=args.m, mode=args.mode or "score",
+                            template=args.template, mode_given=args.mode is not None)
+    if not isinstance(program, AdaptRec):
+        raise ConfigError("compile needs an AdaptRec program (none|random|static|adaptive or a saved .json)")
+    train = ddict["train"].shuffle(seed=args.seed).select(range(min(args.train_size, ddict["train"].num_rows)))
+    valid = ddict["valid"].select(range(min(args.val_size, ddict["valid"].num_rows)))
+    lm_kwargs = {"max_new_tokens": args.max_new_tokens} if args.lm.startswith("hf:") else {}
+    lm = make_lm(args.lm, adapter=args.adapter, api_base=args.api_base, **lm_kwargs)
+    prompt_lm = make_lm(args.prompt_lm, api_base=args.api_base) if args.prompt_lm else lm
+    stages = 2 if program.selection == "adaptive" else 1
+    calls = call_budget(args.optimizer, stages, train.num_rows, valid.num_rows, args.num_trials, args.num_candidates)
+    cost = estimate_cost(args.lm, calls * 1500, calls * 30)
+    print(f"$ adaptrec compile {' '.join(sys.argv[2:])}")
+    print(f"budget: optimizer={args.optimizer} metric={args.metric} trials={args.num_trials} "
+          f"candidates={args.num_candidates} max_demos={args.max_demos} train={train.num_rows} val={valid.num_rows}; "
+          f"<= {calls} LM calls" + (f", ~${cost:.2f} at ~1,500 prompt tokens/call" if cost is not None else ""),
+          flush=True)
+    base_state = program_state(program)
+    name = args.name or f"{args.program}-{args.optimizer}"
+    out_json = Path(args.programs_dir) / manifest["dataset"] / f"{name}.json"
+    runs = Path(args.runs_dir) / manifest["dataset"] / name
+    run_cfg = {"data": args.data, "data_hash": manifest.get("data_hash"), "split": "valid", "lm": args.lm,
+               "examples": valid.num_rows, "purpose": "compile validation"}
+    rows = valid.to_list()
+    before = evaluate(program, rows, runs / "before", {**run_cfg, "program": "base"}, lm=lm, progress=False,
+                      data_manifest=manifest)
+    with dspy_context(lm):
+        compiled = compile_program(program, to_examples(train), to_examples(valid), args.optimizer, args.metric,
+                                   num_trials=args.num_trials, num_candidates=args.num_candidates,
+                                   max_demos=args.max_demos, prompt_lm=prompt_lm, seed=args.seed)
+    save_program(compiled, out_json)
+    after = evaluate(compiled, rows, runs / "after", {**run_cfg, "program": str(out_json)}, lm=lm, progress=False,
+                     data_manifest=manifest)
+    record = {"optimizer": args.optimizer, "metric": args.metric,
+              "budget": {"num_trials": args.num_trials, "num_candidates": args.num_candidates,
+                         "max_demos": args.max_demos, "train_size": train.num_rows, "val_size": valid.num_rows,
+                         "lm_calls_upper_bound": calls},
+              "base_program_hash": _sha(base_state), "program_hash": _sha(program_state(compiled)),
+              "lm": args.lm, "prompt_lm": args.prompt_lm or args.lm, "data_hash": manifest.get("data_hash"),
+              "validation": {"before": before["metrics"], "after": after["metrics"], "n": after["n"]},
+              "runs": {"before": str(runs / "before"), "after": str(runs / "after")}}
+    out_json.with_suffix(".manifest.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(format_results("validation before", before))
+    print(format_results("validation after ", after))
+    print(f"saved {out_json} (+ .manifest.json); evaluate it with: adaptrec eval --program {out_json} ...")
+
+
+def dspy_context(lm):
+    import dspy
+
+    from adaptrec_prompts.modules import eval_adapter
+
+    return dspy.context(lm=lm, adapter=eval_adapter())
+
+
+def _cmd_programs_diff(args: argparse.Namespace) -> None:
+    from adaptrec_prompts.optimize import diff_programs
+
+    print(diff_programs(args.a, args.b))
+
+
 def _add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="a prepared folder (adaptrec data prepare)")
     p.add_argument("--embedder", default="collab", help="collab (default), lm or text")
@@ -394,6 +467,37 @@ def make_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--chat", action="store_true", help="give the tokenizer a chat template")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_cmd_tiny_model)
+
+    comp = groups.add_parser("compile", help="compile an AdaptRec program with a DSPy optimizer (train -> valid)")
+    comp.add_argument("--data", required=True)
+    comp.add_argument("--program", default="static", help="none|random|static|adaptive or a saved .json")
+    comp.add_argument("--optimizer", default="mipro", choices=["mipro", "bootstrap"])
+    comp.add_argument("--metric", default="hr1", choices=["hr1", "hr1+valid"])
+    comp.add_argument("--lm", required=True, help="task LM: hf:PATH or provider/model")
+    comp.add_argument("--prompt-lm", help="LM that proposes instructions (default: --lm)")
+    comp.add_argument("--adapter")
+    comp.add_argument("--api-base")
+    comp.add_argument("--mode", choices=["generate", "score"])
+    comp.add_argument("--n", type=int, default=10)
+    comp.add_argument("--m", type=int, default=5)
+    comp.add_argument("--num-trials", type=int, default=4)
+    comp.add_argument("--num-candidates", type=int, default=3)
+    comp.add_argument("--max-demos", type=int, default=2, help="bootstrap: demos per predictor")
+    comp.add_argument("--train-size", type=int, default=50)
+    comp.add_argument("--val-size", type=int, default=50)
+    comp.add_argument("--max-new-tokens", type=int, default=64)
+    comp.add_argument("--seed", type=int, default=0)
+    comp.add_argument("--template")
+    comp.add_argument("--name", help="file name under programs/<dataset>/ (default: PROGRAM-OPTIMIZER)")
+    comp.add_argument("--programs-dir", default="programs")
+    comp.add_argument("--runs-dir", default="runs/compile")
+    comp.set_defaults(func=_cmd_compile)
+
+    progs = groups.add_parser("programs", help="saved program states").add_subparsers(dest="command", required=True)
+    diff = progs.add_parser("diff", help="how instructions/demos/config changed between two saved programs")
+    diff.add_argument("a")
+    diff.add_argument("b")
+    diff.set_defaults(func=_cmd_programs_diff)
     return parser
 
 

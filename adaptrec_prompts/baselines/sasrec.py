@@ -30,7 +30,7 @@ class SASRec(nn.Module):
         """seq: (B, L) item indices, left-padded with 0 -> (B, n_items + 1) next-item logits."""
         length = seq.shape[1]
         x = self.items(seq) + self.positions(torch.arange(length))
-        causal = torch.triu(torch.full((length, length), float("-inf")), diagonal=1)
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)  # True = masked
         h = self.encoder(x, mask=causal, src_key_padding_mask=seq == 0)
         return self.norm(h[:, -1]) @ self.items.weight.T
 

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The runs behind docs/results.md, in order (each step resumable; ~1 hour on a 2-core CPU).
+# Usage: bash scripts/docs_runs.sh   (datasets at ../shared/data; outputs under artifacts/ and runs/)
+set -euo pipefail
+export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True
+D=${ADAPTREC_DATA:-../shared/data}
+A=artifacts; R=runs
+step() { echo "== $*" >&2; }
+
+# ML-100K: frozen splits, Stage-1 neighbours (all splits; train neighbours feed fine-tuning)
+[ -d $A/ml-100k ] || adaptrec data prepare --dataset ml-100k --raw-dir $D/ml-100k --out $A/ml-100k
+[ -d $A/ml-100k-nb ] || adaptrec index neighbors --data $A/ml-100k --out $A/ml-100k-nb --n 10
+
+step "ML-100K baselines (test = LLaRA-compatible, test_extended = every window of the test users)"
+for split in test test_extended; do
+  for b in random popularity userknn sasrec; do
+    adaptrec eval --data $A/ml-100k-nb --split $split --program baseline:$b --out $R/ml-100k/$split/$b --no-progress
+  done
+done
+step "UserKNN neighbour-count sweep"
+for n in 1 3 5 10; do
+  adaptrec eval --data $A/ml-100k-nb --split test_extended --program baseline:userknn --n $n \
+    --out $R/ml-100k/sweep/userknn-n$n --no-progress
+done
+
+step "tiny SFT (CPU) and the tiny model's variants in score mode"
+[ -f $A/sft/tiny/adapter_config.json ] || python finetune/sft.py --config finetune/configs/tiny-cpu.yaml \
+  --data $A/ml-100k-nb --output_dir $A/sft/tiny
+for v in none random static adaptive; do
+  adaptrec eval --data $A/ml-100k-nb --program $v --lm hf:$A/sft/tiny/base-model --mode score \
+    --out $R/ml-100k/test/tiny-untrained-$v --no-progress
+  adaptrec eval --data $A/ml-100k-nb --program $v --lm hf:$A/sft/tiny/base-model --adapter $A/sft/tiny \
+    --mode score --out $R/ml-100k/test/tiny-sft-$v --no-progress
+done
+
+step "LLaRA LastFM split (imported exactly), baselines and tiny-model variants"
+[ -d $A/llara-lastfm ] || adaptrec data prepare --dataset llara --raw-dir $D/llara-ref/lastfm --out $A/llara-lastfm
+[ -d $A/llara-lastfm-nb ] || adaptrec index neighbors --data $A/llara-lastfm --out $A/llara-lastfm-nb --n 10 \
+  --splits valid,test
+for b in random popularity userknn sasrec; do
+  adaptrec eval --data $A/llara-lastfm-nb --program baseline:$b --out $R/llara-lastfm/test/$b --no-progress
+done
+[ -f $A/models/lastfm-small/config.json ] || adaptrec model tiny --data $A/llara-lastfm --out $A/models/lastfm-small \
+  --size small --chat
+for v in none random static adaptive; do
+  adaptrec eval --data $A/llara-lastfm-nb --program $v --lm hf:$A/models/lastfm-small --mode score --limit 300 \
+    --out $R/llara-lastfm/test/tiny-untrained-$v --no-progress
+done
+
+step "reports"
+python eval/report.py $R/ml-100k/test/{random,popularity,userknn,sasrec} --out docs/results/ml-100k-baselines-test \
+  --title "ML-100K test (95 users), baselines"
+python eval/report.py $R/ml-100k/test_extended/{random,popularity,userknn,sasrec} \
+  --out docs/results/ml-100k-baselines-extended --title "ML-100K test_extended (every window), baselines"
+python eval/report.py $R/ml-100k/sweep/userknn-n{1,3,5,10} --out docs/results/ml-100k-userknn-sweep \
+  --title "ML-100K test_extended, UserKNN" --sweep n_retrieve
+python eval/report.py $R/ml-100k/test/popularity $R/ml-100k/test/tiny-untrained-{none,random,static,adaptive} \
+  $R/ml-100k/test/tiny-sft-{none,random,static,adaptive} --out docs/results/ml-100k-tiny-sft \
+  --title "ML-100K test, tiny Llama before/after CPU SFT (score mode)"
+python eval/report.py $R/llara-lastfm/test/{random,popularity,userknn,sasrec} \
+  $R/llara-lastfm/test/tiny-untrained-{none,random,static,adaptive} --out docs/results/llara-lastfm \
+  --title "LLaRA LastFM test split (2,495 rows; LLM variants: first 300), baselines and untrained tiny model"
