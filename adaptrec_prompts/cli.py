@@ -283,7 +283,9 @@ def _cmd_compile(args: argparse.Namespace) -> None:
                             template=args.template, mode_given=args.mode is not None)
     if not isinstance(program, AdaptRec):
         raise ConfigError("compile needs an AdaptRec program (none|random|static|adaptive or a saved .json)")
-    train = ddict["train"].shuffle(seed=args.seed).select(range(min(args.train_size, ddict["train"].num_rows)))
+    # keep_in_memory: never write a cache file into the prepared (frozen) folder
+    train = ddict["train"].shuffle(seed=args.seed, keep_in_memory=True).select(
+        range(min(args.train_size, ddict["train"].num_rows)))
     valid = ddict["valid"].select(range(min(args.val_size, ddict["valid"].num_rows)))
     lm_kwargs = {"max_new_tokens": args.max_new_tokens} if args.lm.startswith("hf:") else {}
     lm = make_lm(args.lm, adapter=args.adapter, api_base=args.api_base, **lm_kwargs)

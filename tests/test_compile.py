@@ -117,7 +117,9 @@ def test_compile_command_with_the_tiny_local_model(ml100k_prepared, tiny_model, 
             "--lm", f"hf:{tiny_model}", "--mode", "generate", "--metric", "hr1+valid", "--train-size", "4",
             "--val-size", "4", "--max-new-tokens", "12", "--programs-dir", str(tmp_path / "programs"),
             "--runs-dir", str(tmp_path / "runs"), "--name", "tiny-boot"]
+    files_before = sorted(p.name for p in ml100k_prepared.rglob("*"))
     assert main(args) == 0
+    assert sorted(p.name for p in ml100k_prepared.rglob("*")) == files_before  # no cache file in frozen data
     printed = capsys.readouterr().out
     assert "budget: optimizer=bootstrap" in printed and "validation before" in printed and "validation after" in printed
     saved = tmp_path / "programs" / "ml-100k" / "tiny-boot.json"
