@@ -6,6 +6,8 @@ export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True
 D=${ADAPTREC_DATA:-../shared/data}
 A=artifacts; R=runs
 step() { echo "== $*" >&2; }
+# ev OUT ARGS...: adaptrec eval into OUT, skipped when OUT/results.json exists (SASRec would retrain otherwise)
+ev() { local out=$1; shift; [ -f "$out/results.json" ] || adaptrec eval "$@" --out "$out" --no-progress; }
 
 # ML-100K: frozen splits, Stage-1 neighbours (all splits; train neighbours feed fine-tuning)
 [ -d $A/ml-100k ] || adaptrec data prepare --dataset ml-100k --raw-dir $D/ml-100k --out $A/ml-100k
@@ -14,23 +16,23 @@ step() { echo "== $*" >&2; }
 step "ML-100K baselines (test = LLaRA-compatible, test_extended = every window of the test users)"
 for split in test test_extended; do
   for b in random popularity userknn sasrec; do
-    adaptrec eval --data $A/ml-100k-nb --split $split --program baseline:$b --out $R/ml-100k/$split/$b --no-progress
+    ev $R/ml-100k/$split/$b --data $A/ml-100k-nb --split $split --program baseline:$b
   done
 done
 step "UserKNN neighbour-count sweep"
 for n in 1 3 5 10; do
-  adaptrec eval --data $A/ml-100k-nb --split test_extended --program baseline:userknn --n $n \
-    --out $R/ml-100k/sweep/userknn-n$n --no-progress
+  ev $R/ml-100k/sweep/userknn-n$n --data $A/ml-100k-nb --split test_extended --program baseline:userknn --n $n \
+   
 done
 
 step "tiny SFT (CPU) and the tiny model's variants in score mode"
 [ -f $A/sft/tiny/adapter_config.json ] || python finetune/sft.py --config finetune/configs/tiny-cpu.yaml \
   --data $A/ml-100k-nb --output_dir $A/sft/tiny
 for v in none random static adaptive; do
-  adaptrec eval --data $A/ml-100k-nb --program $v --lm hf:$A/sft/tiny/base-model --mode score \
-    --out $R/ml-100k/test/tiny-untrained-$v --no-progress
-  adaptrec eval --data $A/ml-100k-nb --program $v --lm hf:$A/sft/tiny/base-model --adapter $A/sft/tiny \
-    --mode score --out $R/ml-100k/test/tiny-sft-$v --no-progress
+  ev $R/ml-100k/test/tiny-untrained-$v --data $A/ml-100k-nb --program $v --lm hf:$A/sft/tiny/base-model --mode score \
+   
+  ev $R/ml-100k/test/tiny-sft-$v --data $A/ml-100k-nb --program $v --lm hf:$A/sft/tiny/base-model --adapter $A/sft/tiny \
+    --mode score
 done
 
 step "LLaRA LastFM split (imported exactly), baselines and tiny-model variants"
@@ -38,13 +40,13 @@ step "LLaRA LastFM split (imported exactly), baselines and tiny-model variants"
 [ -d $A/llara-lastfm-nb ] || adaptrec index neighbors --data $A/llara-lastfm --out $A/llara-lastfm-nb --n 10 \
   --splits valid,test
 for b in random popularity userknn sasrec; do
-  adaptrec eval --data $A/llara-lastfm-nb --program baseline:$b --out $R/llara-lastfm/test/$b --no-progress
+  ev $R/llara-lastfm/test/$b --data $A/llara-lastfm-nb --program baseline:$b
 done
 [ -f $A/models/lastfm-small/config.json ] || adaptrec model tiny --data $A/llara-lastfm --out $A/models/lastfm-small \
   --size small --chat
 for v in none random static adaptive; do
-  adaptrec eval --data $A/llara-lastfm-nb --program $v --lm hf:$A/models/lastfm-small --mode score --limit 300 \
-    --out $R/llara-lastfm/test/tiny-untrained-$v --no-progress
+  ev $R/llara-lastfm/test/tiny-untrained-$v --data $A/llara-lastfm-nb --program $v --lm hf:$A/models/lastfm-small --mode score --limit 300 \
+   
 done
 
 step "reports"
