@@ -40,12 +40,19 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bars(runs: list[dict], path: Path, title: str) -> None:
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bars(runs: list[dict], path: Path, title: str) -> None:
     import numpy as np
+
+    plt = _pyplot()
 
     x = np.arange(len(runs))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(runs)), 4))
@@ -55,6 +62,10 @@ def bars(runs: list[dict], path: Path, title: str) -> None:
         err = np.array([[v["value"] - v["ci_low"] for v in vals], [v["ci_high"] - v["value"] for v in vals]])
         ax.bar(x + offset, mid, width=0.4, yerr=err, capsize=3, label=key)
     ax.set_xticks(x, [r["name"] for r in runs], rotation=30, ha="right")
+    _finish(plt, fig, ax, path, title)
+
+
+def _finish(plt, fig, ax, path: Path, title: str) -> None:
     ax.set_ylabel("value (95% bootstrap CI)")
     ax.set_title(title)
     ax.legend()
@@ -64,12 +75,8 @@ def bars(runs: list[dict], path: Path, title: str) -> None:
 
 
 def sweep(runs: list[dict], key: str, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = sorted((r["program"][key], r) for r in runs if key in r["program"])
+    plt = _pyplot()
+    points = sorted(((r["program"][key], r) for r in runs if key in r["program"]), key=lambda p: p[0])
     if len(points) < 2:
         raise SystemExit(f"error: --sweep {key}: fewer than two runs have program config key {key!r}")
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -79,12 +86,7 @@ def sweep(runs: list[dict], key: str, path: Path, title: str) -> None:
         ax.plot(xs, [v["value"] for v in m], marker="o", label=metric)
         ax.fill_between(xs, [v["ci_low"] for v in m], [v["ci_high"] for v in m], alpha=0.2)
     ax.set_xlabel(key)
-    ax.set_ylabel("value (95% bootstrap CI)")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, title)
 
 
 def main(argv: list[str] | None = None) -> int:
