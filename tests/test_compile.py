@@ -20,7 +20,7 @@ PROPOSER = {"program_description": "It recommends movies.", "module_description"
 
 @pytest.fixture(scope="module")
 def sets(ml100k):
-    train = ml100k["train"].shuffle(seed=0).select(range(6)).to_list()
+    train = ml100k["train"].shuffle(seed=0, keep_in_memory=True).select(range(6)).to_list()
     return to_examples(train), to_examples(ml100k["valid"].select(range(6)).to_list())
 
 
