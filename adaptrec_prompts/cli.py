@@ -131,6 +131,10 @@ def _cmd_bench_modes(args: argparse.Namespace) -> None:
     print(f"generate mode ({r['max_new_tokens']} new tokens): {r['generate_s']:.3f} s/recommendation")
     print(f"score mode (one prefill + K candidates): {r['score_s']:.3f} s/recommendation")
     print(f"generate/score time ratio: {r['ratio']:.1f}x")
+    print(f"prompt prefill alone (shared by both modes): {r['prefill_s']:.3f} s")
+    if r["separate_s"] is not None:
+        print(f"K separate full passes (what score mode replaces; {r['separate_examples']} examples): "
+              f"{r['separate_s']:.3f} s/recommendation, {r['separate_s'] / r['score_s']:.1f}x the score mode")
 
 
 def _cmd_prompt(args: argparse.Namespace) -> None:

@@ -30,6 +30,12 @@ MODES = ("generate", "score")
 PROGRAM_FORMAT = 1
 
 
+def answer_block(assistant_content: str) -> str:
+    """What score mode scores: the answer field (header, value and the newline that ends it), without the
+    end-marker block that is the same boilerplate after every candidate."""
+    return assistant_content.split("\n\n[[ ## completed ## ]]")[0] + "\n"
+
+
 def eval_adapter() -> dspy.ChatAdapter:
     """The adapter for evaluation and SFT: ChatAdapter without the silent JSON retry (DESIGN.md §8)."""
     return dspy.ChatAdapter(use_json_adapter_fallback=False)
@@ -75,8 +81,9 @@ class NextItemRecommender(dspy.Module):
     """Stage 3: pick the next item among K numbered candidates, with or without similar users.
 
     mode="generate": the LM writes an answer, parsed exactly (parsing.parse_choice).
-    mode="score": every candidate's answer text is scored by log-likelihood after the same prompt
-    (one prefill, cache reused; the backend must support scoring), giving a full ranking.
+    mode="score": every candidate's answer (the answer field "<number>. <title>" and its newline) is
+    scored by log-likelihood after the same prompt (one prefill, cache reused; the backend must support
+    scoring), giving a full ranking.
     """
 
     def __init__(self, template: Template, mode: str = "generate", zero_shot: bool = False):
@@ -108,8 +115,8 @@ class NextItemRecommender(dspy.Module):
             adapter = _adapter()
             signature = self.recommend.signature
             messages = adapter.format(signature=signature, demos=self.recommend.demos, inputs=inputs)
-            completions = [adapter.format_assistant_message_content(signature, {"answer": self.answer_text(i, t)})
-                           for i, t in enumerate(candidate_titles, start=1)]
+            completions = [answer_block(adapter.format_assistant_message_content(
+                signature, {"answer": self.answer_text(i, t)})) for i, t in enumerate(candidate_titles, start=1)]
             scores = score_completions(dspy.settings.lm, messages, completions)
             if all(s == float("-inf") for s in scores):
                 return dspy.Prediction(answer=None, raw=None, scores=scores, valid=False, ranking=[],

@@ -184,33 +184,66 @@ class HFEngine:
     def score_with_usage(self, messages: Sequence[dict], completions: Sequence[str]) -> tuple[list[float], int, int]:
         """(scores, prompt tokens, completion tokens): log p(completion | prompt) with one shared prefill.
 
-        The prompt is run once; its KV cache is repeated for the K completions, which are then run as
-        one right-padded batch. Shapes: prefill (1, P); completions (K, L-1) after the first token,
-        whose log-probability comes from the prefill's last logits.
+        The prompt, extended by the completions' common token prefix (e.g. the answer field's header),
+        is run once; the prefix's log-probability is added to every score, so scores stay exact. The
+        completions' remaining tokens then run in one forward pass over that cache: as one flat sequence
+        with a tree-shaped 4D mask (no cache copies), or, for sliding-window caches, as a batch over the
+        cache repeated K times. The first distinct token's log-probability comes from the prefill.
         """
         prompt = self.prompt_ids(messages)
-        comps = self._completion_ids(completions)
-        k, width = len(comps), max(len(c) for c in comps)
+        full = self._completion_ids(completions)
+        shared = 0
+        while shared < min(len(c) for c in full) - 1 and len({c[shared] for c in full}) == 1:
+            shared += 1
+        context, comps = prompt + full[0][:shared], [c[shared:] for c in full]
         with self._lock:
-            out = self.model(input_ids=torch.tensor([prompt]), use_cache=True, logits_to_keep=1)
-            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-            scores = [first[c[0]].item() for c in comps]
-            usage = (len(prompt), sum(len(c) for c in comps))
-            if width == 1:
+            out = self.model(input_ids=torch.tensor([context]), use_cache=True, logits_to_keep=shared + 1)
+            logp0 = torch.log_softmax(out.logits[0].float(), dim=-1)  # (S + 1, V)
+            constant = sum(logp0[i, full[0][i]].item() for i in range(shared))
+            scores = [constant + logp0[-1, c[0]].item() for c in comps]
+            usage = (len(prompt), sum(len(c) for c in full))
+            if max(len(c) for c in comps) == 1:
                 return scores, *usage
-            cache = out.past_key_values
-            cache.batch_repeat_interleave(k)
-            pad = self.tokenizer.pad_token_id
-            fed = torch.tensor([c[:-1] + [pad] * (width - len(c)) for c in comps])  # (K, L-1)
-            mask = torch.tensor([[1] * len(prompt) + [1] * (len(c) - 1) + [0] * (width - len(c)) for c in comps])
-            positions = torch.arange(len(prompt), len(prompt) + width - 1).expand(k, -1)
-            logits = self.model(input_ids=fed, attention_mask=mask, position_ids=positions, cache=cache,
-                                use_cache=True).logits  # (K, L-1, V)
-        for j, c in enumerate(comps):
-            if len(c) > 1:
-                logp = torch.log_softmax(logits[j, : len(c) - 1].float(), dim=-1)
-                scores[j] += logp.gather(1, torch.tensor(c[1:])[:, None]).sum().item()
+            if getattr(self.model.config, "sliding_window", None):
+                logits = self._score_batch(out.past_key_values, context, comps)  # (K, L-1, V)
+                for j, c in enumerate(comps):
+                    if len(c) > 1:
+                        logp = torch.log_softmax(logits[j, : len(c) - 1].float(), dim=-1)
+                        scores[j] += logp.gather(1, torch.tensor(c[1:])[:, None]).sum().item()
+            else:
+                logits = self._score_tree(out.past_key_values, context, comps)  # (T, V), T = sum(L - 1)
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                row = 0
+                for j, c in enumerate(comps):
+                    targets = torch.tensor(c[1:], dtype=torch.long)
+                    scores[j] += logp[row : row + len(targets)].gather(1, targets[:, None]).sum().item()
+                    row += len(targets)
         return scores, *usage
+
+    def _score_tree(self, cache, context: list[int], comps: list[list[int]]) -> torch.Tensor:
+        """All completions as one sequence over the shared cache, each attending to the context and to its
+        own earlier tokens only (a 4D mask): no copy of the cache per candidate. Returns (T, V) logits."""
+        fed = [tok for c in comps for tok in c[:-1]]
+        owner = torch.tensor([j for j, c in enumerate(comps) for _ in c[:-1]])
+        positions = torch.tensor([len(context) + i for c in comps for i in range(len(c) - 1)])
+        n, p = len(fed), len(context)
+        allowed = (owner[:, None] == owner[None, :]) & torch.ones(n, n, dtype=torch.bool).tril()
+        mask = torch.zeros(1, 1, n, p + n, dtype=self.model.dtype)
+        mask[0, 0, :, p:] = torch.where(allowed, 0.0, torch.finfo(self.model.dtype).min)
+        return self.model(input_ids=torch.tensor([fed]), attention_mask=mask, position_ids=positions[None],
+                          cache=cache, use_cache=True).logits[0]
+
+    def _score_batch(self, cache, context: list[int], comps: list[list[int]]) -> torch.Tensor:
+        """Completions as a right-padded batch over the cache repeated K times (for sliding-window caches,
+        which a flat 4D mask would bypass). Returns (K, L-1, V) logits."""
+        k, width = len(comps), max(len(c) for c in comps)
+        cache.batch_repeat_interleave(k)
+        pad = self.tokenizer.pad_token_id
+        fed = torch.tensor([c[:-1] + [pad] * (width - len(c)) for c in comps])
+        mask = torch.tensor([[1] * len(context) + [1] * (len(c) - 1) + [0] * (width - len(c)) for c in comps])
+        positions = torch.arange(len(context), len(context) + width - 1).expand(k, -1)
+        return self.model(input_ids=fed, attention_mask=mask, position_ids=positions, cache=cache,
+                          use_cache=True).logits
 
     @torch.no_grad()
     def score_separately(self, messages: Sequence[dict], completions: Sequence[str]) -> list[float]:

@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 
 import dspy
+import torch
 
 from adaptrec_prompts.backends.hf import hf_lm
 from adaptrec_prompts.backends.tiny import build_tiny_llama
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.modules import AdaptRec, NextItemRecommender, eval_adapter, example_inputs
+from adaptrec_prompts.modules import AdaptRec, NextItemRecommender, answer_block, eval_adapter, example_inputs
 from adaptrec_prompts.prepare import load_manifest, load_prepared
 from adaptrec_prompts.render import manifest_template
 
@@ -37,7 +38,7 @@ def prompt_texts(rows, template) -> list[str]:
 
 
 def run(data_dir: str | Path, examples: int = 10, m_select: int = 5, max_new_tokens: int = 32,
-        size: str = "25m", model_dir: str | Path | None = None) -> dict:
+        size: str = "25m", model_dir: str | Path | None = None, separate_examples: int = 3) -> dict:
     ddict = load_prepared(data_dir)
     if "neighbor_example_ids" not in ddict["test"].column_names:
         raise ConfigError(f"{data_dir} has no neighbour columns: run `adaptrec index neighbors` first")
@@ -61,11 +62,24 @@ def run(data_dir: str | Path, examples: int = 10, m_select: int = 5, max_new_tok
                 program(**inputs)
                 timings[mode].append(time.perf_counter() - started)
     rec, adapter = NextItemRecommender(template), eval_adapter()
-    for inputs in rows:
+    prefill, separate = [], []
+    for n, inputs in enumerate(rows):
         msgs = adapter.format(rec.recommend.signature, [], rec.inputs(
             inputs["history_titles"], inputs["candidate_titles"], inputs["neighbors"][:m_select]))
-        tokens.append(len(engine.prompt_ids(msgs)))
+        ids = engine.prompt_ids(msgs)
+        tokens.append(len(ids))
+        started = time.perf_counter()
+        with torch.no_grad():
+            engine.model(input_ids=torch.tensor([ids]), logits_to_keep=1)
+        prefill.append(time.perf_counter() - started)
+        if n < separate_examples:  # the reference score mode replaces: K full passes
+            comps = [answer_block(adapter.format_assistant_message_content(rec.recommend.signature, {
+                "answer": rec.answer_text(i, t)})) for i, t in enumerate(inputs["candidate_titles"], start=1)]
+            started = time.perf_counter()
+            engine.score_separately(msgs, comps)
+            separate.append(time.perf_counter() - started)
     gen, score = statistics.mean(timings["generate"]), statistics.mean(timings["score"])
     return {"params": params, "examples": examples, "prompt_tokens": statistics.mean(tokens),
             "generate_s": gen, "score_s": score, "ratio": gen / score, "max_new_tokens": max_new_tokens,
-            "k": len(rows[0]["candidate_ids"])}
+            "k": len(rows[0]["candidate_ids"]), "prefill_s": statistics.mean(prefill),
+            "separate_s": statistics.mean(separate) if separate else None, "separate_examples": len(separate)}
