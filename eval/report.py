@@ -26,7 +26,7 @@ def load_run(folder: Path) -> dict:
 
 
 def table(runs: list[dict]) -> str:
-    head = "| run | program | LM | split | n | " + " | ".join(METRICS) + " | LM s | total s |"
+    head = "| run | program | LM | split | n | " + " | ".join(m.replace("|", "\\|") for m in METRICS) + " | LM s | total s |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for run in runs:
         r, c = run["results"], run["config"]
