@@ -81,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
     import dspy
 
     from adaptrec_prompts.backends import api_lm
-    from adaptrec_prompts.cli import format_results
+    from adaptrec_prompts.commands import format_results
     from adaptrec_prompts.evaluation import evaluate, read_log
     from adaptrec_prompts.metrics import paired_comparison
     from adaptrec_prompts.modules import AdaptRec
