@@ -140,27 +140,15 @@ def cmd_bench_modes(args: argparse.Namespace) -> None:
 def cmd_prompt(args: argparse.Namespace) -> None:
     import dspy
 
-    from adaptrec_prompts.modules import AdaptRec, eval_adapter, example_inputs
+    from adaptrec_prompts.modules import AdaptRec
     from adaptrec_prompts.prepare import load_manifest, load_prepared
     from adaptrec_prompts.render import load_template, manifest_template
+    from adaptrec_prompts.sft_data import stage3_row
 
     row = load_prepared(args.data)[args.split][args.index]
     template = load_template(args.template) if args.template else manifest_template(load_manifest(args.data))
     program = AdaptRec(template, selection=args.selection, n_retrieve=args.n, m_select=args.m)
-    inputs = example_inputs(row)
-    if args.selection == "adaptive":
-        raise SystemExit("error: --selection adaptive needs an LM; show static/random/none prompts")
-    pool = inputs["neighbors"][: args.n]
-    if args.selection == "random":
-        from adaptrec_prompts.protocol import example_rng
-
-        picked = example_rng(0, "random-selection", row["example_id"]).choice(len(pool), size=args.m, replace=False)
-        similar = [pool[i] for i in sorted(picked.tolist())]
-    else:
-        similar = pool[: args.m] if args.selection == "static" else []
-    rec = program.recommender
-    messages = eval_adapter().format(rec.recommend.signature, demos=rec.recommend.demos,
-                                     inputs=rec.inputs(inputs["history_titles"], inputs["candidate_titles"], similar))
+    messages = stage3_row(program, row)["prompt"]  # the inference messages (tested byte-identical)
     print(f"<!-- adaptrec prompt --data {args.data} --split {args.split} --index {args.index} "
           f"--selection {args.selection} --m {args.m} (dspy {dspy.__version__}, ChatAdapter) -->")
     for message in messages:

@@ -174,6 +174,17 @@ class AdaptRec(dspy.Module):
         return {"template": self.template.model_dump(), "selection": self.selection, "n_retrieve": self.n_retrieve,
                 "m_select": self.m_select, "mode": self.mode, "seed": self.seed}
 
+    def preset_indices(self, pool_size: int, example_id: str) -> list[int]:
+        """The selection that needs no LM: [] (none), the first M (static and, as its start, adaptive), or
+        M drawn by a generator seeded with (seed, example id) (random)."""
+        m = min(self.m_select, pool_size, self.n_retrieve)
+        if self.selection == "none":
+            return []
+        if self.selection == "random":
+            rng = example_rng(self.seed, "random-selection", example_id)
+            return sorted(rng.choice(min(pool_size, self.n_retrieve), size=m, replace=False).tolist())
+        return list(range(m))
+
     def forward(self, history_titles: Sequence[str], candidate_ids: Sequence[int], candidate_titles: Sequence[str],
                 neighbors: Sequence[tuple[Sequence[str], str]] = (), example_id: str = "") -> dspy.Prediction:
         pool = list(neighbors)[: self.n_retrieve]
@@ -181,12 +192,8 @@ class AdaptRec(dspy.Module):
         if self.selection != "none" and not pool:
             raise ConfigError("this program needs Stage-1 neighbours: run `adaptrec index neighbors` on the data, "
                               "or use selection='none'")
-        if self.selection == "static":
-            selection["indices"] = list(range(min(self.m_select, len(pool))))
-        elif self.selection == "random":
-            rng = example_rng(self.seed, "random-selection", example_id)
-            selection["indices"] = sorted(rng.choice(len(pool), size=min(self.m_select, len(pool)),
-                                                     replace=False).tolist())
+        if self.selection in ("static", "random"):
+            selection["indices"] = self.preset_indices(len(pool), example_id)
         elif self.selection == "adaptive":
             pred = self.selector(history_titles=history_titles, pool_histories=[h for h, _ in pool])
             selection = {k: pred[k] for k in ("indices", "fallback", "padded", "reason")}

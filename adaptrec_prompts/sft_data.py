@@ -20,23 +20,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from adaptrec_prompts.modules import AdaptRec, eval_adapter, example_inputs
-from adaptrec_prompts.protocol import example_rng
 
 
 def select_indices(program: AdaptRec, row: dict) -> list[int]:
-    """The demonstration indices inference would use for this row (static, random or none).
-
-    Adaptive selection is decided by the LM at inference; for SFT rows it is given explicitly
-    (`indices=`), e.g. by the self-adaptive callback of finetune/sft.py.
-    """
-    pool = len(row.get("neighbor_next_titles") or [])
-    m = min(program.m_select, pool, program.n_retrieve)
-    if program.selection == "none":
-        return []
-    if program.selection == "random":
-        rng = example_rng(program.seed, "random-selection", row["example_id"])
-        return sorted(rng.choice(min(pool, program.n_retrieve), size=m, replace=False).tolist())
-    return list(range(m))
+    """The demonstration indices inference would use for this row without an LM (none, static, random;
+    adaptive starts from embedding order and is re-selected by the self-adaptive callback)."""
+    return program.preset_indices(len(row.get("neighbor_next_titles") or []), row["example_id"])
 
 
 def stage3_row(program: AdaptRec, row: dict, indices: Sequence[int] | None = None) -> dict:
