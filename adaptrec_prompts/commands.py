@@ -250,13 +250,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> None:
-    from adaptrec_prompts.backends.tiny import build_tiny_llama
-    from adaptrec_prompts.benchmarks.modes import prompt_texts
+    from adaptrec_prompts.backends.tiny import build_tiny_llama, prompt_corpus
     from adaptrec_prompts.prepare import load_manifest, load_prepared
     from adaptrec_prompts.render import manifest_template
 
     train = load_prepared(args.data)["train"]
-    texts = prompt_texts(train.select(range(min(args.texts, train.num_rows))), manifest_template(
+    texts = prompt_corpus(train.select(range(min(args.texts, train.num_rows))), manifest_template(
         load_manifest(args.data)))
     out = build_tiny_llama(texts, args.out, size=args.size, vocab_size=args.vocab_size, chat_template=args.chat,
                            seed=args.seed)

@@ -74,21 +74,8 @@ def with_fake_neighbors(row: dict, train, n: int = 10) -> dict:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, ml100k) -> Path:
     """A micro Llama with a chat template and a BPE tokenizer trained on rendered ML-100K prompts."""
-    from adaptrec_prompts.backends.tiny import build_tiny_llama
-
-    return build_tiny_llama(prompt_corpus(ml100k["train"].select(range(200))),
-                            tmp_path_factory.mktemp("models") / "micro", size="micro", chat_template=True)
-
-
-def prompt_corpus(rows) -> list[str]:
-    from adaptrec_prompts.modules import NextItemRecommender, eval_adapter
+    from adaptrec_prompts.backends.tiny import build_tiny_llama, prompt_corpus
     from adaptrec_prompts.render import load_template
 
-    rec, adapter = NextItemRecommender(load_template("movies")), eval_adapter()
-    texts = []
-    for r in rows:
-        inputs = rec.inputs(r["history_titles"], r["candidate_titles"], [(r["history_titles"][:3], r["target_title"])])
-        messages = adapter.format_finetune_data(rec.recommend.signature, [], inputs,
-                                                {"answer": rec.answer_text(1, r["candidate_titles"][0])})["messages"]
-        texts.append("\n\n".join(m["content"] for m in messages))
-    return texts
+    return build_tiny_llama(prompt_corpus(ml100k["train"].select(range(200)), load_template("movies")),
+                            tmp_path_factory.mktemp("models") / "micro", size="micro", chat_template=True)

@@ -3,8 +3,10 @@
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import chromadb
 import datasets
@@ -153,7 +155,8 @@ def _free_port():
 
 @pytest.fixture
 def chroma_server(tmp_path):
-    chroma = shutil.which("chroma")
+    beside = Path(sys.executable).parent / "chroma"  # the venv's CLI, also when the venv is not activated
+    chroma = str(beside) if beside.is_file() else shutil.which("chroma")
     if chroma is None:
         pytest.skip("the `chroma` CLI is not installed (pip install chromadb)")
     port = _free_port()

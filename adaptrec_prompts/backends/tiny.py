@@ -63,3 +63,19 @@ def build_tiny_llama(texts: Iterable[str], out_dir: str | Path, size: str = "mic
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def prompt_corpus(rows, template) -> list[str]:
+    """Rendered Stage-3 prompts with their answers (each row's own history as its similar user): text to
+    train a tiny tokenizer on, so the prompt boilerplate and titles tokenize compactly."""
+    from adaptrec_prompts.modules import NextItemRecommender, eval_adapter
+
+    rec, adapter = NextItemRecommender(template), eval_adapter()
+    texts = []
+    for r in rows:
+        inputs = rec.inputs(r["history_titles"], r["candidate_titles"], [(r["history_titles"], r["target_title"])])
+        number = r["candidate_item_ids"].index(r["target_item_id"]) + 1
+        messages = adapter.format_finetune_data(rec.recommend.signature, [], inputs,
+                                                {"answer": rec.answer_text(number, r["target_title"])})["messages"]
+        texts.append("\n\n".join(m["content"] for m in messages))
+    return texts

@@ -17,24 +17,11 @@ import dspy
 import torch
 
 from adaptrec_prompts.backends.hf import hf_lm
-from adaptrec_prompts.backends.tiny import build_tiny_llama
+from adaptrec_prompts.backends.tiny import build_tiny_llama, prompt_corpus
 from adaptrec_prompts.errors import ConfigError
 from adaptrec_prompts.modules import AdaptRec, NextItemRecommender, answer_block, eval_adapter, example_inputs
 from adaptrec_prompts.prepare import load_manifest, load_prepared
 from adaptrec_prompts.render import manifest_template
-
-
-def prompt_texts(rows, template) -> list[str]:
-    """Rendered Stage-3 training prompts + answers: the tokenizer's training text."""
-    rec, adapter = NextItemRecommender(template), eval_adapter()
-    texts = []
-    for r in rows:
-        inputs = rec.inputs(r["history_titles"], r["candidate_titles"], [(r["history_titles"], r["target_title"])])
-        number = r["candidate_item_ids"].index(r["target_item_id"]) + 1
-        messages = adapter.format_finetune_data(rec.recommend.signature, [], inputs,
-                                                {"answer": rec.answer_text(number, r["target_title"])})["messages"]
-        texts.append("\n\n".join(m["content"] for m in messages))
-    return texts
 
 
 def run(data_dir: str | Path, examples: int = 10, m_select: int = 5, max_new_tokens: int = 32,
@@ -45,7 +32,7 @@ def run(data_dir: str | Path, examples: int = 10, m_select: int = 5, max_new_tok
     template = manifest_template(load_manifest(data_dir))
     model_dir = Path(model_dir or tempfile.mkdtemp(prefix="bench-modes-"))
     if not (model_dir / "config.json").is_file():
-        build_tiny_llama(prompt_texts(ddict["train"].select(range(2000)), template), model_dir, size=size,
+        build_tiny_llama(prompt_corpus(ddict["train"].select(range(2000)), template), model_dir, size=size,
                          vocab_size=8000)
     lm = hf_lm(model_dir, max_new_tokens=max_new_tokens)
     engine = lm.engine
