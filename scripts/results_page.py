@@ -67,9 +67,14 @@ def main() -> None:
     parts.append(section("LLaRA's LastFM test split", "llara-lastfm",
                          "Baselines on all 2,495 rows; the untrained tiny model's variants on the first 300 rows "
                          "(score mode). The adaptive variant fell back to embedding order on all 300."))
-    gemma = DOCS / "results" / "gemma-first-look.md"
-    if gemma.is_file():
-        parts.append(gemma.read_text())
+    if (DOCS / "results" / "gemma-first-look" / "table.md").is_file():
+        compare = (DOCS / "results" / "gemma-first-look" / "compare.txt").read_text().strip()
+        parts.append(section(
+            "A first look with a real pretrained model: Gemma 3 270M (base), zero-shot vs static M = 5",
+            "gemma-first-look",
+            "`GEMMA=1 bash scripts/docs_runs.sh` (preset `--lm gemma-3-270m`, score mode, plain prompts, fp32 on "
+            "CPU). This is one small base model on 95 users: it tests the claim \"demonstrations help\" only "
+            "weakly. The paired comparison printed by `adaptrec compare`:\n\n```\n" + compare + "\n```"))
     bench = DOCS / "results" / "bench-modes.txt"
     if bench.is_file():
         parts.append("## Generate vs score mode (compass P2)\n\n```\n" + bench.read_text().strip() + "\n```\n\n"
