@@ -74,7 +74,10 @@ def main() -> None:
             "gemma-first-look",
             "`GEMMA=1 bash scripts/docs_runs.sh` (preset `--lm gemma-3-270m`, score mode, plain prompts, fp32 on "
             "CPU). This is one small base model on 95 users: it tests the claim \"demonstrations help\" only "
-            "weakly. The paired comparison printed by `adaptrec compare`:\n\n```\n" + compare + "\n```"))
+            "weakly. Both variants hit the same 6 users; a plausible reading (not measured here) is that a small "
+            "base model's score-mode ranking follows how likely each title string is on its own, so the context "
+            "moves it little. The paired comparison "
+            "printed by `adaptrec compare`:\n\n```\n" + compare + "\n```"))
     bench = DOCS / "results" / "bench-modes.txt"
     if bench.is_file():
         parts.append("## Generate vs score mode (compass P2)\n\n```\n" + bench.read_text().strip() + "\n```\n\n"
