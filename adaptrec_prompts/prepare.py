@@ -21,7 +21,7 @@ from adaptrec_prompts import __version__
 from adaptrec_prompts.data import DATASET_NAMES, LOADERS, load_llara
 from adaptrec_prompts.data.interactions import Interactions
 from adaptrec_prompts.errors import ConfigError, DataError, OutputExistsError
-from adaptrec_prompts.protocol import ProtocolConfig, build_examples, draw_candidates, example_rng
+from adaptrec_prompts.protocol import ProtocolConfig, build_examples, draw_candidates, example_row, example_rng
 from adaptrec_prompts.render import DATASET_DOMAINS
 from adaptrec_prompts.schema import EXAMPLE_FEATURES, SPLITS
 
@@ -42,13 +42,8 @@ def _llara_examples(rows_by_split, titles: dict[int, str], config: ProtocolConfi
         candidates = draw_candidates(example_rng(seed, "llara", source, r.index), r.target, set(r.history),
                                      universe, k)
         suffix = f"/s{seed}" if split == "test_extended" else ""
-        return {
-            "example_id": f"{split}/{r.index}{suffix}", "split": split, "user_id": None, "position": None,
-            "history_item_ids": r.history, "target_item_id": r.target, "candidate_item_ids": candidates,
-            "candidate_seed": seed, "history_titles": [titles[i] for i in r.history],
-            "target_title": titles[r.target], "candidate_titles": [titles[i] for i in candidates],
-            "timestamp": None,
-        }
+        return example_row(f"{split}/{r.index}{suffix}", split, None, None, r.history, r.target, candidates, seed,
+                           titles, None)
 
     for split, rows in rows_by_split.items():
         out[split] = [row(split, split, r, config.seed) for r in rows]

@@ -96,6 +96,17 @@ def draw_candidates(rng: np.random.Generator, target: int, exclude: set[int], un
     return candidates
 
 
+def example_row(example_id: str, split: str, user: str | None, position: int | None, history: list[int],
+                target: int, candidates: list[int], seed: int, titles: dict[int, str], timestamp: int | None) -> dict:
+    """One example in the schema of `schema.EXAMPLE_FEATURES` (ids plus rendered-ready titles)."""
+    return {
+        "example_id": example_id, "split": split, "user_id": user, "position": position,
+        "history_item_ids": history, "target_item_id": target, "candidate_item_ids": candidates,
+        "candidate_seed": seed, "history_titles": [titles[i] for i in history], "target_title": titles[target],
+        "candidate_titles": [titles[i] for i in candidates], "timestamp": timestamp,
+    }
+
+
 def user_sequences(inter: Interactions) -> dict[str, tuple[list[int], list[int]]]:
     """Per user: (item ids, timestamps), sorted by (time, item id)."""
     order = np.lexsort((inter.item_ids, inter.timestamps))
@@ -137,20 +148,8 @@ def build_examples(inter: Interactions, config: ProtocolConfig) -> dict[str, lis
         items, times = seqs[user]
         history = items[max(0, t - config.history_len) : t]
         candidates = draw_candidates(example_rng(seed, user, t), items[t], seen_items[user], universe, k)
-        return {
-            "example_id": f"{split}/{user}/{t}" + (f"/s{seed}" if split == "test_extended" else ""),
-            "split": split,
-            "user_id": user,
-            "position": t,
-            "history_item_ids": history,
-            "target_item_id": items[t],
-            "candidate_item_ids": candidates,
-            "candidate_seed": seed,
-            "history_titles": [titles[i] for i in history],
-            "target_title": titles[items[t]],
-            "candidate_titles": [titles[i] for i in candidates],
-            "timestamp": times[t],
-        }
+        example_id = f"{split}/{user}/{t}" + (f"/s{seed}" if split == "test_extended" else "")
+        return example_row(example_id, split, user, t, history, items[t], candidates, seed, titles, times[t])
 
     out: dict[str, list[dict]] = {"train": [], "valid": [], "test": [], "test_extended": []}
     for user in users["train"]:

@@ -154,13 +154,16 @@ class SelfAdaptiveSelection(TrainerCallback):
         return control
 
 
-def _tokenizer_fn(tokenizer):
-    """Tokenize a conversational prompt-completion row exactly as the local engine scores it at inference:
-    prompt = chat template with generation prompt; completion = the assistant text (+ EOS); loss on it only."""
+def _tokenizer_fn(model, tokenizer):
+    """Tokenize a conversational prompt-completion row exactly as the local engine reads it at inference
+    (its own `prompt_ids`: chat template with generation prompt, or the plain rendering for base models);
+    completion = the assistant text + EOS; loss on the completion only."""
+    from adaptrec_prompts.backends.hf import HFEngine
+
+    engine = HFEngine(model, tokenizer)
 
     def tokenize(row: dict) -> dict:
-        prompt_text = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-        prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        prompt = engine.prompt_ids(row["prompt"])
         completion = tokenizer(row["completion"][0]["content"], add_special_tokens=False)["input_ids"]
         completion = completion + [tokenizer.eos_token_id]
         return {"input_ids": prompt + completion, "labels": [-100] * len(prompt) + completion}
@@ -197,7 +200,7 @@ def main(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
     if script_args.selection == "adaptive":
         adaptive = SelfAdaptiveSelection(program, rows, script_args.selection_refresh_steps,
                                          script_args.selection_refresh_window, seed=training_args.seed)
-        tokenize = _tokenizer_fn(tokenizer)
+        tokenize = _tokenizer_fn(model, tokenizer)
         train_dataset = datasets.IterableDataset.from_generator(lambda: adaptive.stream(tokenize))
         training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         if training_args.max_steps <= 0:
