@@ -20,6 +20,8 @@ def _add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ef-search", type=int, default=400)
     p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--max-neighbors", type=int, default=32)
+    p.add_argument("--pool-size", type=int, help="index a seeded sample of this many training examples (default all)")
+    p.add_argument("--pool-seed", type=int, default=0)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -73,6 +75,9 @@ def make_parser() -> argparse.ArgumentParser:
     nb.add_argument("--splits", default="train,valid,test,test_extended", help="comma-separated splits to query")
     nb.add_argument("--overfetch", type=int, default=3, help="fetch n*overfetch+10 before exclusions")
     nb.add_argument("--overwrite", action="store_true")
+    nb.add_argument("--train-sample", type=int, help="query only a seeded sample of this many train rows "
+                    "(enough for fine-tuning on that sample; the rest get no neighbours)")
+    nb.add_argument("--train-sample-seed", type=int, default=0)
     nb.set_defaults(func=commands.cmd_index_neighbors)
 
     bench = groups.add_parser("bench", help="benchmarks that print measured numbers").add_subparsers(
@@ -118,6 +123,7 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, help="first N examples of the split")
     ev.add_argument("--threads", type=int, default=1, help="parallel examples (API backends)")
     ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--device", default="cpu", help="local models: cpu, cuda, cuda:N or auto")
     ev.add_argument("--template", help="domain name or .toml path (default: the data's domain)")
     ev.add_argument("--out", required=True, help="run folder: results.json, manifest.json, predictions.jsonl")
     ev.add_argument("--no-progress", action="store_true")
@@ -163,6 +169,29 @@ def make_parser() -> argparse.ArgumentParser:
     comp.add_argument("--programs-dir", default="programs")
     comp.add_argument("--runs-dir", default="runs/compile")
     comp.set_defaults(func=commands.cmd_compile)
+
+    ex = groups.add_parser("experiment", help="the paper's claims on one dataset: zero-shot vs random vs static vs "
+                           "adaptive, the M sweep, collab vs lm Stage 1, paired tests (resumable, in rounds)")
+    ex.add_argument("--data", required=True, help="prepared folder with neighbour columns for --split")
+    ex.add_argument("--lm", required=True, help="gemma-3-270m, hf:PATH, or a provider/model")
+    ex.add_argument("--out", required=True, help="experiment folder (one run folder per variant)")
+    ex.add_argument("--split", default="test")
+    ex.add_argument("--limit", type=int, help="examples per variant (default: the whole split)")
+    ex.add_argument("--chunk", type=int, default=20, help="examples added to every variant per round")
+    ex.add_argument("--variants", default="none,random,static,adaptive", help="AdaptRec selections to run at --m")
+    ex.add_argument("--m", type=int, default=5, help="M for the variants (paper: 5)")
+    ex.add_argument("--m-values", default="1,3,5,7,9", help="static-selection M sweep ('' to skip)")
+    ex.add_argument("--n", type=int, default=10, help="N retrieved users")
+    ex.add_argument("--embedders", help="Stage-1 comparison, e.g. collab,lm (needs --prepared)")
+    ex.add_argument("--prepared", help="the prepared folder without neighbours (for --embedders)")
+    ex.add_argument("--pool-size", type=int, default=3000, help="training examples sampled into each Stage-1 "
+                    "comparison index (the lm embedder is a forward pass per example)")
+    ex.add_argument("--embed-model", help="model folder for the lm embedder (default: the --lm model)")
+    ex.add_argument("--max-new-tokens", type=int, default=64)
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--report", help="report folder (default OUT/report)")
+    ex.add_argument("--title")
+    ex.set_defaults(func=commands.cmd_experiment)
 
     pipe = groups.add_parser("pipeline", help="the main job: ML-100K -> Stage 1 -> baselines -> AdaptRec vs "
                              "zero-shot with an LM (default Gemma 3 270M), one table with CIs")

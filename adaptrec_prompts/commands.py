@@ -64,7 +64,8 @@ def index_parts(args: argparse.Namespace):
     embedder = make_embedder(args.embedder, args.data, args.embed_model)
     client = make_client(path=None if args.chroma_url else args.chroma_path, url=args.chroma_url)
     hnsw = {"ef_search": args.ef_search, "ef_construction": args.ef_construction, "max_neighbors": args.max_neighbors}
-    return embedder, open_index(args.data, embedder, client, hnsw=hnsw)
+    return embedder, open_index(args.data, embedder, client, hnsw=hnsw, pool_size=args.pool_size,
+                                pool_seed=args.pool_seed)
 
 
 def cmd_index_build(args: argparse.Namespace) -> None:
@@ -77,7 +78,8 @@ def cmd_index_neighbors(args: argparse.Namespace) -> None:
 
     embedder, index = index_parts(args)
     section = add_neighbors(args.data, args.out, index, embedder, n=args.n, splits=args.splits.split(","),
-                            overfetch=args.overfetch, overwrite=args.overwrite)
+                            overfetch=args.overfetch, overwrite=args.overwrite, train_sample=args.train_sample,
+                            train_sample_seed=args.train_sample_seed)
     print(f"wrote {args.out}: top-{args.n} neighbours from {index.name}")
     for split, st in section["splits"].items():
         print(f"  {split:<14} queries={st['queries']} refetched={st['refetched']} short={st['short']} "
@@ -191,7 +193,8 @@ def build_program(spec: str, data_dir: str, *, n: int = 10, m: int = 5, mode: st
     raise ConfigError(f"unknown program {spec!r}; use {PROGRAM_CHOICES}")
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
+def cmd_eval(args: argparse.Namespace, lm=None) -> dict:
+    """`adaptrec eval`; `lm` reuses an already loaded LM (it must be the one `args.lm` names)."""
     from adaptrec_prompts.backends import make_lm
     from adaptrec_prompts.errors import ConfigError
     from adaptrec_prompts.evaluation import evaluate
@@ -200,24 +203,28 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     manifest = load_manifest(args.data)
     split = load_prepared(args.data)[args.split]
+    device = getattr(args, "device", "cpu")
     if args.limit:
         split = split.select(range(min(args.limit, split.num_rows)))
     program = build_program(args.program, args.data, n=args.n, m=args.m, mode=args.mode or "score", seed=args.seed,
                             template=args.template, mode_given=args.mode is not None)
-    lm = None
-    if isinstance(program, AdaptRec):
-        if not args.lm:
-            raise ConfigError("this program needs an LM: pass --lm hf:PATH (local) or e.g. --lm openai/gpt-4o")
+    if not isinstance(program, AdaptRec):
+        lm = None
+    elif not args.lm:
+        raise ConfigError("this program needs an LM: pass --lm hf:PATH (local) or e.g. --lm openai/gpt-4o")
+    elif lm is None:
         lm = make_lm(args.lm, adapter=args.adapter, api_base=args.api_base,
-                     **({"max_new_tokens": args.max_new_tokens} if is_local(args.lm) else
+                     **({"max_new_tokens": args.max_new_tokens, "device": device} if is_local(args.lm) else
                         {"max_tokens": args.max_new_tokens}))
     config = {"data": str(args.data), "data_hash": manifest.get("data_hash"), "split": args.split,
               "limit": args.limit, "examples": split.num_rows, "program": args.program,
               "program_config": program.config(), "lm": args.lm, "adapter": args.adapter, "api_base": args.api_base,
-              "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+              "max_new_tokens": args.max_new_tokens, "seed": args.seed,
+              **({"device": device} if device != "cpu" else {})}
     results = evaluate(program, split.to_list(), args.out, config, lm=lm, threads=args.threads,
                        progress=not args.no_progress, data_manifest=manifest)
     print(format_results(args.out, results))
+    return results
 
 
 def is_local(spec: str) -> bool:
@@ -333,6 +340,12 @@ def cmd_programs_diff(args: argparse.Namespace) -> None:
     from adaptrec_prompts.optimize import diff_programs
 
     print(diff_programs(args.a, args.b))
+
+
+def cmd_experiment(args: argparse.Namespace) -> None:
+    from adaptrec_prompts.experiments import run_experiment
+
+    run_experiment(args, "adaptrec experiment " + " ".join(sys.argv[2:]))
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:

@@ -156,7 +156,7 @@ class LMEmbedder:
     def __init__(self, model_path: str | Path, titles: dict[int, str], render, batch_size: int = 16,
                  dtype: str = "float32"):
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model_path = str(model_path)
         self.titles, self.render, self.batch_size = titles, render, batch_size
@@ -164,7 +164,10 @@ class LMEmbedder:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"
-        self.model = AutoModel.from_pretrained(self.model_path, dtype=getattr(torch, dtype)).eval()
+        # Load the causal LM and keep its decoder: a checkpoint with tied weights may store the embedding
+        # only as lm_head.weight (the Gemma dense copy does), which AutoModel would leave uninitialized.
+        causal = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, dtype))
+        self.model = causal.base_model.eval()
         config_hash = _short_hash(self.model.config.to_dict())
         self.id = f"lm-{Path(self.model_path).name}-{config_hash}-{_short_hash(render(['x', 'y']))}"
 

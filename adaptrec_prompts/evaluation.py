@@ -162,11 +162,14 @@ def evaluate(program, rows, out_dir: str | Path, config: dict, lm=None, threads:
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if (old["config_hash"], old["program_hash"]) != (manifest["config_hash"], manifest["program_hash"]):
+        if (run_identity(old["config"]), old["program_hash"]) != (run_identity(config), manifest["program_hash"]):
             raise ConfigError(f"{out} holds a run with a different config or program; resume only the same run, "
                               "or choose another --out")
+        if old["config_hash"] != manifest["config_hash"]:  # same run, another example limit: record the latest
+            old.update(config=config, config_hash=manifest["config_hash"])
+            _write_json(manifest_path, old)
     else:
-        manifest_path.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+        _write_json(manifest_path, manifest)
     log_path = out / "predictions.jsonl"
     done = {k: r for k, r in read_log(log_path).items() if not r.get("error")}
     todo = [row for row in rows if row["example_id"] not in done]
@@ -206,10 +209,24 @@ def evaluate(program, rows, out_dir: str | Path, config: dict, lm=None, threads:
     records = [done[row["example_id"]] for row in rows if row["example_id"] in done]
     results = summarize(records, config.get("lm"))
     results["wall_seconds_last_invocation"] = wall
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out / "results.json")
+    _write_json(out / "results.json", results)
     return results
+
+
+# Keys that select which frozen examples run, not how each one is predicted: a run may grow or shrink
+# along them (--limit 20, then --limit 95 resumes and runs the other 75).
+ROW_SELECTION_KEYS = ("limit", "examples")
+
+
+def run_identity(config: dict) -> str:
+    """Hash of the parts of a run config that change per-example predictions."""
+    return _sha({k: v for k, v in config.items() if k not in ROW_SELECTION_KEYS})
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 def summarize(records: Sequence[dict], lm_name: str | None = None) -> dict:

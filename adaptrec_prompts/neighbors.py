@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import datasets
+import numpy as np
 
 from adaptrec_prompts.embed import CollabEmbedder, Embedder, LMEmbedder, TextEmbedder, training_sequences
 from adaptrec_prompts.errors import ConfigError
@@ -51,27 +52,58 @@ def make_embedder(kind: str, data_dir: str | Path, model_path: str | Path | None
     return cls(model_path, load_items(data_dir), template.render_history)
 
 
-def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | None = None) -> UserIndex:
-    """The Chroma collection for (dataset, embedder, data); built from the train pool if empty."""
+def pool_rows(num_rows: int, pool_size: int | None, seed: int = 0) -> list[int]:
+    """Train rows indexed in Stage 1: all of them, or a seeded uniform sample of `pool_size` (sorted).
+
+    A smaller pool makes slow embedders (a real LM over 80k windows) affordable; compare embedders on the
+    same pool (same size and seed), since a smaller pool alone changes what can be retrieved.
+    """
+    if pool_size is None or pool_size >= num_rows:
+        return list(range(num_rows))
+    if pool_size < 1:
+        raise ConfigError(f"pool size must be >= 1, got {pool_size}")
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(num_rows, size=pool_size, replace=False))
+
+
+def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | None = None,
+               pool_size: int | None = None, pool_seed: int = 0) -> UserIndex:
+    """The Chroma collection for (dataset, embedder, data, pool); built from the train pool if empty.
+
+    Args:
+        pool_size: index a seeded sample of this many training examples instead of all of them.
+        pool_seed: the sample's seed.
+    """
     manifest = load_manifest(data_dir)
-    name = collection_name(manifest["dataset"], embedder.id, manifest["data_hash"])
     train = load_prepared(data_dir)["train"]
+    rows = pool_rows(train.num_rows, pool_size, pool_seed)
+    sampled = len(rows) < train.num_rows
+    suffix = f"-pool{len(rows)}s{pool_seed}" if sampled else ""
+    name = collection_name(manifest["dataset"], embedder.id + suffix, manifest["data_hash"])
     ids, users, nexts, times = (column(train, c) for c in ("example_id", "user_id", "target_item_id", "timestamp"))
+    if sampled:
+        ids, users, nexts, times = ([col[r] for r in rows] for col in (ids, users, nexts, times))
     lookup = {e: (u, n, t) for e, u, n, t in zip(ids, users, nexts, times, strict=True)}
     index = UserIndex(client, name, hnsw=hnsw, lookup=lookup,
                       metadata={"embedder_id": embedder.id, "data_hash": manifest["data_hash"],
-                                "dataset": manifest["dataset"]})
-    if index.count() != train.num_rows:
+                                "dataset": manifest["dataset"],
+                                **({"pool_size": len(rows), "pool_seed": pool_seed} if sampled else {})})
+    index.pool = {"size": len(rows), "train_rows": train.num_rows, "seed": pool_seed if sampled else None}
+    if index.count() != len(rows):
         started = time.perf_counter()
-        vectors = embedder.embed(column(train, "history_item_ids"))
+        histories = column(train, "history_item_ids")
+        vectors = embedder.embed([histories[r] for r in rows] if sampled else histories)
         index.build(ids, vectors, users, nexts, times)
-        logger.info("built %s: %d vectors in %.1fs", name, train.num_rows, time.perf_counter() - started)
+        logger.info("built %s: %d vectors in %.1fs", name, len(rows), time.perf_counter() - started)
     return index
 
 
 def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embedder: Embedder, n: int = 10,
-                  splits: Sequence[str] = SPLITS, overfetch: int = 3, overwrite: bool = False) -> dict:
+                  splits: Sequence[str] = SPLITS, overfetch: int = 3, overwrite: bool = False,
+                  train_sample: int | None = None, train_sample_seed: int = 0) -> dict:
     """Query the index for every row of `splits` and write `out` with the neighbour columns.
+
+    `train_sample`: query only a seeded sample of that many train rows (`pool_rows(rows, size, seed)`,
+    recorded in the manifest; the others get empty lists): fine-tuning on a sample then needs only these.
 
     Returns:
         The `neighbors` section written into the output manifest (per-split query stats included).
@@ -87,17 +119,20 @@ def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embed
     t_hist, t_next = column(train, "history_item_ids"), column(train, "target_item_id")
     t_hist_titles, t_next_titles = column(train, "history_titles"), column(train, "target_title")
     section = {"embedder_id": embedder.id, "collection": index.name, "hnsw": index.hnsw, "n": n,
-               "overfetch": overfetch, "splits": {}}
+               "overfetch": overfetch, "pool": getattr(index, "pool", None), "splits": {}}
     out_splits = {}
     for split in SPLITS:
         ds = ddict[split]
         columns = {name: [[] for _ in range(ds.num_rows)] for name in NEIGHBOR_FEATURES}
         if split in splits and ds.num_rows:
             started, stats = time.perf_counter(), QueryStats()
-            vectors = embedder.embed(column(ds, "history_item_ids"))
-            found = index.query(vectors, n, column(ds, "user_id"), column(ds, "timestamp"), overfetch=overfetch,
-                                stats=stats)
-            for row, neighbors in enumerate(found):
+            queried = pool_rows(ds.num_rows, train_sample if split == "train" else None, train_sample_seed)
+            histories, users, times = (column(ds, c) for c in ("history_item_ids", "user_id", "timestamp"))
+            if len(queried) < ds.num_rows:
+                histories, users, times = ([col[r] for r in queried] for col in (histories, users, times))
+            vectors = embedder.embed(histories)
+            found = index.query(vectors, n, users, times, overfetch=overfetch, stats=stats)
+            for row, neighbors in zip(queried, found, strict=True):
                 rows = [pool[nb.example_id] for nb in neighbors]
                 columns["neighbor_example_ids"][row] = [nb.example_id for nb in neighbors]
                 columns["neighbor_scores"][row] = [nb.score for nb in neighbors]
@@ -107,6 +142,8 @@ def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embed
                 columns["neighbor_history_titles"][row] = [t_hist_titles[r] for r in rows]
                 columns["neighbor_next_titles"][row] = [t_next_titles[r] for r in rows]
             section["splits"][split] = {**asdict(stats), "seconds": round(time.perf_counter() - started, 2)}
+            if len(queried) < ds.num_rows:
+                section["splits"][split]["sample"] = {"rows": len(queried), "seed": train_sample_seed}
         for name, feature in NEIGHBOR_FEATURES.items():
             ds = ds.add_column(name, columns[name], feature=feature)
         out_splits[split] = ds

@@ -46,6 +46,9 @@ class AdaptRecSFTArguments:
     train_stage2: bool = field(default=False, metadata={"help": "add Stage-2 rows (sft_data.stage2_label)"})
     selection_refresh_steps: int = field(default=50, metadata={"help": "adaptive: re-select every N steps"})
     selection_refresh_window: int = field(default=64, metadata={"help": "adaptive: upcoming rows re-selected"})
+    prompt_format: str = field(default="auto", metadata={
+        "help": "auto (chat template when the tokenizer has one) | chat | plain (base models, e.g. gemma-3-270m); "
+                "must match how the model is prompted at evaluation"})
     tiny_model_size: str = field(default="micro", metadata={"help": "model_name_or_path=tiny: micro|small|25m"})
     tiny_vocab_size: int = field(default=4000, metadata={"help": "model_name_or_path=tiny: tokenizer size"})
 
@@ -68,6 +71,10 @@ def _program(script_args: AdaptRecSFTArguments, manifest: dict):
 
 def _base_model(script_args, model_args, training_args, program, rows) -> str:
     """The base model folder: model_name_or_path, or a tiny Llama built from the data when it is 'tiny'."""
+    if model_args.model_name_or_path == "gemma-3-270m":  # the preset's dense local copy (extra .[gemma])
+        from adaptrec_prompts.backends.gemma import gemma_270m_dir
+
+        return str(gemma_270m_dir())
     if model_args.model_name_or_path != "tiny":
         return model_args.model_name_or_path
     from adaptrec_prompts.backends.tiny import build_tiny_llama
@@ -154,13 +161,13 @@ class SelfAdaptiveSelection(TrainerCallback):
         return control
 
 
-def _tokenizer_fn(model, tokenizer):
+def _tokenizer_fn(model, tokenizer, prompt_format: str = "auto"):
     """Tokenize a conversational prompt-completion row exactly as the local engine reads it at inference
     (its own `prompt_ids`: chat template with generation prompt, or the plain rendering for base models);
     completion = the assistant text + EOS; loss on the completion only."""
     from adaptrec_prompts.backends.hf import HFEngine
 
-    engine = HFEngine(model, tokenizer)
+    engine = HFEngine(model, tokenizer, prompt_format=prompt_format)
 
     def tokenize(row: dict) -> dict:
         prompt = engine.prompt_ids(row["prompt"])
@@ -186,6 +193,11 @@ def main(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
     train = load_prepared(script_args.data)["train"]
     if "neighbor_example_ids" not in train.column_names and script_args.selection != "none":
         raise SystemExit(f"error: {script_args.data} has no neighbours; run `adaptrec index neighbors` first")
+    sample = manifest.get("neighbors", {}).get("splits", {}).get("train", {}).get("sample")
+    if sample and script_args.selection != "none":  # neighbours were queried for a sample of train: use it
+        from adaptrec_prompts.neighbors import pool_rows
+
+        train = train.select(pool_rows(train.num_rows, sample["rows"], sample["seed"]))
     if script_args.max_train_examples:
         train = train.select(range(min(script_args.max_train_examples, train.num_rows)))
     rows = train.to_list()
@@ -200,13 +212,18 @@ def main(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
     if script_args.selection == "adaptive":
         adaptive = SelfAdaptiveSelection(program, rows, script_args.selection_refresh_steps,
                                          script_args.selection_refresh_window, seed=training_args.seed)
-        tokenize = _tokenizer_fn(model, tokenizer)
+        tokenize = _tokenizer_fn(model, tokenizer, script_args.prompt_format)
         train_dataset = datasets.IterableDataset.from_generator(lambda: adaptive.stream(tokenize))
         training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         if training_args.max_steps <= 0:
             per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
             training_args.max_steps = max(1, int(training_args.num_train_epochs * len(rows) / per_step))
         callbacks.append(adaptive)
+    elif script_args.prompt_format == "plain":  # TRL would apply a chat template: tokenize as inference does
+        tokenize = _tokenizer_fn(model, tokenizer, "plain")
+        train_dataset = datasets.Dataset.from_list(
+            [tokenize(r) for r in build_rows(program, rows, train_stage2=script_args.train_stage2)])
+        training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     else:
         train_dataset = datasets.Dataset.from_list(
             [{"prompt": r["prompt"], "completion": r["completion"]}

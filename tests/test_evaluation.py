@@ -90,6 +90,30 @@ def test_resume_refuses_a_different_config(ml100k, tmp_path):
     evaluate(RandomBaseline(0), rows, tmp_path / "run", {"a": 1}, progress=False)
     with pytest.raises(ConfigError, match="different config"):
         evaluate(RandomBaseline(1), rows, tmp_path / "run", {"a": 1}, progress=False)
+    with pytest.raises(ConfigError, match="different config"):
+        evaluate(RandomBaseline(0), rows, tmp_path / "run", {"a": 2}, progress=False)
+
+
+class _Counting(PopularityBaseline):
+    calls = 0
+
+    def predict_row(self, row):
+        type(self).calls += 1
+        return super().predict_row(row)
+
+
+def test_a_run_grows_with_its_limit_without_rerunning_examples(ml100k, tmp_path):
+    train = training_sequences(ml100k["train"])
+    first = evaluate(_Counting(train), _rows(ml100k, 4), tmp_path / "run", {"a": 1, "limit": 4, "examples": 4},
+                     progress=False)
+    grown = evaluate(_Counting(train), _rows(ml100k, 10), tmp_path / "run", {"a": 1, "limit": 10, "examples": 10},
+                     progress=False)
+    assert (first["n"], grown["n"], _Counting.calls) == (4, 10, 10)  # only the 6 new examples ran
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["config"]["limit"] == 10  # the manifest records the latest invocation
+    shrunk = evaluate(_Counting(train), _rows(ml100k, 3), tmp_path / "run", {"a": 1, "limit": 3, "examples": 3},
+                      progress=False)
+    assert shrunk["n"] == 3 and _Counting.calls == 10  # results cover the requested rows only
 
 
 def test_kill_midway_then_resume_loses_nothing(ml100k_prepared, tiny_model, tmp_path):

@@ -85,6 +85,19 @@ def test_missing_model_folder():
         HFEngine.load("/nonexistent/model")
 
 
+def test_device_is_where_the_weights_are_and_cuda_without_cuda_says_so(tiny_model, stage3):
+    import torch
+
+    engine = HFEngine.load(tiny_model, device="auto" if not torch.cuda.is_available() else "cpu")
+    assert engine.device == torch.device("cpu")
+    messages, completions = stage3
+    assert engine.score(messages, completions[:3]) == pytest.approx(engine.score_separately(messages, completions[:3]),
+                                                                     abs=1e-4)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            HFEngine.load(tiny_model, device="cuda")
+
+
 @pytest.mark.parametrize("selection", ["none", "random", "static", "adaptive"])
 @pytest.mark.parametrize("mode", ["generate", "score"])
 def test_adaptrec_end_to_end_on_ml100k(tiny_model, ml100k, selection, mode):

@@ -147,6 +147,26 @@ def test_neighbors_pipeline_embedded_respects_leakage_rules(gr, tmp_path):
     assert col.count() == ddict["train"].num_rows
 
 
+def test_a_sampled_pool_indexes_only_its_sample_and_keeps_the_rules(gr, tmp_path):
+    from adaptrec_prompts.neighbors import pool_rows
+
+    train = datasets.load_from_disk(str(gr))["train"]
+    rows = pool_rows(train.num_rows, 40, seed=3)
+    assert rows == sorted(set(rows)) and len(rows) == 40 and rows == pool_rows(train.num_rows, 40, seed=3)
+    assert rows != pool_rows(train.num_rows, 40, seed=4) and pool_rows(train.num_rows, None) == list(
+        range(train.num_rows))
+    out = tmp_path / "gr-nb"
+    assert main(["index", "neighbors", "--data", str(gr), "--chroma-path", str(tmp_path / "chroma"), "--out", str(out),
+                 "--n", "5", "--splits", "valid,test,test_extended", "--pool-size", "40", "--pool-seed", "3"]) == 0
+    ddict, checked = _check_neighbour_rules(out)
+    sample = {train[r]["example_id"] for r in rows}
+    used = {e for split in ("valid", "test", "test_extended") for ids in column(ddict[split], "neighbor_example_ids") for e in ids}
+    assert checked > 40 and used <= sample
+    (col,) = make_client(path=tmp_path / "chroma").list_collections()
+    assert col.count() == 40 and (col.metadata["pool_size"], col.metadata["pool_seed"]) == (40, 3)
+    assert load_manifest(out)["neighbors"]["pool"] == {"size": 40, "train_rows": train.num_rows, "seed": 3}
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -203,6 +223,35 @@ def test_lm_embedder_with_tiny_model(tiny_model, ml100k):
     np.testing.assert_allclose(batched, single, atol=1e-5)  # padding does not change a history's vector
     assert batched.shape == (4, 32) and np.allclose(np.linalg.norm(batched, axis=1), 1, atol=1e-5)
     assert emb.id.startswith("lm-micro-")
+
+
+def test_lm_embedder_reads_a_tied_checkpoint_that_stores_only_lm_head(tiny_model, ml100k, tmp_path):
+    """The Gemma dense copy keeps its tied embedding under lm_head.weight only; the embedder must use it."""
+    import torch
+    from safetensors.torch import load_file, save_model
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from adaptrec_prompts.render import load_template
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(config).eval()
+    config.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    save_model(model, str(tmp_path / "model.safetensors"))
+    assert "model.embed_tokens.weight" not in load_file(str(tmp_path / "model.safetensors"))  # the tricky layout
+    render = load_template("movies").render_history
+    rows = ml100k["test"].select(range(3))
+    titles = {i: t for r in rows for i, t in zip(r["history_item_ids"], r["history_titles"])}
+    got = LMEmbedder(tmp_path, titles, render).embed(column(rows, "history_item_ids"))
+    with torch.no_grad():
+        want = []
+        for r in rows:
+            ids = tok(render(r["history_titles"]), return_tensors="pt")
+            want.append(model.model(**ids).last_hidden_state.mean(1)[0].numpy())
+    np.testing.assert_allclose(got, l2_normalize(np.stack(want)), atol=1e-5)
 
 
 def test_text_embedder_without_the_extra_says_how_to_install():

@@ -157,3 +157,58 @@ def test_unknown_yaml_keys_are_fatal(tmp_path):
     cfg.write_text("data: x\nbf16: false\nlearning_rte: 0.1\n")
     with pytest.raises(ValueError, match="learning_rte"):
         sft.make_parser().parse_args_and_config(["--config", str(cfg), "--output_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).resolve().parents[1] / "finetune" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_config_parses(config, tmp_path):
+    sft = _sft()
+    import yaml
+
+    # bf16 is refused on a machine without a GPU: override it here, read the file's value below
+    script, training, model = sft.make_parser().parse_args_and_config(
+        ["--config", str(config), "--data", "x", "--output_dir", str(tmp_path), "--bf16", "false"])
+    assert model.use_peft and training.learning_rate > 0  # and no unknown key (those are fatal)
+    if config.stem.startswith("gemma-270m"):  # the preset prompts the base model in plain text: so must training
+        assert (script.prompt_format, model.model_name_or_path) == ("plain", "gemma-3-270m")
+        assert yaml.safe_load(config.read_text())["bf16"] is True
+
+
+def test_plain_prompt_training_tokenizes_like_the_plain_engine(gr_nb, tmp_path):
+    import datasets
+    from transformers import AutoTokenizer
+
+    from adaptrec_prompts.backends.hf import HFEngine
+
+    sft = _sft()
+    out = sft.main(*_args(sft, tmp_path, gr_nb, "--prompt_format", "plain", "--max_steps", "2"))
+    assert any("loss" in entry for entry in out["log_history"])
+    base = Path(out["base_model"])
+    engine = HFEngine.load(base, prompt_format="plain")
+    tokenize = sft._tokenizer_fn(engine.model, AutoTokenizer.from_pretrained(base), "plain")
+    row = stage3_row(AdaptRec(load_template("books"), selection="static", n_retrieve=10, m_select=5),
+                     datasets.load_from_disk(str(gr_nb))["train"][0])
+    ids = tokenize(row)
+    prompt = engine.prompt_ids(row["prompt"])
+    assert ids["input_ids"][: len(prompt)] == prompt and set(ids["labels"][: len(prompt)]) == {-100}
+    assert engine.render(row["prompt"]).endswith("\n\n") and "<|im_start|>" not in engine.render(row["prompt"])
+
+
+def test_a_train_sample_of_neighbours_is_what_sft_trains_on(goodreads_raw, tmp_path):
+    import datasets
+
+    from adaptrec_prompts.neighbors import pool_rows
+
+    data = save(*build("goodreads", goodreads_raw, ProtocolConfig(k_candidates=10)), tmp_path / "gr")
+    emb = make_embedder("collab", data)
+    section = add_neighbors(data, tmp_path / "nb", open_index(data, emb, make_client(path=tmp_path / "chroma")), emb,
+                            n=4, splits=["train"], train_sample=30, train_sample_seed=2)
+    assert section["splits"]["train"]["sample"] == {"rows": 30, "seed": 2}
+    train = datasets.load_from_disk(str(tmp_path / "nb"))["train"]
+    chosen = set(pool_rows(train.num_rows, 30, 2))
+    lists = train["neighbor_example_ids"]
+    assert all(not ids for i, ids in enumerate(lists) if i not in chosen)  # unqueried rows: no neighbours
+    assert sum(bool(lists[i]) for i in chosen) >= 20
+    sft = _sft()
+    out = sft.main(*_args(sft, tmp_path, tmp_path / "nb", "--max_steps", "1"))
+    assert out["train_rows"] == 30

@@ -92,10 +92,23 @@ class HFEngine:
         self.prefill_field = prefill_field
         self._lock = threading.Lock()
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are; every input tensor is created there."""
+        return next(self.model.parameters()).device
+
     @classmethod
     def load(cls, model_path: str | Path, adapter: str | Path | None = None, dtype: str = "float32",
-             **kwargs) -> HFEngine:
-        """Load a local model folder (+ optional peft adapter) and wrap it."""
+             device: str = "cpu", **kwargs) -> HFEngine:
+        """Load a local model folder (+ optional peft adapter) and wrap it.
+
+        `device`: "cpu" (default), "cuda", "cuda:1", or "auto" (CUDA when available).
+        """
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but torch sees no CUDA device here "
+                              f"(torch {torch.__version__}); use --device cpu or --device auto")
         if not Path(model_path).is_dir():
             raise ConfigError(f"model folder {str(model_path)!r} not found: pass a local transformers model folder "
                               "(config.json, weights, tokenizer files)")
@@ -106,7 +119,7 @@ class HFEngine:
 
             model = PeftModel.from_pretrained(model, str(adapter))
         name = Path(model_path).name + (f"+{Path(adapter).name}" if adapter else "")
-        return cls(model.eval(), tokenizer, name=name, **kwargs)
+        return cls(model.to(device).eval(), tokenizer, name=name, **kwargs)
 
     # ---- prompts ----
     def render(self, messages: Sequence[dict]) -> str:
@@ -132,8 +145,8 @@ class HFEngine:
         ids = [self.tokenizer(self.render(m) + prefix, add_special_tokens=not self.use_chat)["input_ids"]
                for m in batch]
         width = max(len(x) for x in ids)
-        input_ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids])
-        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        input_ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids], device=self.device)
+        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
         with self._lock:
             out = self.model.generate(input_ids=input_ids, attention_mask=attention, do_sample=False,
                                       max_new_tokens=self.max_new_tokens, stop_strings=stops or None,
@@ -197,7 +210,8 @@ class HFEngine:
             shared += 1
         context, comps = prompt + full[0][:shared], [c[shared:] for c in full]
         with self._lock:
-            out = self.model(input_ids=torch.tensor([context]), use_cache=True, logits_to_keep=shared + 1)
+            out = self.model(input_ids=torch.tensor([context], device=self.device), use_cache=True,
+                             logits_to_keep=shared + 1)
             logp0 = torch.log_softmax(out.logits[0].float(), dim=-1)  # (S + 1, V)
             constant = sum(logp0[i, full[0][i]].item() for i in range(shared))
             scores = [constant + logp0[-1, c[0]].item() for c in comps]
@@ -209,13 +223,13 @@ class HFEngine:
                 for j, c in enumerate(comps):
                     if len(c) > 1:
                         logp = torch.log_softmax(logits[j, : len(c) - 1].float(), dim=-1)
-                        scores[j] += logp.gather(1, torch.tensor(c[1:])[:, None]).sum().item()
+                        scores[j] += logp.gather(1, torch.tensor(c[1:], device=self.device)[:, None]).sum().item()
             else:
                 logits = self._score_tree(out.past_key_values, context, comps)  # (T, V), T = sum(L - 1)
                 logp = torch.log_softmax(logits.float(), dim=-1)
                 row = 0
                 for j, c in enumerate(comps):
-                    targets = torch.tensor(c[1:], dtype=torch.long)
+                    targets = torch.tensor(c[1:], dtype=torch.long, device=self.device)
                     scores[j] += logp[row : row + len(targets)].gather(1, targets[:, None]).sum().item()
                     row += len(targets)
         return scores, *usage
@@ -224,13 +238,14 @@ class HFEngine:
         """All completions as one sequence over the shared cache, each attending to the context and to its
         own earlier tokens only (a 4D mask): no copy of the cache per candidate. Returns (T, V) logits."""
         fed = [tok for c in comps for tok in c[:-1]]
-        owner = torch.tensor([j for j, c in enumerate(comps) for _ in c[:-1]])
-        positions = torch.tensor([len(context) + i for c in comps for i in range(len(c) - 1)])
+        dev = self.device
+        owner = torch.tensor([j for j, c in enumerate(comps) for _ in c[:-1]], device=dev)
+        positions = torch.tensor([len(context) + i for c in comps for i in range(len(c) - 1)], device=dev)
         n, p = len(fed), len(context)
-        allowed = (owner[:, None] == owner[None, :]) & torch.ones(n, n, dtype=torch.bool).tril()
-        mask = torch.zeros(1, 1, n, p + n, dtype=self.model.dtype)
+        allowed = (owner[:, None] == owner[None, :]) & torch.ones(n, n, dtype=torch.bool, device=dev).tril()
+        mask = torch.zeros(1, 1, n, p + n, dtype=self.model.dtype, device=dev)
         mask[0, 0, :, p:] = torch.where(allowed, 0.0, torch.finfo(self.model.dtype).min)
-        return self.model(input_ids=torch.tensor([fed]), attention_mask=mask, position_ids=positions[None],
+        return self.model(input_ids=torch.tensor([fed], device=dev), attention_mask=mask, position_ids=positions[None],
                           cache=cache, use_cache=True).logits[0]
 
     def _score_batch(self, cache, context: list[int], comps: list[list[int]]) -> torch.Tensor:
@@ -239,9 +254,11 @@ class HFEngine:
         k, width = len(comps), max(len(c) for c in comps)
         cache.batch_repeat_interleave(k)
         pad = self.tokenizer.pad_token_id
-        fed = torch.tensor([c[:-1] + [pad] * (width - len(c)) for c in comps])
-        mask = torch.tensor([[1] * len(context) + [1] * (len(c) - 1) + [0] * (width - len(c)) for c in comps])
-        positions = torch.arange(len(context), len(context) + width - 1).expand(k, -1)
+        dev = self.device
+        fed = torch.tensor([c[:-1] + [pad] * (width - len(c)) for c in comps], device=dev)
+        mask = torch.tensor([[1] * len(context) + [1] * (len(c) - 1) + [0] * (width - len(c)) for c in comps],
+                            device=dev)
+        positions = torch.arange(len(context), len(context) + width - 1, device=dev).expand(k, -1)
         return self.model(input_ids=fed, attention_mask=mask, position_ids=positions, cache=cache,
                           use_cache=True).logits
 
@@ -251,9 +268,9 @@ class HFEngine:
         prompt = self.prompt_ids(messages)
         scores = []
         for c in self._completion_ids(completions):
-            logits = self.model(input_ids=torch.tensor([prompt + c])).logits[0]
+            logits = self.model(input_ids=torch.tensor([prompt + c], device=self.device)).logits[0]
             logp = torch.log_softmax(logits[len(prompt) - 1 : -1].float(), dim=-1)
-            scores.append(logp.gather(1, torch.tensor(c)[:, None]).sum().item())
+            scores.append(logp.gather(1, torch.tensor(c, device=self.device)[:, None]).sum().item())
         return scores
 
 

@@ -1,0 +1,143 @@
+"""Turn run folders into a markdown table (variants x metrics, 95% CIs, n) and PNG plots.
+
+Used by `eval/report.py` (command line, below) and `adaptrec experiment`:
+
+    python eval/report.py runs/ml100k/* --out docs/results/ml100k-baselines --title "ML-100K test, baselines"
+    python eval/report.py runs/userknn-n* --out docs/results/userknn-sweep --sweep n_retrieve
+
+Numbers in docs come only from this script; the table records the command that produced it.
+Plots: `bars.png` (HR@1 and NDCG@5 per run with CI whiskers) and, with `--sweep KEY`, `sweep.png`
+(HR@1 / NDCG@5 against a program-config key such as m_select or n_retrieve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+METRICS = ("HR@1", "HR@1|valid", "HR@5", "NDCG@5", "ValidRatio")
+
+
+def load_run(folder: Path) -> dict:
+    results = json.loads((folder / "results.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return {"name": folder.name, "results": results, "config": manifest["config"],
+            "program": manifest["program"].get("config", {})}
+
+
+def table(runs: list[dict]) -> str:
+    head = "| run | program | LM | split | n | " + " | ".join(m.replace("|", "\\|") for m in METRICS) + " | LM s | total s |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for run in runs:
+        r, c = run["results"], run["config"]
+        cells = []
+        for key in METRICS:
+            m = r["metrics"][key]
+            cells.append("n/a" if m["value"] != m["value"] else f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
+        lm = c.get("lm") or "-"
+        lines.append(f"| {run['name']} | {c.get('program')} | {lm} | {c.get('split')} | {r['n']} | " + " | ".join(cells)
+                     + f" | {r['lm_seconds']:.1f} | {r['total_seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bars(runs: list[dict], path: Path, title: str) -> None:
+    import numpy as np
+
+    plt = _pyplot()
+
+    x = np.arange(len(runs))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(runs)), 4))
+    for offset, key in [(-0.2, "HR@1"), (0.2, "NDCG@5")]:
+        vals = [r["results"]["metrics"][key] for r in runs]
+        mid = np.array([v["value"] for v in vals])
+        err = np.array([[v["value"] - v["ci_low"] for v in vals], [v["ci_high"] - v["value"] for v in vals]])
+        ax.bar(x + offset, mid, width=0.4, yerr=err, capsize=3, label=key)
+    ax.set_xticks(x, [r["name"] for r in runs], rotation=30, ha="right")
+    _finish(plt, fig, ax, path, title)
+
+
+def _finish(plt, fig, ax, path: Path, title: str) -> None:
+    ax.set_ylabel("value (95% bootstrap CI)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def sweep(runs: list[dict], key: str, path: Path, title: str, references: list[dict] = ()) -> None:
+    """HR@1 / NDCG@5 against program-config `key`, CI bands; `references` drawn as dashed HR@1 lines."""
+    plt = _pyplot()
+    points = sorted(((r["program"][key], r) for r in runs if key in r["program"]), key=lambda p: p[0])
+    if len(points) < 2:
+        raise SystemExit(f"error: --sweep {key}: fewer than two runs have program config key {key!r}")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for metric in ("HR@1", "NDCG@5"):
+        xs = [p for p, _ in points]
+        m = [r["results"]["metrics"][metric] for _, r in points]
+        ax.plot(xs, [v["value"] for v in m], marker="o", label=metric)
+        ax.fill_between(xs, [v["ci_low"] for v in m], [v["ci_high"] for v in m], alpha=0.2)
+    for ref, style in zip(references, ("--", ":", "-.", (0, (1, 4))), strict=False):
+        ax.axhline(ref["results"]["metrics"]["HR@1"]["value"], color="grey", linestyle=style,
+                   label=f"{ref['name']} HR@1")
+    ax.set_xlabel(key)
+    ax.set_xticks([p for p, _ in points])
+    _finish(plt, fig, ax, path, title)
+
+
+def comparisons(reference: Path, others: list[Path]) -> str:
+    """Markdown table of paired comparisons (B - A on shared examples) of each run against `reference`."""
+    from adaptrec_prompts.evaluation import read_log
+    from adaptrec_prompts.metrics import paired_comparison
+
+    a = list(read_log(reference / "predictions.jsonl").values())
+    lines = [f"Paired against `{reference.name}` on shared examples (B - A, 95% paired bootstrap CI; HR@1: exact "
+             "McNemar p, NDCG@5: sign-flip permutation p).", "",
+             "| run (B) | n | HR@1 B - A | p | discordant A-only/B-only | NDCG@5 B - A | p |", "|---|---|---|---|---|---|---|"]
+    for other in others:
+        b = list(read_log(other / "predictions.jsonl").values())
+        res = paired_comparison(a, b)
+        h, g = res["HR@1"], res["NDCG@5"]
+        lines.append(f"| {other.name} | {res['n']} | {h['diff']:+.3f} [{h['ci_low']:+.3f}, {h['ci_high']:+.3f}] | "
+                     f"{h['p_value']:.3f} | {'/'.join(map(str, h.get('discordant', ())))} | "
+                     f"{g['diff']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] | {g['p_value']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", help="run folders (results.json + manifest.json)")
+    p.add_argument("--out", required=True, help="output folder for table.md and PNGs")
+    p.add_argument("--title", default="results")
+    p.add_argument("--sweep", help="program-config key for a sweep curve (m_select, n_retrieve)")
+    args = p.parse_args(argv)
+    runs = [load_run(Path(r)) for r in args.runs if (Path(r) / "results.json").is_file()]
+    if not runs:
+        print("error: no run folder with results.json given", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python eval/report.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = f"### {args.title}\n\nGenerated by `{command}`.\n\n{table(runs)}\n![bars](bars.png)\n"
+    bars(runs, out / "bars.png", args.title)
+    if args.sweep:
+        sweep(runs, args.sweep, out / "sweep.png", f"{args.title}: {args.sweep} sweep")
+        text += "\n![sweep](sweep.png)\n"
+    (out / "table.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""`adaptrec experiment` end to end with the tiny local Llama: rounds, resume, Stage-1 pools, report."""
+
+import json
+
+import pytest
+
+from adaptrec_prompts.cli import main
+from adaptrec_prompts.evaluation import read_log
+from adaptrec_prompts.experiments import plan
+from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
+from adaptrec_prompts.prepare import build, load_manifest, save
+from adaptrec_prompts.protocol import ProtocolConfig
+from adaptrec_prompts.retriever import make_client
+
+
+@pytest.fixture(scope="module")
+def gr_data(tmp_path_factory, goodreads_raw):
+    root = tmp_path_factory.mktemp("exp")
+    ddict, titles, manifest = build("goodreads", goodreads_raw, ProtocolConfig(k_candidates=10))
+    data = save(ddict, titles, manifest, root / "gr")
+    emb = make_embedder("collab", data)
+    add_neighbors(data, root / "gr-nb", open_index(data, emb, make_client(path=root / "chroma")), emb, n=6,
+                  splits=["test_extended"])
+    return data, root / "gr-nb"
+
+
+def test_plan_names_every_claim_once():
+    names = [r.name for r in plan("d", ["none", "random", "static", "adaptive"], 5, [1, 3, 5, 7, 9],
+                                  {"lm-pool100": "x"})]
+    assert names == ["random", "popularity", "userknn", "zero-shot", "random-m5", "static-m5", "adaptive-m5",
+                     "static-m1", "static-m3", "static-m7", "static-m9", "static-m5-lm-pool100"]
+
+
+def test_experiment_runs_in_rounds_resumes_and_reports(gr_data, tiny_model, tmp_path, capsys):
+    prepared, nb = gr_data
+    out = tmp_path / "exp"
+    argv = ["experiment", "--data", str(nb), "--lm", f"hf:{tiny_model}", "--out", str(out), "--split", "test_extended",
+            "--limit", "5",
+            "--chunk", "2", "--variants", "none,static,adaptive", "--m", "2", "--m-values", "1,2", "--n", "6",
+            "--embedders", "collab,lm", "--prepared", str(prepared), "--pool-size", "60"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert [line.split(":")[0] for line in printed.splitlines() if line.startswith("round to")] == [
+        "round to 2 examples", "round to 4 examples", "round to 5 examples"]
+    names = ["random", "popularity", "userknn", "zero-shot", "static-m2", "adaptive-m2", "static-m1",
+             "static-m2-collab-pool60", "static-m2-lm-pool60"]
+    logs = {name: read_log(out / name / "predictions.jsonl") for name in names}
+    assert all(len(log) == 5 for log in logs.values())
+    assert len({frozenset(log) for log in logs.values()}) == 1  # every variant on the same examples
+    for kind in ("collab", "lm"):
+        section = load_manifest(out / "stage1" / f"{kind}-pool60")["neighbors"]
+        assert section["pool"]["size"] == 60 and section["embedder_id"].startswith(kind)
+    lm_cfg = json.loads((out / "static-m2-lm-pool60" / "manifest.json").read_text())["config"]
+    assert lm_cfg["data"].endswith("lm-pool60") and lm_cfg["limit"] == 5
+    report = (out / "report" / "table.md").read_text()
+    assert all(f"| {name} |" in report for name in names) and "Paired against `zero-shot`" in report
+    assert (out / "report" / "sweep.png").stat().st_size > 0 and (out / "report" / "bars.png").is_file()
+    compare = (out / "report" / "compare.md").read_text()
+    assert compare.count("\n| ") == len(names) - 1 + 1  # header + every run but zero-shot
+    before = {name: (out / name / "predictions.jsonl").read_bytes() for name in names}
+    assert main(argv) == 0  # resume: nothing left to run, nothing rewritten
+    assert {name: (out / name / "predictions.jsonl").read_bytes() for name in names} == before
+
+
+def test_experiment_needs_neighbours_and_prepared_for_embedders(gr_data, tiny_model, tmp_path, capsys):
+    prepared, nb = gr_data
+    assert main(["experiment", "--data", str(prepared), "--lm", f"hf:{tiny_model}", "--out", str(tmp_path / "a")]) == 2
+    assert "no neighbour columns" in capsys.readouterr().err
+    assert main(["experiment", "--data", str(nb), "--lm", f"hf:{tiny_model}", "--out", str(tmp_path / "b"),
+                 "--embedders", "lm"]) == 2
+    assert "--embedders needs --prepared" in capsys.readouterr().err
