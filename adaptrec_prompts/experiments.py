@@ -99,12 +99,48 @@ def write_report(out: Path, runs: list[Run], report_dir: Path, title: str, comma
         refs = [done[k] for k in ("zero-shot", "popularity") if k in done]
         sweep(sweep_runs, "m_select", report_dir / "sweep.png", f"{title}: M sweep (static selection)", refs)
         text += "\n![M sweep](sweep.png)\n"
+    text += "\n" + claims_section(out, runs, done, m)
     if "zero-shot" in done:
         others = [out / r.name for r in runs if r.name in done and r.name != "zero-shot"]
         compare = comparisons(out / "zero-shot", others)
         (report_dir / "compare.md").write_text(compare)
         text += "\n" + compare
     (report_dir / "table.md").write_text(text)
+
+
+def claims_section(out: Path, runs: list[Run], done: dict, m: int) -> str:
+    """The paper's claims as paired comparisons, plus the M sweep's shape and Stage-2 parse failures."""
+    from adaptrec_prompts.evaluation import read_log
+    from adaptrec_prompts.report import claims
+
+    pairs = [("demonstrations help", "zero-shot", f"static-m{m}"),
+             ("demonstrations help", "zero-shot", f"random-m{m}"),
+             ("retrieved users beat random users", f"random-m{m}", f"static-m{m}"),
+             ("LLM selection (Stage 2) beats static", f"static-m{m}", f"adaptive-m{m}")]
+    pools = [r.name for r in runs if r.data != runs[0].data]
+    for a, b in zip(pools, pools[1:]):
+        pairs.append(("the Stage-1 embedder matters (same pool)", a, b))
+    if pools:
+        pairs.append(("a sampled pool vs the full pool", f"static-m{m}", pools[0]))
+    notes = {}
+    if f"adaptive-m{m}" in done:
+        log = list(read_log(out / f"adaptive-m{m}" / "predictions.jsonl").values())
+        fallback = sum(1 for r in log if (r.get("selection") or {}).get("fallback"))
+        notes[f"adaptive-m{m}"] = f" (Stage 2 unparsed, embedding order used: {fallback}/{len(log)})"
+    text = "#### The paper's claims, paired on the same examples\n\n" + claims(out, pairs, notes)
+    sweep = sorted((r.m, done[r.name]) for r in runs if r.name in done and r.program == "static"
+                   and r.data == runs[0].data)
+    if len(sweep) >= 3:
+        for key in ("HR@1", "NDCG@5"):
+            values = [(mv, run["results"]["metrics"][key]["value"]) for mv, run in sweep]
+            best = max(v for _, v in values)
+            peaks = [mv for mv, v in values if v == best]
+            inner = all(values[0][0] < p < values[-1][0] for p in peaks) and values[0][1] < best > values[-1][1]
+            text += (f"\nM sweep, {key}: " + ", ".join(f"M={mv}: {v:.3f}" for mv, v in values)
+                     + f"; peak at M={'/'.join(map(str, peaks))} ("
+                     + ("interior: inverted-U shaped point estimates" if inner else "at an end: no inverted U")
+                     + "; see the CIs in the table).\n")
+    return text
 
 
 def run_experiment(args: argparse.Namespace, command: str) -> None:

@@ -96,6 +96,35 @@ def sweep(runs: list[dict], key: str, path: Path, title: str, references: list[d
     _finish(plt, fig, ax, path, title)
 
 
+def _verdict(res: dict) -> str:
+    """Direction of a paired comparison at the 5% level, on HR@1 (McNemar) and NDCG@5 (sign flip)."""
+    parts = []
+    for key in ("HR@1", "NDCG@5"):
+        r = res[key]
+        parts.append(f"{key} {'B better' if r['diff'] > 0 else 'A better'} (p={r['p_value']:.3f})"
+                     if r["p_value"] < 0.05 else f"{key} not separated")
+    return "; ".join(parts)
+
+
+def claims(folder: Path, pairs: list[tuple[str, str, str]], notes: dict[str, str] | None = None) -> str:
+    """Markdown table: one paired comparison (A -> B on shared examples) per claim of the paper."""
+    from adaptrec_prompts.evaluation import read_log
+    from adaptrec_prompts.metrics import paired_comparison
+
+    lines = ["| claim | A -> B | n | HR@1 A, B (B - A [95% CI]) | NDCG@5 A, B (B - A [95% CI]) | at 5% |",
+             "|---|---|---|---|---|---|"]
+    for claim, a, b in pairs:
+        if not ((folder / a / "predictions.jsonl").is_file() and (folder / b / "predictions.jsonl").is_file()):
+            continue
+        res = paired_comparison(list(read_log(folder / a / "predictions.jsonl").values()),
+                                list(read_log(folder / b / "predictions.jsonl").values()))
+        cells = [f"{r['a']:.3f}, {r['b']:.3f} ({r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}])"
+                 for r in (res["HR@1"], res["NDCG@5"])]
+        note = (notes or {}).get(b, "")
+        lines.append(f"| {claim} | {a} -> {b}{note} | {res['n']} | {cells[0]} | {cells[1]} | {_verdict(res)} |")
+    return "\n".join(lines) + "\n"
+
+
 def comparisons(reference: Path, others: list[Path]) -> str:
     """Markdown table of paired comparisons (B - A on shared examples) of each run against `reference`."""
     from adaptrec_prompts.evaluation import read_log

@@ -36,13 +36,13 @@ def test_experiment_runs_in_rounds_resumes_and_reports(gr_data, tiny_model, tmp_
     out = tmp_path / "exp"
     argv = ["experiment", "--data", str(nb), "--lm", f"hf:{tiny_model}", "--out", str(out), "--split", "test_extended",
             "--limit", "5",
-            "--chunk", "2", "--variants", "none,static,adaptive", "--m", "2", "--m-values", "1,2", "--n", "6",
+            "--chunk", "2", "--variants", "none,static,adaptive", "--m", "2", "--m-values", "1,2,3", "--n", "6",
             "--embedders", "collab,lm", "--prepared", str(prepared), "--pool-size", "60"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert [line.split(":")[0] for line in printed.splitlines() if line.startswith("round to")] == [
         "round to 2 examples", "round to 4 examples", "round to 5 examples"]
-    names = ["random", "popularity", "userknn", "zero-shot", "static-m2", "adaptive-m2", "static-m1",
+    names = ["random", "popularity", "userknn", "zero-shot", "static-m2", "adaptive-m2", "static-m1", "static-m3",
              "static-m2-collab-pool60", "static-m2-lm-pool60"]
     logs = {name: read_log(out / name / "predictions.jsonl") for name in names}
     assert all(len(log) == 5 for log in logs.values())
@@ -55,6 +55,10 @@ def test_experiment_runs_in_rounds_resumes_and_reports(gr_data, tiny_model, tmp_
     report = (out / "report" / "table.md").read_text()
     assert all(f"| {name} |" in report for name in names) and "Paired against `zero-shot`" in report
     assert (out / "report" / "sweep.png").stat().st_size > 0 and (out / "report" / "bars.png").is_file()
+    assert "| demonstrations help | zero-shot -> static-m2 | 5 |" in report
+    assert "| the Stage-1 embedder matters (same pool) | static-m2-collab-pool60 -> static-m2-lm-pool60 | 5 |" in report
+    assert "adaptive-m2 (Stage 2 unparsed, embedding order used: " in report
+    assert "M sweep, HR@1: M=1: " in report and "M=3: " in report
     compare = (out / "report" / "compare.md").read_text()
     assert compare.count("\n| ") == len(names) - 1 + 1  # header + every run but zero-shot
     before = {name: (out / name / "predictions.jsonl").read_bytes() for name in names}
