@@ -45,36 +45,77 @@ def _adapter() -> dspy.Adapter:
     return dspy.settings.adapter or eval_adapter()
 
 
+STAGE2_MODES = ("auto", "generate", "score")
+
+
+def stage2_completions(pool_size: int, m: int) -> list[str]:
+    """What Stage 2 in score mode scores: the selection field opening with user i, for i = 1..pool_size.
+
+    "[i," when M > 1 (user i named first, more to follow: "[1," cannot be read as the start of "[10"),
+    "[i]" when M = 1.
+    """
+    close = "," if m > 1 else "]"
+    return [f"[[ ## selected_users ## ]]\n[{i}{close}" for i in range(1, pool_size + 1)]
+
+
+def top_m_by_score(scores: Sequence[float], m: int) -> list[int]:
+    """The M highest-scoring pool positions (ties: embedding order), in embedding order."""
+    return sorted(sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:m])
+
+
 class UserSelector(dspy.Module):
     """Stage 2: the LM picks the M pool users most similar to the target user.
 
-    If the answer does not parse, the selection falls back to embedding order and says so
-    (`fallback=True`); if it names fewer than M users, embedding order fills the rest (`padded=True`).
+    mode="generate": the LM writes the list; if the answer does not parse, the selection falls back to
+    embedding order and says so (`fallback=True`); if it names fewer than M users, embedding order fills
+    the rest (`padded=True`).
+    mode="score" (local engines that score): the same prompt, one prefill, and the M users whose number is
+    most likely to open the list (`stage2_completions`) are kept: always a valid selection, the one the
+    self-adaptive fine-tuning callback uses too. "auto": score when the LM's engine can, else generate.
     """
 
-    def __init__(self, template: Template, m_select: int = 5):
+    def __init__(self, template: Template, m_select: int = 5, mode: str = "auto"):
         super().__init__()
+        if mode not in STAGE2_MODES:
+            raise ConfigError(f"Stage-2 mode must be one of {STAGE2_MODES}, got {mode!r}")
         self.template = template
         self.m_select = m_select
+        self.mode = mode
         self.select = dspy.Predict(SelectSimilarUsers)
+
+    def inputs(self, history_titles: Sequence[str], pool_histories: Sequence[Sequence[str]], m: int) -> dict:
+        return {"user_history": self.template.render_history(history_titles),
+                "candidate_users": self.template.render_pool(pool_histories), "select_count": m}
 
     def forward(self, history_titles: Sequence[str], pool_histories: Sequence[Sequence[str]]) -> dspy.Prediction:
         m = min(self.m_select, len(pool_histories))
+        inputs = self.inputs(history_titles, pool_histories, m)
+        engine = getattr(dspy.settings.lm, "engine", None)
+        can_score = callable(getattr(engine, "score", None))
+        if self.mode == "score" and not can_score:
+            raise ConfigError("Stage-2 score mode needs a local model whose engine scores (hf:PATH or "
+                              "gemma-3-270m); use stage2='generate' for API models")
+        if self.mode == "score" or (self.mode == "auto" and can_score):
+            adapter = _adapter()
+            messages = adapter.format(signature=self.select.signature, demos=self.select.demos, inputs=inputs)
+            scores = score_completions(dspy.settings.lm, messages, stage2_completions(len(pool_histories), m))
+            return dspy.Prediction(indices=top_m_by_score(scores, m), fallback=False, padded=False, reason="",
+                                   method="score")
         raw, values = None, None
         try:
             with dspy.context(adapter=_adapter()):
-                pred = self.select(user_history=self.template.render_history(history_titles),
-                                   candidate_users=self.template.render_pool(pool_histories), select_count=m)
+                pred = self.select(**inputs)
             values = pred.selected_users
         except AdapterParseError as exc:
             raw = exc.lm_response
         picked, reason = parse_selection(values, len(pool_histories), m) if values is not None else (
             None, f"adapter could not parse the answer: {str(raw)[:200]!r}")
         if picked is None:
-            return dspy.Prediction(indices=list(range(m)), fallback=True, padded=False, reason=reason)
+            return dspy.Prediction(indices=list(range(m)), fallback=True, padded=False, reason=reason,
+                                   method="generate")
         padded = len(picked) < m
         picked += [i for i in range(len(pool_histories)) if i not in picked][: m - len(picked)]
-        return dspy.Prediction(indices=picked, fallback=False, padded=padded, reason="")
+        return dspy.Prediction(indices=picked, fallback=False, padded=padded, reason="", method="generate")
 
 
 class NextItemRecommender(dspy.Module):
@@ -148,6 +189,9 @@ class AdaptRec(dspy.Module):
         m_select: M, how many similar users Stage 3 sees.
         mode: "generate" or "score" (Stage 3).
         seed: seed of the random selection.
+        stage2: how the adaptive selection asks the LM: "generate" (it writes the list), "score" (top M
+            by the likelihood of opening the list; local engines) or "auto" (score when `mode` is "score"
+            and the engine can score, else generate).
 
     Example:
         >>> program = AdaptRec(load_template("movies"), selection="static", m_select=5)  # doctest: +SKIP
@@ -155,7 +199,7 @@ class AdaptRec(dspy.Module):
     """
 
     def __init__(self, template: Template, selection: str = "static", n_retrieve: int = 10, m_select: int = 5,
-                 mode: str = "generate", seed: int = 0):
+                 mode: str = "generate", seed: int = 0, stage2: str = "auto"):
         super().__init__()
         if selection not in SELECTIONS:
             raise ConfigError(f"selection must be one of {SELECTIONS}, got {selection!r}")
@@ -167,12 +211,20 @@ class AdaptRec(dspy.Module):
         self.m_select = m_select
         self.mode = mode
         self.seed = seed
-        self.selector = UserSelector(template, m_select)
+        self.stage2 = stage2
+        if stage2 not in STAGE2_MODES:
+            raise ConfigError(f"stage2 must be one of {STAGE2_MODES}, got {stage2!r}")
+        # "auto" scores Stage 2 only in a score-mode program (a generate-mode program generates both stages)
+        self.selector = UserSelector(template, m_select, mode=stage2 if stage2 != "auto" or mode == "score"
+                                     else "generate")
         self.recommender = NextItemRecommender(template, mode=mode, zero_shot=selection == "none")
 
     def config(self) -> dict:
-        return {"template": self.template.model_dump(), "selection": self.selection, "n_retrieve": self.n_retrieve,
-                "m_select": self.m_select, "mode": self.mode, "seed": self.seed}
+        config = {"template": self.template.model_dump(), "selection": self.selection, "n_retrieve": self.n_retrieve,
+                  "m_select": self.m_select, "mode": self.mode, "seed": self.seed}
+        if self.selection == "adaptive":  # only adaptive runs Stage 2 (other programs' hashes stay as they were)
+            config["stage2"] = self.stage2
+        return config
 
     def preset_indices(self, pool_size: int, example_id: str) -> list[int]:
         """The selection that needs no LM: [] (none), the first M (static and, as its start, adaptive), or
@@ -196,7 +248,7 @@ class AdaptRec(dspy.Module):
             selection["indices"] = self.preset_indices(len(pool), example_id)
         elif self.selection == "adaptive":
             pred = self.selector(history_titles=history_titles, pool_histories=[h for h, _ in pool])
-            selection = {k: pred[k] for k in ("indices", "fallback", "padded", "reason")}
+            selection = {k: pred[k] for k in ("indices", "fallback", "padded", "reason", "method")}
             if pred.fallback:
                 logger.info("%s: Stage-2 answer did not parse (%s); using embedding order", example_id, pred.reason)
         similar = [pool[i] for i in selection["indices"]]

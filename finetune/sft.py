@@ -100,12 +100,14 @@ class SelfAdaptiveSelection(TrainerCallback):
 
     # A plain object holding rows and selections; TrainerCallback has no __init__ to call.
 
-    def __init__(self, program, rows: list[dict], refresh_steps: int, window: int, seed: int = 0):
+    def __init__(self, program, rows: list[dict], refresh_steps: int, window: int, seed: int = 0,
+                 prompt_format: str = "auto"):
         import numpy as np
 
         from adaptrec_prompts.sft_data import select_indices
 
         self.program, self.rows, self.refresh_steps, self.window = program, rows, refresh_steps, window
+        self.prompt_format = prompt_format
         self.indices = {r["example_id"]: select_indices(program, r) for r in rows}
         self.order = np.random.default_rng(seed).permutation(len(rows)).tolist()
         self.cursor = 0
@@ -124,28 +126,28 @@ class SelfAdaptiveSelection(TrainerCallback):
             epoch += 1
 
     def select_with_model(self, model, tokenizer, row: dict) -> list[int]:
-        """Rank the pool users by log p(answer names user i first | Stage-2 prompt); keep the top M."""
+        """Rank the pool users by log p(answer names user i first | Stage-2 prompt); keep the top M (the
+        same rule as `UserSelector` in score mode)."""
         import torch
 
         from adaptrec_prompts.backends.hf import HFEngine
-        from adaptrec_prompts.modules import eval_adapter, example_inputs
+        from adaptrec_prompts.modules import eval_adapter, example_inputs, stage2_completions, top_m_by_score
 
         x = example_inputs(row)
         pool = x["neighbors"][: self.program.n_retrieve]
         m = min(self.program.m_select, len(pool))
-        sel, template, adapter = self.program.selector.select, self.program.template, eval_adapter()
-        messages = adapter.format(sel.signature, sel.demos, {
-            "user_history": template.render_history(x["history_titles"]),
-            "candidate_users": template.render_pool([h for h, _ in pool]), "select_count": m})
-        completions = [f"[[ ## selected_users ## ]]\n[{i}" for i in range(1, len(pool) + 1)]
+        selector = self.program.selector
+        messages = eval_adapter().format(selector.select.signature, selector.select.demos,
+                                         selector.inputs(x["history_titles"], [h for h, _ in pool], m))
+        completions = stage2_completions(len(pool), m)
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                scores = HFEngine(model, tokenizer).score(messages, completions)
+                scores = HFEngine(model, tokenizer, prompt_format=self.prompt_format).score(messages, completions)
         finally:
             model.train(was_training)
-        return sorted(sorted(range(len(pool)), key=lambda i: (-scores[i], i))[:m])
+        return top_m_by_score(scores, m)
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         if not self.refresh_steps or state.global_step % self.refresh_steps:
@@ -211,7 +213,8 @@ def main(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
     callbacks = []
     if script_args.selection == "adaptive":
         adaptive = SelfAdaptiveSelection(program, rows, script_args.selection_refresh_steps,
-                                         script_args.selection_refresh_window, seed=training_args.seed)
+                                         script_args.selection_refresh_window, seed=training_args.seed,
+                                         prompt_format=script_args.prompt_format)
         tokenize = _tokenizer_fn(model, tokenizer, script_args.prompt_format)
         train_dataset = datasets.IterableDataset.from_generator(lambda: adaptive.stream(tokenize))
         training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}

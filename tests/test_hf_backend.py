@@ -162,3 +162,23 @@ def test_dense_gemma_copy_drops_the_gguf_quantization_flag(tmp_path):
     assert strip_quantization_config(tmp_path) is True
     assert json.loads((tmp_path / "config.json").read_text()) == {"model_type": "gemma3_text", "hidden_size": 640}
     assert strip_quantization_config(tmp_path) is False
+
+
+def test_stage2_score_mode_keeps_the_m_users_most_likely_to_open_the_list(tiny_model, ml100k):
+    from adaptrec_prompts.modules import UserSelector, stage2_completions
+
+    lm = hf_lm(tiny_model)
+    row = with_fake_neighbors(ml100k["test"][0], ml100k["train"], n=8)
+    pool = row["neighbor_history_titles"]
+    selector = UserSelector(MOVIES, m_select=3, mode="score")
+    with dspy.context(lm=lm):
+        pred = selector(history_titles=row["history_titles"], pool_histories=pool)
+    messages = eval_adapter().format(selector.select.signature, [], selector.inputs(row["history_titles"], pool, 3))
+    reference = lm.engine.score_separately(messages, stage2_completions(len(pool), 3))
+    best = sorted(range(len(pool)), key=lambda i: (-reference[i], i))[:3]
+    assert (pred.method, pred.fallback, pred.indices) == ("score", False, sorted(best))
+    assert stage2_completions(10, 3)[0].endswith("\n[1,") and stage2_completions(2, 1)[1].endswith("\n[2]")
+    program = AdaptRec(MOVIES, selection="adaptive", n_retrieve=8, m_select=3, mode="score")
+    with dspy.context(lm=lm):
+        out = program(**example_inputs(row))
+    assert out.selection["method"] == "score" and out.selection["indices"] == sorted(best) and out.valid

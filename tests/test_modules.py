@@ -97,7 +97,8 @@ def test_adaptive_selection_uses_the_lm_and_falls_back(rows):
         good = program(**example_inputs(rows[0]))
         bad = program(**example_inputs(rows[0]))
         short = program(**example_inputs(rows[0]))
-    assert good.selection == {"indices": [6, 1, 8], "fallback": False, "padded": False, "reason": ""}
+    assert good.selection == {"indices": [6, 1, 8], "fallback": False, "padded": False, "reason": "",
+                              "method": "generate"}
     assert bad.selection["fallback"] and bad.selection["indices"] == [0, 1, 2] and "outside 1..10" in bad.selection[
         "reason"]
     assert short.selection["padded"] and short.selection["indices"] == [4, 0, 1]
@@ -154,4 +155,16 @@ def test_user_selector_alone(rows):
     selector = UserSelector(MOVIES, m_select=2)
     with dspy.context(lm=DummyLM([{"selected_users": "[3, 1]"}])):
         pred = selector(history_titles=["A"], pool_histories=[["x"], ["y"], ["z"]])
-    assert pred.indices == [2, 0]
+    assert pred.indices == [2, 0] and pred.method == "generate"  # auto: DummyLM cannot score
+    with dspy.context(lm=DummyLM([{"selected_users": "[3, 1]"}])), pytest.raises(ConfigError, match="API models"):
+        UserSelector(MOVIES, m_select=2, mode="score")(history_titles=["A"], pool_histories=[["x"], ["y"]])
+    with pytest.raises(ConfigError, match="Stage-2 mode must be one of"):
+        UserSelector(MOVIES, mode="vote")
+
+
+def test_only_adaptive_programs_record_their_stage2_mode():
+    assert "stage2" not in AdaptRec(MOVIES, selection="static", mode="score").config()
+    assert AdaptRec(MOVIES, selection="adaptive", mode="score").config()["stage2"] == "auto"
+    assert AdaptRec(MOVIES, selection="adaptive", mode="score").selector.mode == "auto"
+    assert AdaptRec(MOVIES, selection="adaptive", mode="generate").selector.mode == "generate"  # auto -> generate
+    assert AdaptRec(MOVIES, selection="adaptive", mode="generate", stage2="score").selector.mode == "score"
