@@ -65,6 +65,21 @@ def ml100k(ml100k_prepared):
     return datasets.load_from_disk(str(ml100k_prepared))
 
 
+def goodreads_with_neighbors(root: Path, raw: Path, n: int, splits: list[str]) -> tuple[Path, Path]:
+    """The GoodReads fixture prepared (K=10) under root/gr, plus a copy with collab Chroma neighbours
+    for `splits` under root/gr-nb. Returns (prepared, with neighbours)."""
+    from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
+    from adaptrec_prompts.prepare import build, save
+    from adaptrec_prompts.protocol import ProtocolConfig
+    from adaptrec_prompts.retriever import make_client
+
+    data = save(*build("goodreads", raw, ProtocolConfig(k_candidates=10)), root / "gr")
+    emb = make_embedder("collab", data)
+    add_neighbors(data, root / "gr-nb", open_index(data, emb, make_client(path=root / "chroma")), emb, n=n,
+                  splits=splits)
+    return data, root / "gr-nb"
+
+
 def with_fake_neighbors(row: dict, train, n: int = 10) -> dict:
     """Attach N training windows as neighbours (a stand-in ordering for tests that do not test Stage 1)."""
     rows = train.select(range(n))

@@ -7,21 +7,13 @@ import pytest
 from adaptrec_prompts.cli import main
 from adaptrec_prompts.evaluation import read_log
 from adaptrec_prompts.experiments import plan
-from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
-from adaptrec_prompts.prepare import build, load_manifest, save
-from adaptrec_prompts.protocol import ProtocolConfig
-from adaptrec_prompts.retriever import make_client
+from adaptrec_prompts.prepare import load_manifest
+from conftest import goodreads_with_neighbors
 
 
 @pytest.fixture(scope="module")
 def gr_data(tmp_path_factory, goodreads_raw):
-    root = tmp_path_factory.mktemp("exp")
-    ddict, titles, manifest = build("goodreads", goodreads_raw, ProtocolConfig(k_candidates=10))
-    data = save(ddict, titles, manifest, root / "gr")
-    emb = make_embedder("collab", data)
-    add_neighbors(data, root / "gr-nb", open_index(data, emb, make_client(path=root / "chroma")), emb, n=6,
-                  splits=["test_extended"])
-    return data, root / "gr-nb"
+    return goodreads_with_neighbors(tmp_path_factory.mktemp("exp"), goodreads_raw, 6, ["test_extended"])
 
 
 def test_plan_names_every_claim_once():

@@ -9,11 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
-from adaptrec_prompts.prepare import build, save
-from adaptrec_prompts.protocol import ProtocolConfig
-from adaptrec_prompts.retriever import make_client
 from adaptrec_prompts.testing import MockOpenAIServer
+from conftest import goodreads_with_neighbors
 
 SCRIPT = Path(__file__).resolve().parents[1] / "eval" / "fewshot_gpt4.py"
 
@@ -27,13 +24,7 @@ def _load_script():
 
 @pytest.fixture(scope="module")
 def gr_nb(tmp_path_factory, goodreads_raw):
-    root = tmp_path_factory.mktemp("grnb")
-    ddict, titles, manifest = build("goodreads", goodreads_raw, ProtocolConfig(k_candidates=10))
-    data = save(ddict, titles, manifest, root / "gr")
-    emb = make_embedder("collab", data)
-    add_neighbors(data, root / "gr-nb", open_index(data, emb, make_client(path=root / "chroma")), emb, n=5,
-                  splits=["test_extended"])
-    return root / "gr-nb"
+    return goodreads_with_neighbors(tmp_path_factory.mktemp("grnb"), goodreads_raw, 5, ["test_extended"])[1]
 
 
 def test_missing_key_exits_before_any_work(tmp_path):

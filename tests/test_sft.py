@@ -17,6 +17,7 @@ from adaptrec_prompts.protocol import ProtocolConfig
 from adaptrec_prompts.render import load_template
 from adaptrec_prompts.retriever import make_client
 from adaptrec_prompts.sft_data import build_rows, stage2_label, stage2_row, stage3_row
+from conftest import goodreads_with_neighbors
 
 SCRIPT = Path(__file__).resolve().parents[1] / "finetune" / "sft.py"
 
@@ -31,12 +32,7 @@ def _sft():
 
 @pytest.fixture(scope="module")
 def gr_nb(tmp_path_factory, goodreads_raw):
-    root = tmp_path_factory.mktemp("sft-data")
-    data = save(*build("goodreads", goodreads_raw, ProtocolConfig(k_candidates=10)), root / "gr")
-    emb = make_embedder("collab", data)
-    add_neighbors(data, root / "gr-nb", open_index(data, emb, make_client(path=root / "chroma")), emb, n=6,
-                  splits=["train", "test"])
-    return root / "gr-nb"
+    return goodreads_with_neighbors(tmp_path_factory.mktemp("sft-data"), goodreads_raw, 6, ["train", "test"])[1]
 
 
 class Recorder:
