@@ -132,8 +132,12 @@ def claims_section(out: Path, runs: list[Run], done: dict, m: int) -> str:
     notes = {}
     if f"adaptive-m{m}" in done:
         log = list(read_log(out / f"adaptive-m{m}" / "predictions.jsonl").values())
-        fallback = sum(1 for r in log if (r.get("selection") or {}).get("fallback"))
-        notes[f"adaptive-m{m}"] = f" (Stage 2 unparsed, embedding order used: {fallback}/{len(log)})"
+        sel = [r.get("selection") or {} for r in log]
+        fallback = sum(1 for x in sel if x.get("fallback"))
+        as_static = sum(1 for x in sel if x.get("indices") == list(range(len(x.get("indices") or []))))
+        methods = "/".join(sorted({x.get("method") or "generate" for x in sel}))
+        notes[f"adaptive-m{m}"] = (f" (Stage 2 by {methods}; unparsed, embedding order used: {fallback}/{len(log)}; "
+                                   f"picked the embedding top M anyway: {as_static}/{len(log)})")
     text = "#### The paper's claims, paired on the same examples\n\n" + claims(out, pairs, notes)
     sweep = sorted((r.m, done[r.name]) for r in runs if r.name in done and r.program == "static"
                    and r.data == runs[0].data)

@@ -49,7 +49,7 @@ def test_experiment_runs_in_rounds_resumes_and_reports(gr_data, tiny_model, tmp_
     assert (out / "report" / "sweep.png").stat().st_size > 0 and (out / "report" / "bars.png").is_file()
     assert "| demonstrations help | zero-shot -> static-m2 | 5 |" in report
     assert "| the Stage-1 embedder matters (same pool) | static-m2-collab-pool60 -> static-m2-lm-pool60 | 5 |" in report
-    assert "adaptive-m2 (Stage 2 unparsed, embedding order used: " in report
+    assert "adaptive-m2 (Stage 2 by score; unparsed, embedding order used: 0/5; picked the embedding top M" in report
     assert "M sweep, HR@1: M=1: " in report and "M=3: " in report
     assert "- stage 1 lm-pool60: 60 pool vectors embedded and indexed, 9 test_extended queries" in report
     compare = (out / "report" / "compare.md").read_text()
