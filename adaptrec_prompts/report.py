@@ -106,22 +106,30 @@ def _verdict(res: dict) -> str:
     return "; ".join(parts)
 
 
+def same_top1(left: dict, right: dict) -> str:
+    """How many shared, scored examples two runs put the same item first on ("k/n")."""
+    shared = [e for e in left if e in right and not left[e].get("error") and not right[e].get("error")]
+    same = sum(1 for e in shared if left[e]["ranking"][:1] == right[e]["ranking"][:1])
+    return f"{same}/{len(shared)}"
+
+
 def claims(folder: Path, pairs: list[tuple[str, str, str]], notes: dict[str, str] | None = None) -> str:
     """Markdown table: one paired comparison (A -> B on shared examples) per claim of the paper."""
     from adaptrec_prompts.evaluation import read_log
     from adaptrec_prompts.metrics import paired_comparison
 
-    lines = ["| claim | A -> B | n | HR@1 A, B (B - A [95% CI]) | NDCG@5 A, B (B - A [95% CI]) | at 5% |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| claim | A -> B | n | HR@1 A, B (B - A [95% CI]) | NDCG@5 A, B (B - A [95% CI]) | at 5% | same top-1 |",
+             "|---|---|---|---|---|---|---|"]
     for claim, a, b in pairs:
         if not ((folder / a / "predictions.jsonl").is_file() and (folder / b / "predictions.jsonl").is_file()):
             continue
-        res = paired_comparison(list(read_log(folder / a / "predictions.jsonl").values()),
-                                list(read_log(folder / b / "predictions.jsonl").values()))
+        left, right = read_log(folder / a / "predictions.jsonl"), read_log(folder / b / "predictions.jsonl")
+        res = paired_comparison(list(left.values()), list(right.values()))
         cells = [f"{r['a']:.3f}, {r['b']:.3f} ({r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}])"
                  for r in (res["HR@1"], res["NDCG@5"])]
         note = (notes or {}).get(b, "")
-        lines.append(f"| {claim} | {a} -> {b}{note} | {res['n']} | {cells[0]} | {cells[1]} | {_verdict(res)} |")
+        lines.append(f"| {claim} | {a} -> {b}{note} | {res['n']} | {cells[0]} | {cells[1]} | {_verdict(res)} | "
+                     f"{same_top1(left, right)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -48,6 +48,8 @@ def test_experiment_runs_in_rounds_resumes_and_reports(gr_data, tiny_model, tmp_
     assert all(f"| {name} |" in report for name in names) and "Paired against `zero-shot`" in report
     assert (out / "report" / "sweep.png").stat().st_size > 0 and (out / "report" / "bars.png").is_file()
     assert "| demonstrations help | zero-shot -> static-m2 | 5 |" in report
+    claim_rows = [line for line in report.splitlines() if line.startswith("| demonstrations help")]
+    assert claim_rows and all(line.rstrip(" |").endswith("/5") for line in claim_rows)  # same top-1 k/5
     assert "| the Stage-1 embedder matters (same pool) | static-m2-collab-pool60 -> static-m2-lm-pool60 | 5 |" in report
     assert "adaptive-m2 (Stage 2 by score; unparsed, embedding order used: 0/5; picked the embedding top M" in report
     assert "M sweep, HR@1: M=1: " in report and "M=3: " in report
@@ -66,3 +68,12 @@ def test_experiment_needs_neighbours_and_prepared_for_embedders(gr_data, tiny_mo
     assert main(["experiment", "--data", str(nb), "--lm", f"hf:{tiny_model}", "--out", str(tmp_path / "b"),
                  "--embedders", "lm"]) == 2
     assert "--embedders needs --prepared" in capsys.readouterr().err
+
+
+def test_same_top1_counts_shared_scored_examples_only():
+    from adaptrec_prompts.report import same_top1
+
+    left = {"a": {"ranking": [1, 2]}, "b": {"ranking": [3, 1]}, "c": {"ranking": [5]}, "d": {"ranking": [7]}}
+    right = {"a": {"ranking": [1, 9]}, "b": {"ranking": [1, 3]}, "c": {"ranking": [5], "error": "timeout"},
+             "e": {"ranking": [7]}}
+    assert same_top1(left, right) == "1/2"
