@@ -93,3 +93,20 @@ def test_import_stays_light():
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_pipeline_main_job_with_a_local_model(ml100k_raw, tiny_model, tmp_path, capsys):
+    """The README main command end to end (tiny local model instead of Gemma; 3 LLM examples)."""
+    out = tmp_path / "main"
+    argv = ["pipeline", "--raw-dir", str(ml100k_raw), "--out", str(out), "--lm", f"hf:{tiny_model}", "--limit", "3"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    rows = [line.split()[0:2] for line in printed.splitlines()
+            if line.split()[:1] and line.split()[0] in ("random", "popularity", "userknn", "micro-zero-shot",
+                                                         "micro-static")]
+    assert rows == [["random", "95"], ["popularity", "95"], ["userknn", "95"], ["micro-zero-shot", "3"],
+                    ["micro-static", "3"]]
+    assert "Full test set: --limit 95" in printed
+    before = (out / "runs" / "micro-static" / "predictions.jsonl").read_bytes()
+    assert main(argv) == 0  # a second run reuses the data, neighbours and finished examples
+    assert (out / "runs" / "micro-static" / "predictions.jsonl").read_bytes() == before
