@@ -86,7 +86,9 @@ def stage1_folders(prepared: str, out: Path, embedders: list[str], pool_size: in
     return folders
 
 
-def write_report(out: Path, runs: list[Run], report_dir: Path, title: str, command: str, m: int) -> None:
+def write_report(out: Path, runs: list[Run], report_dir: Path, title: str, command: str, m: int,
+                 ids: set[str] | None = None) -> None:
+    """Rewrite the report folder; paired statistics cover the examples in `ids` (this round's rows)."""
     from adaptrec_prompts.report import bars, comparisons, load_run, sweep, table
 
     done = {r.name: load_run(out / r.name) for r in runs if (out / r.name / "results.json").is_file()}
@@ -106,16 +108,16 @@ def write_report(out: Path, runs: list[Run], report_dir: Path, title: str, comma
     if stage1:
         text += "\nStage-1 comparison pools (built once, timed by this command):\n\n" + "".join(
             f"- {p.read_text()}" for p in stage1)
-    text += "\n" + claims_section(out, runs, done, m)
+    text += "\n" + claims_section(out, runs, done, m, ids)
     if "zero-shot" in done:
         others = [out / r.name for r in runs if r.name in done and r.name != "zero-shot"]
-        compare = comparisons(out / "zero-shot", others)
+        compare = comparisons(out / "zero-shot", others, ids)
         (report_dir / "compare.md").write_text(compare)
         text += "\n" + compare
     (report_dir / "table.md").write_text(text)
 
 
-def claims_section(out: Path, runs: list[Run], done: dict, m: int) -> str:
+def claims_section(out: Path, runs: list[Run], done: dict, m: int, ids: set[str] | None = None) -> str:
     """The paper's claims as paired comparisons, plus the M sweep's shape and Stage-2 parse failures."""
     from adaptrec_prompts.evaluation import read_log
     from adaptrec_prompts.report import claims
@@ -131,14 +133,14 @@ def claims_section(out: Path, runs: list[Run], done: dict, m: int) -> str:
         pairs.append(("a sampled pool vs the full pool", f"static-m{m}", pools[0]))
     notes = {}
     if f"adaptive-m{m}" in done:
-        log = list(read_log(out / f"adaptive-m{m}" / "predictions.jsonl").values())
+        log = [r for e, r in read_log(out / f"adaptive-m{m}" / "predictions.jsonl").items() if ids is None or e in ids]
         sel = [r.get("selection") or {} for r in log]
         fallback = sum(1 for x in sel if x.get("fallback"))
         as_static = sum(1 for x in sel if x.get("indices") == list(range(len(x.get("indices") or []))))
         methods = "/".join(sorted({x.get("method") or "generate" for x in sel}))
         notes[f"adaptive-m{m}"] = (f" (Stage 2 by {methods}; unparsed, embedding order used: {fallback}/{len(log)}; "
                                    f"picked the embedding top M anyway: {as_static}/{len(log)})")
-    text = "#### The paper's claims, paired on the same examples\n\n" + claims(out, pairs, notes)
+    text = "#### The paper's claims, paired on the same examples\n\n" + claims(out, pairs, notes, ids)
     sweep = sorted((r.m, done[r.name]) for r in runs if r.name in done and r.program == "static"
                    and r.data == runs[0].data)
     if len(sweep) >= 3:
@@ -165,7 +167,10 @@ def run_experiment(args: argparse.Namespace, command: str) -> None:
     if "neighbors" not in manifest:
         raise ConfigError(f"{args.data} has no neighbour columns; build them first: adaptrec index neighbors "
                           f"--data PREPARED --out {args.data} --splits {args.split}")
-    rows = load_prepared(args.data)[args.split].num_rows
+    from adaptrec_prompts.schema import column
+
+    example_ids = column(load_prepared(args.data)[args.split], "example_id")
+    rows = len(example_ids)
     limit = min(args.limit or rows, rows)
     embedders = [e for e in (args.embedders or "").split(",") if e]
     stage1 = {}
@@ -203,6 +208,7 @@ def run_experiment(args: argparse.Namespace, command: str) -> None:
                                     seed=args.seed, limit=stop, threads=1, max_new_tokens=args.max_new_tokens,
                                     template=None, out=str(out / run.name), no_progress=True)
             cmd_eval(ns, lm=lm if run.uses_lm else None)
-        write_report(out, runs, report_dir, args.title or f"{manifest['dataset']} {args.split}", command, args.m)
+        write_report(out, runs, report_dir, args.title or f"{manifest['dataset']} {args.split}", command, args.m,
+                     set(example_ids[:stop]))
         print(f"round to {stop} examples: {time.perf_counter() - started:.0f} s; report {report_dir / 'table.md'}",
               flush=True)

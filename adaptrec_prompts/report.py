@@ -113,9 +113,16 @@ def same_top1(left: dict, right: dict) -> str:
     return f"{same}/{len(shared)}"
 
 
-def claims(folder: Path, pairs: list[tuple[str, str, str]], notes: dict[str, str] | None = None) -> str:
-    """Markdown table: one paired comparison (A -> B on shared examples) per claim of the paper."""
+def _log(path: Path, ids: set[str] | None) -> dict:
     from adaptrec_prompts.evaluation import read_log
+
+    log = read_log(path)
+    return log if ids is None else {e: r for e, r in log.items() if e in ids}
+
+
+def claims(folder: Path, pairs: list[tuple[str, str, str]], notes: dict[str, str] | None = None,
+           ids: set[str] | None = None) -> str:
+    """Markdown table: one paired comparison (A -> B on shared examples) per claim of the paper."""
     from adaptrec_prompts.metrics import paired_comparison
 
     lines = ["| claim | A -> B | n | HR@1 A, B (B - A [95% CI]) | NDCG@5 A, B (B - A [95% CI]) | at 5% | same top-1 |",
@@ -123,7 +130,7 @@ def claims(folder: Path, pairs: list[tuple[str, str, str]], notes: dict[str, str
     for claim, a, b in pairs:
         if not ((folder / a / "predictions.jsonl").is_file() and (folder / b / "predictions.jsonl").is_file()):
             continue
-        left, right = read_log(folder / a / "predictions.jsonl"), read_log(folder / b / "predictions.jsonl")
+        left, right = _log(folder / a / "predictions.jsonl", ids), _log(folder / b / "predictions.jsonl", ids)
         res = paired_comparison(list(left.values()), list(right.values()))
         cells = [f"{r['a']:.3f}, {r['b']:.3f} ({r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}])"
                  for r in (res["HR@1"], res["NDCG@5"])]
@@ -133,17 +140,17 @@ def claims(folder: Path, pairs: list[tuple[str, str, str]], notes: dict[str, str
     return "\n".join(lines) + "\n"
 
 
-def comparisons(reference: Path, others: list[Path]) -> str:
-    """Markdown table of paired comparisons (B - A on shared examples) of each run against `reference`."""
-    from adaptrec_prompts.evaluation import read_log
+def comparisons(reference: Path, others: list[Path], ids: set[str] | None = None) -> str:
+    """Markdown table of paired comparisons (B - A on shared examples) of each run against `reference`
+    (only examples in `ids` when given: the rows a report covers, though logs may hold more)."""
     from adaptrec_prompts.metrics import paired_comparison
 
-    a = list(read_log(reference / "predictions.jsonl").values())
+    a = list(_log(reference / "predictions.jsonl", ids).values())
     lines = [f"Paired against `{reference.name}` on shared examples (B - A, 95% paired bootstrap CI; HR@1: exact "
              "McNemar p, NDCG@5: sign-flip permutation p).", "",
              "| run (B) | n | HR@1 B - A | p | discordant A-only/B-only | NDCG@5 B - A | p |", "|---|---|---|---|---|---|---|"]
     for other in others:
-        b = list(read_log(other / "predictions.jsonl").values())
+        b = list(_log(other / "predictions.jsonl", ids).values())
         res = paired_comparison(a, b)
         h, g = res["HR@1"], res["NDCG@5"]
         lines.append(f"| {other.name} | {res['n']} | {h['diff']:+.3f} [{h['ci_low']:+.3f}, {h['ci_high']:+.3f}] | "

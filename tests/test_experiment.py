@@ -59,6 +59,10 @@ def test_experiment_runs_in_rounds_resumes_and_reports(gr_data, tiny_model, tmp_
     before = {name: (out / name / "predictions.jsonl").read_bytes() for name in names}
     assert main(argv) == 0  # resume: nothing left to run, nothing rewritten
     assert {name: (out / name / "predictions.jsonl").read_bytes() for name in names} == before
+    # a smaller limit reports on those rows only, though the logs hold five
+    assert main(argv[:argv.index("--limit")] + ["--limit", "3", "--chunk", "3"] + argv[argv.index("--chunk") + 2:]) == 0
+    report = (out / "report" / "table.md").read_text()
+    assert "| demonstrations help | zero-shot -> static-m2 | 3 |" in report and "| static-m2 | 3 |" in report
 
 
 def test_experiment_needs_neighbours_and_prepared_for_embedders(gr_data, tiny_model, tmp_path, capsys):
