@@ -204,7 +204,7 @@ def run_experiment(args: argparse.Namespace, command: str) -> None:
                 lm = make_lm(args.lm, **({"max_new_tokens": args.max_new_tokens} if is_local(args.lm) else
                                          {"max_tokens": args.max_new_tokens}))
             ns = argparse.Namespace(data=run.data, split=args.split, program=run.program, lm=args.lm if run.uses_lm
-                                    else None, adapter=None, api_base=None, mode="score", n=args.n, m=run.m,
+                                    else None, adapter=None, api_base=None, mode=args.mode, n=args.n, m=run.m,
                                     seed=args.seed, limit=stop, threads=1, max_new_tokens=args.max_new_tokens,
                                     template=None, out=str(out / run.name), no_progress=True)
             cmd_eval(ns, lm=lm if run.uses_lm else None)

@@ -26,7 +26,9 @@ from adaptrec_prompts.signatures import RecommendNextItem, RecommendNextItemZero
 logger = logging.getLogger(__name__)
 
 SELECTIONS = ("none", "random", "static", "adaptive")
-MODES = ("generate", "score")
+MODES = ("generate", "score", "score-calibrated")
+# The content-free context of mode "score-calibrated": the zero-shot prompt with this instead of a history.
+NULL_HISTORY = "The user's history is not shown."
 PROGRAM_FORMAT = 1
 
 
@@ -125,6 +127,10 @@ class NextItemRecommender(dspy.Module):
     mode="score": every candidate's answer (the answer field "<number>. <title>" and its newline) is
     scored by log-likelihood after the same prompt (one prefill, cache reused; the backend must support
     scoring), giving a full ranking.
+    mode="score-calibrated": the score minus the same answer's score after a content-free prompt (the
+    zero-shot prompt with `NULL_HISTORY` for the history and the same candidates): what the context adds
+    to a candidate beyond its prior as a string and its number (Holtzman et al., 2021, "Surface Form
+    Competition"; Zhao et al., 2021, "Calibrate Before Use"). One more prefill per example.
     """
 
     def __init__(self, template: Template, mode: str = "generate", zero_shot: bool = False):
@@ -152,13 +158,18 @@ class NextItemRecommender(dspy.Module):
     def forward(self, history_titles: Sequence[str], candidate_ids: Sequence[int], candidate_titles: Sequence[str],
                 similar_users: Sequence[tuple[Sequence[str], str]] = ()) -> dspy.Prediction:
         inputs = self.inputs(history_titles, candidate_titles, similar_users)
-        if self.mode == "score":
+        if self.mode in ("score", "score-calibrated"):
             adapter = _adapter()
             signature = self.recommend.signature
             messages = adapter.format(signature=signature, demos=self.recommend.demos, inputs=inputs)
             completions = [answer_block(adapter.format_assistant_message_content(
                 signature, {"answer": self.answer_text(i, t)})) for i, t in enumerate(candidate_titles, start=1)]
             scores = score_completions(dspy.settings.lm, messages, completions)
+            if self.mode == "score-calibrated":
+                null = adapter.format(signature=RecommendNextItemZeroShot, demos=[], inputs={
+                    "user_history": NULL_HISTORY, "candidates": inputs["candidates"]})
+                scores = [s - b for s, b in zip(scores, score_completions(dspy.settings.lm, null, completions),
+                                                strict=True)]
             if all(s == float("-inf") for s in scores):
                 return dspy.Prediction(answer=None, raw=None, scores=scores, valid=False, ranking=[],
                                        reason="no candidate number found in the answer's token logprobs")
@@ -187,7 +198,7 @@ class AdaptRec(dspy.Module):
             example id), "static" (the first M in embedding order) or "adaptive" (the LM selects).
         n_retrieve: N, how many Stage-1 neighbours are considered.
         m_select: M, how many similar users Stage 3 sees.
-        mode: "generate" or "score" (Stage 3).
+        mode: "generate", "score" or "score-calibrated" (Stage 3; see `NextItemRecommender`).
         seed: seed of the random selection.
         stage2: how the adaptive selection asks the LM: "generate" (it writes the list), "score" (top M
             by the likelihood of opening the list; local engines) or "auto" (score when `mode` is "score"
@@ -215,7 +226,7 @@ class AdaptRec(dspy.Module):
         if stage2 not in STAGE2_MODES:
             raise ConfigError(f"stage2 must be one of {STAGE2_MODES}, got {stage2!r}")
         # "auto" scores Stage 2 only in a score-mode program (a generate-mode program generates both stages)
-        self.selector = UserSelector(template, m_select, mode=stage2 if stage2 != "auto" or mode == "score"
+        self.selector = UserSelector(template, m_select, mode=stage2 if stage2 != "auto" or mode != "generate"
                                      else "generate")
         self.recommender = NextItemRecommender(template, mode=mode, zero_shot=selection == "none")
 

@@ -182,3 +182,27 @@ def test_stage2_score_mode_keeps_the_m_users_most_likely_to_open_the_list(tiny_m
     with dspy.context(lm=lm):
         out = program(**example_inputs(row))
     assert out.selection["method"] == "score" and out.selection["indices"] == sorted(best) and out.valid
+
+
+def test_calibrated_score_mode_subtracts_the_content_free_prompt(tiny_model, ml100k):
+    from adaptrec_prompts.modules import NULL_HISTORY, answer_block
+    from adaptrec_prompts.signatures import RecommendNextItemZeroShot
+
+    lm = hf_lm(tiny_model)
+    row = with_fake_neighbors(ml100k["test"][0], ml100k["train"], n=5)
+    titles, ids = row["candidate_titles"], row["candidate_item_ids"]
+    adapter = eval_adapter()
+    for selection in ("none", "static"):
+        plain = AdaptRec(MOVIES, selection=selection, n_retrieve=5, m_select=2, mode="score")
+        calibrated = AdaptRec(MOVIES, selection=selection, n_retrieve=5, m_select=2, mode="score-calibrated")
+        with dspy.context(lm=lm):
+            raw = plain(**example_inputs(row)).scores
+            cal = calibrated(**example_inputs(row))
+        rec = calibrated.recommender
+        completions = [answer_block(adapter.format_assistant_message_content(
+            rec.recommend.signature, {"answer": rec.answer_text(i, t)})) for i, t in enumerate(titles, start=1)]
+        null = adapter.format(RecommendNextItemZeroShot, [], {"user_history": NULL_HISTORY,
+                                                              "candidates": MOVIES.render_candidates(titles)})
+        prior = lm.engine.score_separately(null, completions)
+        np.testing.assert_allclose(cal.scores, np.array(raw) - np.array(prior), atol=2e-4)
+        assert cal.valid and sorted(cal.ranking) == sorted(ids)
