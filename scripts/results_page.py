@@ -36,6 +36,12 @@ GEMMA = [
      "vs the `lm` (Gemma mean-pooled hidden states) embedder on one seeded sample of 2,000 training windows "
      "(one Gemma forward pass per window: the pool's build time is printed below, so all 80,846 windows "
      "are out of reach on this CPU). Baselines share the examples."),
+    ("Gemma 3 270M on ML-100K, calibrated score mode: does the context move the model at all?",
+     "gemma-ml-100k-calibrated",
+     "The same 95 users, zero-shot vs static M = 5, with `--mode score-calibrated`: each answer's score minus "
+     "its score after a content-free prompt (the zero-shot prompt with the history replaced by \"The user's "
+     "history is not shown.\"), which removes what the model thinks of a title string regardless of the user. "
+     "If the raw scores above are dominated by that prior, calibrated scores should move with the context."),
     ("Gemma 3 270M on LLaRA's LastFM split: the paper's claims (first 100 test rows)", "gemma-llara-lastfm",
      "The same experiment on the first 100 of LLaRA's 2,495 LastFM test rows (CPU time is the limit; the "
      "`LM s` column is each variant's model time)."),
