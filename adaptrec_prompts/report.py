@@ -13,6 +13,7 @@ Plots: `bars.png` (HR@1 and NDCG@5 per run with CI whiskers) and, with `--sweep 
 from __future__ import annotations
 
 import argparse
+import textwrap
 import json
 import sys
 from pathlib import Path
@@ -69,7 +70,7 @@ def bars(runs: list[dict], path: Path, title: str) -> None:
 
 def _finish(plt, fig, ax, path: Path, title: str) -> None:
     ax.set_ylabel("value (95% bootstrap CI)")
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)  # long titles wrap instead of clipping
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
