@@ -345,7 +345,9 @@ def cmd_programs_diff(args: argparse.Namespace) -> None:
 def cmd_experiment(args: argparse.Namespace) -> None:
     from adaptrec_prompts.experiments import run_experiment
 
-    run_experiment(args, "adaptrec experiment " + " ".join(sys.argv[2:]))
+    import shlex
+
+    run_experiment(args, "adaptrec experiment " + shlex.join(sys.argv[2:]))
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:

@@ -76,6 +76,6 @@ if [ "${GEMMA:-0}" = 1 ]; then
     --report docs/results/gemma-llara-lastfm \
     --title "LLaRA LastFM test split (first 100 of 2,495 rows), Gemma 3 270M, score mode, N=10"
   adaptrec experiment --data $A/ml-100k-nb --lm gemma-3-270m --out $R/gemma/ml-100k-calibrated --mode score-calibrated \
-    --variants none,static --m-values "" --limit 95 --chunk 19 --report docs/results/gemma-ml-100k-calibrated \
+    --variants none,random,static --m-values "" --limit 95 --chunk 19 --report docs/results/gemma-ml-100k-calibrated \
     --title "ML-100K test (95 users), Gemma 3 270M, calibrated score mode"
 fi
