@@ -195,7 +195,7 @@ def build_program(spec: str, data_dir: str, *, n: int = 10, m: int = 5, mode: st
 
 def cmd_eval(args: argparse.Namespace, lm=None) -> dict:
     """`adaptrec eval`; `lm` reuses an already loaded LM (it must be the one `args.lm` names)."""
-    from adaptrec_prompts.backends import make_lm
+    from adaptrec_prompts.backends.api import is_local, make_lm
     from adaptrec_prompts.errors import ConfigError
     from adaptrec_prompts.evaluation import evaluate
     from adaptrec_prompts.modules import AdaptRec
@@ -225,10 +225,6 @@ def cmd_eval(args: argparse.Namespace, lm=None) -> dict:
                        progress=not args.no_progress, data_manifest=manifest)
     print(format_results(args.out, results))
     return results
-
-
-def is_local(spec: str) -> bool:
-    return spec.startswith("hf:") or spec == "gemma-3-270m"
 
 
 def format_results(name: str, results: dict) -> str:
@@ -270,7 +266,7 @@ def cmd_tiny_model(args: argparse.Namespace) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    from adaptrec_prompts.backends import make_lm
+    from adaptrec_prompts.backends.api import is_local, make_lm
     from adaptrec_prompts.errors import ConfigError
     from adaptrec_prompts.evaluation import _sha, estimate_cost, evaluate, program_state
     from adaptrec_prompts.modules import AdaptRec, save_program

@@ -253,7 +253,9 @@ def summarize(records: Sequence[dict], lm_name: str | None = None) -> dict:
 
 def estimate_cost(lm_name: str | None, prompt_tokens: int, completion_tokens: int) -> float | None:
     """USD from litellm's (local) price map; None for local models or unknown names."""
-    if not lm_name or lm_name.startswith("hf:") or lm_name == "gemma-3-270m":
+    from adaptrec_prompts.backends.api import is_local
+
+    if not lm_name or is_local(lm_name):
         return None
     try:
         import litellm

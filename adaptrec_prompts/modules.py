@@ -223,11 +223,10 @@ class AdaptRec(dspy.Module):
         self.mode = mode
         self.seed = seed
         self.stage2 = stage2
-        if stage2 not in STAGE2_MODES:
-            raise ConfigError(f"stage2 must be one of {STAGE2_MODES}, got {stage2!r}")
-        # "auto" scores Stage 2 only in a score-mode program (a generate-mode program generates both stages)
-        self.selector = UserSelector(template, m_select, mode=stage2 if stage2 != "auto" or mode != "generate"
-                                     else "generate")
+        # "auto" scores Stage 2 only in a score-mode program (a generate-mode program generates both stages);
+        # UserSelector validates the value
+        self.selector = UserSelector(template, m_select,
+                                     mode="generate" if stage2 == "auto" and mode == "generate" else stage2)
         self.recommender = NextItemRecommender(template, mode=mode, zero_shot=selection == "none")
 
     def config(self) -> dict:

@@ -65,6 +65,11 @@ def pool_rows(num_rows: int, pool_size: int | None, seed: int = 0) -> list[int]:
     return sorted(int(i) for i in np.random.default_rng(seed).choice(num_rows, size=pool_size, replace=False))
 
 
+def _take(columns: Sequence[list], rows: list[int]) -> list[list]:
+    """The given rows of several parallel columns."""
+    return [[col[r] for r in rows] for col in columns]
+
+
 def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | None = None,
                pool_size: int | None = None, pool_seed: int = 0) -> UserIndex:
     """The Chroma collection for (dataset, embedder, data, pool); built from the train pool if empty.
@@ -81,7 +86,7 @@ def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | No
     name = collection_name(manifest["dataset"], embedder.id + suffix, manifest["data_hash"])
     ids, users, nexts, times = (column(train, c) for c in ("example_id", "user_id", "target_item_id", "timestamp"))
     if sampled:
-        ids, users, nexts, times = ([col[r] for r in rows] for col in (ids, users, nexts, times))
+        ids, users, nexts, times = _take((ids, users, nexts, times), rows)
     lookup = {e: (u, n, t) for e, u, n, t in zip(ids, users, nexts, times, strict=True)}
     index = UserIndex(client, name, hnsw=hnsw, lookup=lookup,
                       metadata={"embedder_id": embedder.id, "data_hash": manifest["data_hash"],
@@ -91,7 +96,7 @@ def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | No
     if index.count() != len(rows):
         started = time.perf_counter()
         histories = column(train, "history_item_ids")
-        vectors = embedder.embed([histories[r] for r in rows] if sampled else histories)
+        vectors = embedder.embed(_take((histories,), rows)[0] if sampled else histories)
         index.build(ids, vectors, users, nexts, times)
         logger.info("built %s: %d vectors in %.1fs", name, len(rows), time.perf_counter() - started)
     return index
@@ -129,7 +134,7 @@ def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embed
             queried = pool_rows(ds.num_rows, train_sample if split == "train" else None, train_sample_seed)
             histories, users, times = (column(ds, c) for c in ("history_item_ids", "user_id", "timestamp"))
             if len(queried) < ds.num_rows:
-                histories, users, times = ([col[r] for r in queried] for col in (histories, users, times))
+                histories, users, times = _take((histories, users, times), queried)
             vectors = embedder.embed(histories)
             found = index.query(vectors, n, users, times, overfetch=overfetch, stats=stats)
             for row, neighbors in zip(queried, found, strict=True):

@@ -114,7 +114,8 @@ def same_top1(left: dict, right: dict) -> str:
     return f"{same}/{len(shared)}"
 
 
-def _log(path: Path, ids: set[str] | None) -> dict:
+def load_log(path: Path, ids: set[str] | None = None) -> dict:
+    """A run's per-example records (example id -> record), only those in `ids` when given."""
     from adaptrec_prompts.evaluation import read_log
 
     log = read_log(path)
@@ -131,7 +132,7 @@ def claims(folder: Path, pairs: list[tuple[str, str, str]], notes: dict[str, str
     for claim, a, b in pairs:
         if not ((folder / a / "predictions.jsonl").is_file() and (folder / b / "predictions.jsonl").is_file()):
             continue
-        left, right = _log(folder / a / "predictions.jsonl", ids), _log(folder / b / "predictions.jsonl", ids)
+        left, right = load_log(folder / a / "predictions.jsonl", ids), load_log(folder / b / "predictions.jsonl", ids)
         res = paired_comparison(list(left.values()), list(right.values()))
         cells = [f"{r['a']:.3f}, {r['b']:.3f} ({r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}])"
                  for r in (res["HR@1"], res["NDCG@5"])]
@@ -146,12 +147,12 @@ def comparisons(reference: Path, others: list[Path], ids: set[str] | None = None
     (only examples in `ids` when given: the rows a report covers, though logs may hold more)."""
     from adaptrec_prompts.metrics import paired_comparison
 
-    a = list(_log(reference / "predictions.jsonl", ids).values())
+    a = list(load_log(reference / "predictions.jsonl", ids).values())
     lines = [f"Paired against `{reference.name}` on shared examples (B - A, 95% paired bootstrap CI; HR@1: exact "
              "McNemar p, NDCG@5: sign-flip permutation p).", "",
              "| run (B) | n | HR@1 B - A | p | discordant A-only/B-only | NDCG@5 B - A | p |", "|---|---|---|---|---|---|---|"]
     for other in others:
-        b = list(_log(other / "predictions.jsonl", ids).values())
+        b = list(load_log(other / "predictions.jsonl", ids).values())
         res = paired_comparison(a, b)
         h, g = res["HR@1"], res["NDCG@5"]
         lines.append(f"| {other.name} | {res['n']} | {h['diff']:+.3f} [{h['ci_low']:+.3f}, {h['ci_high']:+.3f}] | "

@@ -27,10 +27,33 @@ def api_lm(model: str, api_base: str | None = None, temperature: float = 0.0, ma
                    **kwargs)
 
 
+GEMMA_PRESET = "gemma-3-270m"
+
+
+def is_local(spec: str) -> bool:
+    """Whether an --lm spec runs in-process (`hf:PATH` or the Gemma preset) rather than behind an API."""
+    return spec.startswith("hf:") or spec == GEMMA_PRESET
+
+
+def local_model_dir(spec: str) -> str:
+    """The model folder behind a local --lm spec (the Gemma preset's dense copy is built on first use).
+
+    Raises:
+        ConfigError: the spec names an API model.
+    """
+    if spec == GEMMA_PRESET:
+        from adaptrec_prompts.backends.gemma import gemma_270m_dir
+
+        return str(gemma_270m_dir())
+    if spec.startswith("hf:"):
+        return spec[3:]
+    raise ConfigError(f"{spec!r} is an API model: pass a local model folder (--embed-model PATH)")
+
+
 def make_lm(spec: str, adapter: str | None = None, api_base: str | None = None, **kwargs) -> dspy.LM:
     """`hf:PATH` -> local Hugging Face model (+ optional peft adapter); `gemma-3-270m` -> that preset;
     anything else -> `api_lm(spec)`."""
-    if spec == "gemma-3-270m":
+    if spec == GEMMA_PRESET:
         from adaptrec_prompts.backends.gemma import gemma_lm
 
         return gemma_lm(adapter=adapter, **kwargs)
