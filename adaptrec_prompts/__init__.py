@@ -4,7 +4,8 @@
 their own modules and are imported where they are used.
 """
 
-from adaptrec_prompts.errors import AdaptRecError, ConfigError, DataError, OutputExistsError, UnsafePickleError
+from adaptrec_prompts.errors import (AdaptRecError, ConfigError, DataError, LeakageError, OutputExistsError,
+                                     UnsafePickleError)
 
 __version__ = "0.1.0"
 
@@ -12,6 +13,7 @@ __all__ = [
     "AdaptRecError",
     "ConfigError",
     "DataError",
+    "LeakageError",
     "OutputExistsError",
     "UnsafePickleError",
     "__version__",

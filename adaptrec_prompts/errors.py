@@ -10,7 +10,7 @@ class DataError(AdaptRecError, ValueError):
 
 
 class UnsafePickleError(DataError):
-    """A pickle asked for a class outside the numpy/pandas allow-list and was refused unread."""
+    """A pickle asked for a global outside the DataFrame allow-list and was refused unread."""
 
 
 class ConfigError(AdaptRecError, ValueError):
@@ -23,3 +23,7 @@ class OutputExistsError(AdaptRecError, FileExistsError):
 
 class DownloadError(AdaptRecError):
     """A download failed or its checksum did not match."""
+
+
+class LeakageError(AdaptRecError, ValueError):
+    """An operation could not apply a leakage rule (e.g. rows without user ids) and refused instead."""

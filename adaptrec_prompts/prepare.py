@@ -31,7 +31,15 @@ FORMAT_VERSION = 1
 
 
 def _llara_examples(rows_by_split, titles: dict[int, str], config: ProtocolConfig) -> dict[str, list[dict]]:
-    """LLaRA rows as example rows: exact history/target, candidates drawn here with the recorded seed."""
+    """LLaRA rows as example rows: exact history/target, re-linked user ids and positions, candidates drawn
+    here with the recorded seed.
+
+    As in LLaRA's reported evaluation, `valid` and `test` hold one row per held-out user, the user's last
+    window (LastFM's files hold every window: 2,861 test rows for 122 users); `test_extended` holds every
+    window (>= 3 history items) of the test users, once per candidate seed. `train` keeps every window.
+    A row keeps the id and candidates it had as a window (`test/<row index in the file>`), so a test row
+    equals its user's last `test_extended` twin with the first seed.
+    """
     import numpy as np
 
     universe = np.asarray(sorted(titles), dtype=np.int64)
@@ -42,13 +50,12 @@ def _llara_examples(rows_by_split, titles: dict[int, str], config: ProtocolConfi
         candidates = draw_candidates(example_rng(seed, "llara", source, r.index), r.target, set(r.history),
                                      universe, k)
         suffix = f"/s{seed}" if split == "test_extended" else ""
-        return example_row(f"{split}/{r.index}{suffix}", split, None, None, r.history, r.target, candidates, seed,
-                           titles, None)
+        return example_row(f"{split}/{r.index}{suffix}", split, r.user, r.position, r.history, r.target,
+                           candidates, seed, titles, None)
 
     for split, rows in rows_by_split.items():
-        out[split] = [row(split, split, r, config.seed) for r in rows]
-    # LLaRA's test file is already its full test set (every window for LastFM, one per user for
-    # MovieLens); with no user ids we cannot add windows, so test_extended = test x candidate seeds.
+        held_out = split in ("valid", "test")
+        out[split] = [row(split, split, r, config.seed) for r in rows if r.last or not held_out]
     for offset in range(config.extended_seeds):
         out["test_extended"].extend(row("test_extended", "test", r, config.seed + offset)
                                     for r in rows_by_split.get("test", []))

@@ -110,10 +110,12 @@ def test_extended_seeds_multiply_test_windows(goodreads_raw):
 
 def test_llara_prepare_lastfm(llara_lastfm_raw):
     ddict, titles, manifest = build("llara", llara_lastfm_raw, ProtocolConfig())
-    assert {s: ddict[s].num_rows for s in SPLITS} == {"train": 47872, "valid": 2767, "test": 2495,
+    assert {s: ddict[s].num_rows for s in SPLITS} == {"train": 47872, "valid": 122, "test": 122,
                                                        "test_extended": 2495}
+    assert {s: manifest["counts"]["users"][s] for s in SPLITS} == {"train": 976, "valid": 122, "test": 122,
+                                                                   "test_extended": 122}
     row = ddict["test"][0]
-    assert row["user_id"] is None and row["timestamp"] is None
+    assert row["user_id"] == "test-u0" and row["timestamp"] is None
     assert row["target_item_id"] in row["candidate_item_ids"]
     assert not set(row["history_item_ids"]) & set(row["candidate_item_ids"])
     assert manifest["counts"]["items"] == len(titles) == 4606
