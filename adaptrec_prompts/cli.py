@@ -103,7 +103,7 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data", required=True)
     pr.add_argument("--split", default="test")
     pr.add_argument("--index", type=int, default=0)
-    pr.add_argument("--selection", default="static", choices=["none", "random", "static"])
+    pr.add_argument("--selection", default="static", choices=["none", "random", "random-retrieved", "static"])
     pr.add_argument("--n", type=int, default=10)
     pr.add_argument("--m", type=int, default=5)
     pr.add_argument("--template", help="domain name or .toml path (default: the folder's domain)")
@@ -147,7 +147,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     comp = groups.add_parser("compile", help="compile an AdaptRec program with a DSPy optimizer (train -> valid)")
     comp.add_argument("--data", required=True)
-    comp.add_argument("--program", default="static", help="none|random|static|adaptive or a saved .json")
+    comp.add_argument("--program", default="static",
+                      help="none|random|random-retrieved|static|adaptive or a saved .json")
     comp.add_argument("--optimizer", default="mipro", choices=["mipro", "bootstrap"])
     comp.add_argument("--metric", default="hr1", choices=["hr1", "hr1+valid"])
     comp.add_argument("--lm", required=True, help="task LM: hf:PATH or provider/model")

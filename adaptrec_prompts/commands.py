@@ -82,9 +82,11 @@ def cmd_index_neighbors(args: argparse.Namespace) -> None:
                             train_sample_seed=args.train_sample_seed)
     print(f"wrote {args.out}: top-{args.n} neighbours from {index.name}")
     for split, st in section["splits"].items():
+        ex = st["excluded"]
         print(f"  {split:<14} queries={st['queries']} refetched={st['refetched']} short={st['short']} "
-              f"excluded_same_user={st['excluded']['same_user']} "
-              f"excluded_not_before={st['excluded']['not_before_query_time']} seconds={st['seconds']}")
+              f"excluded_same_example={ex['same_example']} excluded_same_user={ex['same_user']} "
+              f"excluded_not_before={ex['not_before_query_time']} skipped_user_seen={ex['user_seen']} "
+              f"random_short={st['random_short']} seconds={st['seconds']}")
 
 
 def cmd_bench_retrieval(args: argparse.Namespace) -> None:
@@ -158,7 +160,8 @@ def cmd_prompt(args: argparse.Namespace) -> None:
     print(f"Target: {row['target_title']} (candidate {row['candidate_item_ids'].index(row['target_item_id']) + 1})")
 
 
-PROGRAM_CHOICES = "none|random|static|adaptive (AdaptRec selection), baseline:random|popularity|userknn|sasrec, or a .json"
+PROGRAM_CHOICES = ("none|random|random-retrieved|static|adaptive (AdaptRec selection), "
+                   "baseline:random|popularity|userknn|sasrec, or a .json")
 
 
 def build_program(spec: str, data_dir: str, *, n: int = 10, m: int = 5, mode: str = "score", seed: int = 0,
@@ -278,7 +281,8 @@ def cmd_compile(args: argparse.Namespace) -> None:
     program = build_program(args.program, args.data, n=args.n, m=args.m, mode=args.mode or "score",
                             template=args.template, mode_given=args.mode is not None)
     if not isinstance(program, AdaptRec):
-        raise ConfigError("compile needs an AdaptRec program (none|random|static|adaptive or a saved .json)")
+        raise ConfigError("compile needs an AdaptRec program (none|random|random-retrieved|static|adaptive or a "
+                          "saved .json)")
     # keep_in_memory: never write a cache file into the prepared (frozen) folder
     train = ddict["train"].shuffle(seed=args.seed, keep_in_memory=True).select(
         range(min(args.train_size, ddict["train"].num_rows)))

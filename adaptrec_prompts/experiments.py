@@ -3,9 +3,10 @@
 For one LM and one frozen split it runs, on the same examples:
 
 - baselines (Random, Popularity, UserKNN over the same Stage-1 neighbours);
-- `zero-shot` (no demonstrations), `random-m{M}` (M random pool users), `static-m{M}` (the top M by
-  embedding similarity), `adaptive-m{M}` (Stage 2: the same LM picks M of the N retrieved users):
-  do demonstrations help, and does LLM selection beat static?
+- `zero-shot` (no demonstrations), `random-m{M}` (M users drawn at random from the whole Stage-1 pool,
+  the paper's control), `static-m{M}` (the top M by embedding similarity), `adaptive-m{M}` (Stage 2: the
+  same LM picks M of the N retrieved users), optionally `random-retrieved-m{M}` (M of the N retrieved, at
+  random): do demonstrations help, do retrieved users beat random ones, does LLM selection beat static?
 - `static-m{1,3,5,7,9}` at N: the M sweep (the paper's inverted U);
 - optionally `static-m{M}-<embedder>-pool<P>` for each Stage-1 embedder (collab vs lm) on the same seeded
   sample of P training examples, built here with Chroma: does retrieval matter?
@@ -27,7 +28,7 @@ from pathlib import Path
 from adaptrec_prompts.errors import ConfigError
 
 BASELINES = ("random", "popularity", "userknn")
-VARIANTS = ("none", "random", "static", "adaptive")
+VARIANTS = ("none", "random", "random-retrieved", "static", "adaptive")
 
 
 @dataclass
@@ -86,7 +87,7 @@ def stage1_folders(prepared: str, out: Path, embedders: list[str], pool_size: in
 def write_report(out: Path, runs: list[Run], report_dir: Path, title: str, command: str, m: int,
                  ids: set[str] | None = None) -> None:
     """Rewrite the report folder; paired statistics cover the examples in `ids` (this round's rows)."""
-    from adaptrec_prompts.report import bars, comparisons, load_run, sweep, table
+    from adaptrec_prompts.report import bars, comparisons, load_run, runs_data, sweep, table, write_json
 
     done = {r.name: load_run(out / r.name) for r in runs if (out / r.name / "results.json").is_file()}
     if not done:
@@ -105,7 +106,10 @@ def write_report(out: Path, runs: list[Run], report_dir: Path, title: str, comma
     if stage1:
         text += "\nStage-1 comparison pools (built once, timed by this command):\n\n" + "".join(
             f"- {p.read_text()}" for p in stage1)
-    text += "\n" + claims_section(out, runs, done, m, ids)
+    claims_text, claims_json = claims_section(out, runs, done, m, ids)
+    text += "\n" + claims_text
+    write_json(report_dir / "claims.json", claims_json)
+    write_json(report_dir / "runs.json", runs_data(ordered))
     if "zero-shot" in done:
         others = [out / r.name for r in runs if r.name in done and r.name != "zero-shot"]
         compare = comparisons(out / "zero-shot", others, ids)
@@ -120,13 +124,16 @@ def m_sweep(runs: list[Run], done: dict) -> list[tuple[int, dict]]:
                    and r.data == runs[0].data), key=lambda p: p[0])
 
 
-def claims_section(out: Path, runs: list[Run], done: dict, m: int, ids: set[str] | None = None) -> str:
-    """The paper's claims as paired comparisons, plus the M sweep's shape and Stage-2 parse failures."""
-    from adaptrec_prompts.report import claims, load_log
+def claims_section(out: Path, runs: list[Run], done: dict, m: int, ids: set[str] | None = None
+                   ) -> tuple[str, list[dict]]:
+    """The paper's claims as paired comparisons, plus the M sweep's shape and Stage-2 parse failures:
+    (markdown, the comparisons as data)."""
+    from adaptrec_prompts.report import claims, claims_data, load_log
 
     pairs = [("demonstrations help", "zero-shot", f"static-m{m}"),
              ("demonstrations help", "zero-shot", f"random-m{m}"),
              ("retrieved users beat random users", f"random-m{m}", f"static-m{m}"),
+             ("the embedding top M beat M of the top N at random", f"random-retrieved-m{m}", f"static-m{m}"),
              ("LLM selection (Stage 2) beats static", f"static-m{m}", f"adaptive-m{m}")]
     pools = [r.name for r in runs if r.data != runs[0].data]
     for a, b in zip(pools, pools[1:]):
@@ -142,7 +149,8 @@ def claims_section(out: Path, runs: list[Run], done: dict, m: int, ids: set[str]
         methods = "/".join(sorted({x.get("method") or "generate" for x in sel}))
         notes[f"adaptive-m{m}"] = (f" (Stage 2 by {methods}; unparsed, embedding order used: {fallback}/{len(log)}; "
                                    f"picked the embedding top M anyway: {as_static}/{len(log)})")
-    text = "#### The paper's claims, paired on the same examples\n\n" + claims(out, pairs, notes, ids)
+    data = claims_data(out, pairs, ids)
+    text = "#### The paper's claims, paired on the same examples\n\n" + claims(out, pairs, notes, ids, data)
     sweep = m_sweep(runs, done)
     if len(sweep) >= 3:
         for key in ("HR@1", "NDCG@5"):
@@ -154,7 +162,7 @@ def claims_section(out: Path, runs: list[Run], done: dict, m: int, ids: set[str]
                      + f"; peak at M={'/'.join(map(str, peaks))} ("
                      + ("interior: inverted-U shaped point estimates" if inner else "at an end: no inverted U")
                      + "; see the CIs in the table).\n")
-    return text
+    return text, data
 
 
 def run_experiment(args: argparse.Namespace, command: str) -> None:

@@ -25,7 +25,9 @@ from adaptrec_prompts.signatures import RecommendNextItem, RecommendNextItemZero
 
 logger = logging.getLogger(__name__)
 
-SELECTIONS = ("none", "random", "static", "adaptive")
+# "random": M users drawn from the whole Stage-1 pool (the paper's control; persisted by `index neighbors`);
+# "random-retrieved": M of the N retrieved users drawn at random (a shuffle of the retrieved, not a control).
+SELECTIONS = ("none", "random", "random-retrieved", "static", "adaptive")
 MODES = ("generate", "score", "score-calibrated")
 # The content-free context of mode "score-calibrated": the zero-shot prompt with this instead of a history.
 NULL_HISTORY = "The user's history is not shown."
@@ -39,7 +41,7 @@ def answer_block(assistant_content: str) -> str:
 
 
 def eval_adapter() -> dspy.ChatAdapter:
-    """The adapter for evaluation and SFT: ChatAdapter without the silent JSON retry (DESIGN.md §8)."""
+    """The adapter for evaluation and SFT: ChatAdapter without the silent JSON retry (docs/design.md, Inference modes)."""
     return dspy.ChatAdapter(use_json_adapter_fallback=False)
 
 
@@ -194,8 +196,10 @@ class AdaptRec(dspy.Module):
 
     Args:
         template: domain wording.
-        selection: "none" (zero-shot, no demonstrations), "random" (M of the N neighbours, seeded by
-            example id), "static" (the first M in embedding order) or "adaptive" (the LM selects).
+        selection: "none" (zero-shot, no demonstrations), "random" (M users drawn at random from the whole
+            Stage-1 pool under the same exclusion rules: the row's persisted `random_*` columns, seeded per
+            example), "random-retrieved" (M of the N retrieved users, drawn with a generator seeded by
+            (seed, example id)), "static" (the first M in embedding order) or "adaptive" (the LM selects).
         n_retrieve: N, how many Stage-1 neighbours are considered.
         m_select: M, how many similar users Stage 3 sees.
         mode: "generate", "score" or "score-calibrated" (Stage 3; see `NextItemRecommender`).
@@ -232,29 +236,42 @@ class AdaptRec(dspy.Module):
     def config(self) -> dict:
         config = {"template": self.template.model_dump(), "selection": self.selection, "n_retrieve": self.n_retrieve,
                   "m_select": self.m_select, "mode": self.mode, "seed": self.seed}
+        if self.selection == "random":  # users from the whole pool (before 0.2: M of the top N), a new identity
+            config["random_from"] = "pool"
         if self.selection == "adaptive":  # only adaptive runs Stage 2 (other programs' hashes stay as they were)
             config["stage2"] = self.stage2
         return config
 
+    def demonstration_pool(self, neighbors: Sequence, random_users: Sequence = (), required: bool = True) -> list:
+        """The users demonstrations are chosen from: the first N retrieved neighbours, or, for the random
+        control, the row's random pool users (already in a seeded random order). An empty pool is an
+        error when `required` (a program with demonstrations would silently run zero-shot)."""
+        pool = list(random_users if self.selection == "random" else neighbors)[: self.n_retrieve]
+        if required and self.selection != "none" and not pool:
+            what = ("random pool users (`random_*` columns, written by `adaptrec index neighbors` since 0.2: "
+                    "rebuild the neighbour folder)" if self.selection == "random" else "Stage-1 neighbours")
+            raise ConfigError(f"this program needs {what}: run `adaptrec index neighbors` on the data, "
+                              "or use selection='none'")
+        return pool
+
     def preset_indices(self, pool_size: int, example_id: str) -> list[int]:
-        """The selection that needs no LM: [] (none), the first M (static and, as its start, adaptive), or
-        M drawn by a generator seeded with (seed, example id) (random)."""
+        """The selection that needs no LM, as indices into `demonstration_pool`: [] (none), the first M
+        (static, random and, as its start, adaptive), or M drawn by a generator seeded with (seed, example
+        id) (random-retrieved)."""
         m = min(self.m_select, pool_size, self.n_retrieve)
         if self.selection == "none":
             return []
-        if self.selection == "random":
+        if self.selection == "random-retrieved":
             rng = example_rng(self.seed, "random-selection", example_id)
             return sorted(rng.choice(min(pool_size, self.n_retrieve), size=m, replace=False).tolist())
         return list(range(m))
 
     def forward(self, history_titles: Sequence[str], candidate_ids: Sequence[int], candidate_titles: Sequence[str],
-                neighbors: Sequence[tuple[Sequence[str], str]] = (), example_id: str = "") -> dspy.Prediction:
-        pool = list(neighbors)[: self.n_retrieve]
+                neighbors: Sequence[tuple[Sequence[str], str]] = (), example_id: str = "",
+                random_users: Sequence[tuple[Sequence[str], str]] = ()) -> dspy.Prediction:
+        pool = self.demonstration_pool(neighbors, random_users)
         selection = {"indices": [], "fallback": False, "padded": False, "reason": ""}
-        if self.selection != "none" and not pool:
-            raise ConfigError("this program needs Stage-1 neighbours: run `adaptrec index neighbors` on the data, "
-                              "or use selection='none'")
-        if self.selection in ("static", "random"):
+        if self.selection in ("static", "random", "random-retrieved"):
             selection["indices"] = self.preset_indices(len(pool), example_id)
         elif self.selection == "adaptive":
             pred = self.selector(history_titles=history_titles, pool_histories=[h for h, _ in pool])
@@ -272,8 +289,11 @@ def example_inputs(row: dict) -> dict:
     """Map a prepared dataset row (with the Stage-1 neighbour columns when present) to AdaptRec's inputs."""
     neighbors = list(zip(row.get("neighbor_history_titles") or [], row.get("neighbor_next_titles") or [],
                          strict=True))
+    random_users = list(zip(row.get("random_history_titles") or [], row.get("random_next_titles") or [],
+                            strict=True))
     return {"history_titles": row["history_titles"], "candidate_ids": row["candidate_item_ids"],
-            "candidate_titles": row["candidate_titles"], "neighbors": neighbors, "example_id": row["example_id"]}
+            "candidate_titles": row["candidate_titles"], "neighbors": neighbors, "example_id": row["example_id"],
+            "random_users": random_users}
 
 
 def save_program(program: AdaptRec, path: str | Path) -> Path:

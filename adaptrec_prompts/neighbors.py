@@ -4,7 +4,10 @@ evaluation all read the same neighbours).
 
 Columns added to every split (empty lists for splits not queried):
 `neighbor_example_ids`, `neighbor_scores` (cosine), `neighbor_user_ids`, `neighbor_history_item_ids`,
-`neighbor_next_item_ids`, `neighbor_history_titles`, `neighbor_next_titles` (best first).
+`neighbor_next_item_ids`, `neighbor_history_titles`, `neighbor_next_titles` (best first; N distinct
+users), and the same columns with the prefix `random_` (no scores): N users drawn uniformly at random
+from the whole pool under the same exclusion rules, one random allowed window each, seeded per example
+(`random_users`). They are the paper's "random users" control: selection="random" shows the first M.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import datasets
 import numpy as np
 
 from adaptrec_prompts.embed import CollabEmbedder, Embedder, LMEmbedder, TextEmbedder, training_sequences
-from adaptrec_prompts.errors import ConfigError
+from adaptrec_prompts.errors import ConfigError, LeakageError
 from adaptrec_prompts.prepare import load_items, load_manifest, load_prepared, save
+from adaptrec_prompts.protocol import example_rng
 from adaptrec_prompts.render import manifest_template
 from adaptrec_prompts.retriever import QueryStats, UserIndex, collection_name
 from adaptrec_prompts.schema import SPLITS, column
@@ -37,6 +41,46 @@ NEIGHBOR_FEATURES = {
     "neighbor_history_titles": datasets.Sequence(datasets.Sequence(datasets.Value("string"))),
     "neighbor_next_titles": datasets.Sequence(datasets.Value("string")),
 }
+RANDOM_FEATURES = {name.replace("neighbor_", "random_"): feature for name, feature in NEIGHBOR_FEATURES.items()
+                   if name != "neighbor_scores"}
+
+
+class RandomUsers:
+    """Draws the random-users control from a Stage-1 pool: for a query, users in a random order (a generator
+    seeded by (seed, example id)), skipping the query's own user and users without a window strictly before
+    the query's time (when both times are known); for each, one of their allowed windows at random.
+    """
+
+    def __init__(self, lookup: dict[str, tuple[str | None, int, int | None]], seed: int = 0):
+        import bisect
+
+        self._bisect = bisect.bisect_left
+        self.seed = seed
+        by_user: dict[str, list[tuple[int, str]]] = {}
+        for example_id, (user, _next, ts) in lookup.items():
+            if not user:
+                raise LeakageError(f"pool row {example_id!r} has no user id; re-prepare the data with this version")
+            by_user.setdefault(user, []).append((-1 if ts is None else ts, example_id))
+        self.users = sorted(by_user)
+        self.windows = [sorted(by_user[u]) for u in self.users]
+        self.times = [[t for t, _ in w] for w in self.windows]
+
+    def draw(self, example_id: str, user: str, time: int | None, n: int) -> list[str]:
+        """Example ids of n random allowed windows of n distinct users (fewer if the pool runs out)."""
+        rng = example_rng(self.seed, "random-users", example_id)
+        picked = []
+        for u in rng.permutation(len(self.users)).tolist():
+            if self.users[u] == user:
+                continue
+            times = self.times[u]
+            # windows with an unknown time (-1) sort first and are always allowed, as in the retriever
+            allowed = len(times) if time is None else self._bisect(times, time)
+            if allowed == 0:
+                continue
+            picked.append(self.windows[u][int(rng.integers(allowed))][1])
+            if len(picked) == n:
+                break
+        return picked
 
 
 def make_embedder(kind: str, data_dir: str | Path, model_path: str | Path | None = None) -> Embedder:
@@ -104,14 +148,18 @@ def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | No
 
 def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embedder: Embedder, n: int = 10,
                   splits: Sequence[str] = SPLITS, overfetch: int = 3, overwrite: bool = False,
-                  train_sample: int | None = None, train_sample_seed: int = 0) -> dict:
+                  train_sample: int | None = None, train_sample_seed: int = 0, random_seed: int = 0) -> dict:
     """Query the index for every row of `splits` and write `out` with the neighbour columns.
 
     `train_sample`: query only a seeded sample of that many train rows (`pool_rows(rows, size, seed)`,
     recorded in the manifest; the others get empty lists): fine-tuning on a sample then needs only these.
+    `random_seed`: seed of the random-users control (`RandomUsers`).
 
     Returns:
         The `neighbors` section written into the output manifest (per-split query stats included).
+
+    Raises:
+        LeakageError: a queried split or the pool has rows without user ids.
     """
     if not 1 <= n <= MAX_N:
         raise ConfigError(f"n must be in 1..{MAX_N}, got {n}")
@@ -120,36 +168,44 @@ def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embed
         raise ConfigError(f"unknown splits {sorted(unknown)}; valid: {', '.join(SPLITS)}")
     ddict = load_prepared(data_dir)
     train = ddict["train"]
-    pool = {e: k for k, e in enumerate(column(train, "example_id"))}
-    t_hist, t_next = column(train, "history_item_ids"), column(train, "target_item_id")
-    t_hist_titles, t_next_titles = column(train, "history_titles"), column(train, "target_title")
+    cols = {c: column(train, c) for c in ("example_id", "user_id", "history_item_ids", "target_item_id",
+                                          "history_titles", "target_title", "timestamp")}
+    pool = {e: k for k, e in enumerate(cols["example_id"])}
+    lookup = index.lookup or {e: (cols["user_id"][k], cols["target_item_id"][k], cols["timestamp"][k])
+                              for e, k in pool.items()}
+    randoms = RandomUsers(lookup, seed=random_seed)
     section = {"embedder_id": embedder.id, "collection": index.name, "hnsw": index.hnsw, "n": n,
-               "overfetch": overfetch, "pool": getattr(index, "pool", None), "splits": {}}
+               "overfetch": overfetch, "pool": getattr(index, "pool", None), "distinct_users": True,
+               "random_users": {"seed": random_seed, "n": n, "pool_users": len(randoms.users)}, "splits": {}}
     out_splits = {}
     for split in SPLITS:
         ds = ddict[split]
-        columns = {name: [[] for _ in range(ds.num_rows)] for name in NEIGHBOR_FEATURES}
+        columns = {name: [[] for _ in range(ds.num_rows)] for name in (*NEIGHBOR_FEATURES, *RANDOM_FEATURES)}
         if split in splits and ds.num_rows:
             started, stats = time.perf_counter(), QueryStats()
             queried = pool_rows(ds.num_rows, train_sample if split == "train" else None, train_sample_seed)
-            histories, users, times = (column(ds, c) for c in ("history_item_ids", "user_id", "timestamp"))
+            histories, users, times, ids = (column(ds, c) for c in ("history_item_ids", "user_id", "timestamp",
+                                                                    "example_id"))
             if len(queried) < ds.num_rows:
-                histories, users, times = _take((histories, users, times), queried)
+                histories, users, times, ids = _take((histories, users, times, ids), queried)
+            if not all(users):
+                raise LeakageError(f"{data_dir} [{split}]: {sum(1 for u in users if not u)} rows have no user id, so "
+                                   "the same-user rule cannot be applied; re-prepare the data with this version "
+                                   "(`adaptrec data prepare`), which assigns user ids to every import")
             vectors = embedder.embed(histories)
-            found = index.query(vectors, n, users, times, overfetch=overfetch, stats=stats)
-            for row, neighbors in zip(queried, found, strict=True):
-                rows = [pool[nb.example_id] for nb in neighbors]
-                columns["neighbor_example_ids"][row] = [nb.example_id for nb in neighbors]
+            found = index.query(vectors, n, users, times, example_ids=ids, overfetch=overfetch, stats=stats)
+            short_random = 0
+            for row, neighbors, example_id, user, ts in zip(queried, found, ids, users, times, strict=True):
+                _fill(columns, "neighbor_", row, [pool[nb.example_id] for nb in neighbors], cols)
                 columns["neighbor_scores"][row] = [nb.score for nb in neighbors]
-                columns["neighbor_user_ids"][row] = [nb.user_id for nb in neighbors]
-                columns["neighbor_history_item_ids"][row] = [t_hist[r] for r in rows]
-                columns["neighbor_next_item_ids"][row] = [t_next[r] for r in rows]
-                columns["neighbor_history_titles"][row] = [t_hist_titles[r] for r in rows]
-                columns["neighbor_next_titles"][row] = [t_next_titles[r] for r in rows]
-            section["splits"][split] = {**asdict(stats), "seconds": round(time.perf_counter() - started, 2)}
+                picked = randoms.draw(example_id, user, ts, n)
+                short_random += len(picked) < n
+                _fill(columns, "random_", row, [pool[e] for e in picked], cols)
+            section["splits"][split] = {**asdict(stats), "random_short": short_random,
+                                        "seconds": round(time.perf_counter() - started, 2)}
             if len(queried) < ds.num_rows:
                 section["splits"][split]["sample"] = {"rows": len(queried), "seed": train_sample_seed}
-        for name, feature in NEIGHBOR_FEATURES.items():
+        for name, feature in {**NEIGHBOR_FEATURES, **RANDOM_FEATURES}.items():
             ds = ds.add_column(name, columns[name], feature=feature)
         out_splits[split] = ds
     manifest = load_manifest(data_dir)
@@ -157,3 +213,11 @@ def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embed
                 "neighbors": section}
     save(datasets.DatasetDict(out_splits), load_items(data_dir), manifest, out, overwrite=overwrite)
     return section
+
+
+def _fill(columns: dict, prefix: str, row: int, rows: list[int], train: dict[str, list]) -> None:
+    """Write the pool rows `rows` as one query's neighbour columns (prefix "neighbor_" or "random_")."""
+    for name, source in (("example_ids", "example_id"), ("user_ids", "user_id"),
+                         ("history_item_ids", "history_item_ids"), ("next_item_ids", "target_item_id"),
+                         ("history_titles", "history_titles"), ("next_titles", "target_title")):
+        columns[prefix + name][row] = [train[source][r] for r in rows]

@@ -5,7 +5,7 @@ per example); "hr1+valid" = hr1 + 0.1 x valid, which also rewards answers that p
 model still writes unparseable answers (HR@1 alone gives no signal then). Optimizers:
 
 - "mipro": MIPROv2 with demos off (max_bootstrapped_demos = max_labeled_demos = 0): instruction search only.
-  Demonstrations for Stage 3 would each carry M similar users (DESIGN/STYLE §2.5): instructions only.
+  Demonstrations for Stage 3 would each carry M similar users: instructions only.
 - "bootstrap": BootstrapFewShot: demos from traces that pass the metric (generate mode only: score mode
   calls no predictor, so it leaves no trace to bootstrap from).
 """
@@ -24,7 +24,7 @@ from adaptrec_prompts.modules import AdaptRec, example_inputs
 
 OPTIMIZERS = ("mipro", "bootstrap")
 METRICS = ("hr1", "hr1+valid")
-INPUT_KEYS = ("history_titles", "candidate_ids", "candidate_titles", "neighbors", "example_id")
+INPUT_KEYS = ("history_titles", "candidate_ids", "candidate_titles", "neighbors", "example_id", "random_users")
 
 
 def to_examples(rows) -> list[dspy.Example]:

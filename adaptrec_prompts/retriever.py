@@ -6,10 +6,13 @@ collection whose parameters are set at creation. Embedded by default (`Persisten
 client/server when a URL is given (`HttpClient`; the server is `chroma run --path DIR --host 127.0.0.1
 --port P`). Embeddings are always passed explicitly (Chroma would otherwise download an ONNX model).
 
-Exclusions (DESIGN.md §3) are applied in Python after over-fetching: never the query's own user (which
-also removes every window of that user whose next item is the query's target), and nothing at or after
-the query's timestamp when both are known. When the over-fetch leaves fewer than N, the query is
-re-issued with a larger k, and the event is counted (`QueryStats.refetched`).
+Exclusions (docs/design.md, "Leakage rules") are applied in Python after over-fetching: never the
+query's own example, never a window of the query's own user (which also removes every window whose next
+item is the query's target), and nothing at or after the query's timestamp when both are known. A
+neighbour is a *user*: each user appears once, with their most similar allowed window (`distinct_users`).
+When the over-fetch leaves fewer than N, the query is re-issued with a larger k, and the event is counted
+(`QueryStats.refetched`). Pool and query rows must carry user ids: `query` refuses rows without one,
+since the same-user rule could not be applied to them.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from adaptrec_prompts.errors import ConfigError
+from adaptrec_prompts.errors import ConfigError, LeakageError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +49,8 @@ class QueryStats:
     queries: int = 0
     refetched: int = 0  # queries where the first over-fetch left fewer than N after exclusions
     short: int = 0  # queries that still have fewer than N (the pool ran out)
-    excluded: dict[str, int] = field(default_factory=lambda: {"same_user": 0, "not_before_query_time": 0})
+    excluded: dict[str, int] = field(default_factory=lambda: {"same_example": 0, "same_user": 0,
+                                                                "not_before_query_time": 0, "user_seen": 0})
 
 
 def collection_name(dataset: str, embedder_id: str, data_hash: str) -> str:
@@ -114,16 +118,33 @@ class UserIndex:
         return len(example_ids)
 
     def query(self, vectors: np.ndarray, n: int, user_ids: Sequence[str | None],
-              timestamps: Sequence[int | None], overfetch: int = 3, batch_size: int = 256,
-              stats: QueryStats | None = None) -> list[list[Neighbor]]:
-        """Top-n neighbours per query vector after the exclusion rules (module docstring)."""
+              timestamps: Sequence[int | None], example_ids: Sequence[str] | None = None, overfetch: int = 3,
+              batch_size: int = 256, stats: QueryStats | None = None,
+              distinct_users: bool = True) -> list[list[Neighbor]]:
+        """Top-n neighbours per query vector after the exclusion rules (module docstring).
+
+        Args:
+            example_ids: the queries' own example ids (a query from the pool never gets itself back).
+            distinct_users: keep each user's most similar allowed window only (N neighbours = N people).
+
+        Raises:
+            LeakageError: a query has no user id (the same-user rule could not be applied).
+        """
+        missing = [q for q, u in enumerate(user_ids) if not u]
+        if missing:
+            raise LeakageError(f"{len(missing)} of {len(user_ids)} queries have no user id (first: query "
+                               f"{missing[0]}{'' if example_ids is None else ' = ' + str(example_ids[missing[0]])})"
+                               "; neighbours could include the query's own user. Re-prepare the data with this "
+                               "version (`adaptrec data prepare`), which assigns user ids to every import")
         stats = stats or QueryStats()
         pool = self.count()
+        example_ids = list(example_ids) if example_ids is not None else [None] * len(vectors)
         results: list[list[Neighbor]] = []
         for start in range(0, len(vectors), batch_size):
             chunk = slice(start, start + batch_size)
-            results.extend(self._query_chunk(vectors[chunk], n, list(user_ids[chunk]), list(timestamps[chunk]),
-                                             min(pool, n * overfetch + 10), pool, stats))
+            queries = list(zip(user_ids[chunk], timestamps[chunk], example_ids[chunk], strict=True))
+            k = min(pool, n * overfetch * (3 if distinct_users else 1) + 10)
+            results.extend(self._query_chunk(vectors[chunk], n, queries, k, pool, stats, distinct_users))
         return results
 
     def _fetch(self, vectors: np.ndarray, k: int):
@@ -134,19 +155,19 @@ class UserIndex:
         metas = [[_meta(e, *self.lookup[e]) for e in ids] for ids in res["ids"]]
         return res["distances"], metas
 
-    def _query_chunk(self, vectors, n, users, times, k, pool, stats) -> list[list[Neighbor]]:
+    def _query_chunk(self, vectors, n, queries, k, pool, stats, distinct) -> list[list[Neighbor]]:
         distances, metadatas = self._fetch(vectors, k)
         out = []
         for q, (dist, meta) in enumerate(zip(distances, metadatas, strict=True)):
             stats.queries += 1
-            kept = _filter(dist, meta, users[q], times[q], stats)
+            kept = _filter(dist, meta, *queries[q], distinct, stats, n)
             kk = k
             if len(kept) < n and kk < pool:
                 stats.refetched += 1
                 while len(kept) < n and kk < pool:
                     kk = min(pool, kk * 4)
                     d2, m2 = self._fetch(vectors[q : q + 1], kk)
-                    kept = _filter(d2[0], m2[0], users[q], times[q], QueryStats())
+                    kept = _filter(d2[0], m2[0], *queries[q], distinct, QueryStats(), n)
             stats.short += len(kept) < n
             out.append(kept[:n])
         return out
@@ -157,16 +178,30 @@ def _meta(example_id: str, user: str | None, next_item: int, ts: int | None) -> 
             "timestamp": NO_TIME if ts is None else ts}
 
 
-def _filter(distances, metadatas, user, time, stats: QueryStats) -> list[Neighbor]:
-    kept = []
+def _filter(distances, metadatas, user, time, example_id, distinct: bool, stats: QueryStats,
+            n: int) -> list[Neighbor]:
+    """The allowed neighbours, best first (at most n; the counts cover what was looked at to find them)."""
+    kept, seen = [], set()
     for dist, meta in zip(distances, metadatas, strict=True):
-        if user is not None and meta["user_id"] == user:
+        if len(kept) == n:
+            break
+        if example_id is not None and meta["example_id"] == example_id:
+            stats.excluded["same_example"] += 1
+            continue
+        if not meta["user_id"]:
+            raise LeakageError(f"pool row {meta['example_id']!r} has no user id; re-prepare the data with this "
+                               "version and rebuild the index (`adaptrec index neighbors`)")
+        if meta["user_id"] == user:
             stats.excluded["same_user"] += 1
             continue
         ts = meta["timestamp"]
         if time is not None and ts != NO_TIME and ts >= time:
             stats.excluded["not_before_query_time"] += 1
             continue
+        if distinct and meta["user_id"] in seen:
+            stats.excluded["user_seen"] += 1
+            continue
+        seen.add(meta["user_id"])
         kept.append(Neighbor(meta["example_id"], meta["user_id"] or None, int(meta["next_item_id"]),
                              None if ts == NO_TIME else int(ts), 1.0 - float(dist)))
     return kept

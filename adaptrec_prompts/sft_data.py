@@ -23,15 +23,18 @@ from adaptrec_prompts.modules import AdaptRec, eval_adapter, example_inputs
 
 
 def select_indices(program: AdaptRec, row: dict) -> list[int]:
-    """The demonstration indices inference would use for this row without an LM (none, static, random;
-    adaptive starts from embedding order and is re-selected by the self-adaptive callback)."""
-    return program.preset_indices(len(row.get("neighbor_next_titles") or []), row["example_id"])
+    """The demonstration indices (into `program.demonstration_pool`) inference would use for this row
+    without an LM (none, static, random, random-retrieved; adaptive starts from embedding order and is
+    re-selected by the self-adaptive callback)."""
+    x = example_inputs(row)
+    pool = program.demonstration_pool(x["neighbors"], x["random_users"])
+    return program.preset_indices(len(pool), row["example_id"])
 
 
 def stage3_row(program: AdaptRec, row: dict, indices: Sequence[int] | None = None) -> dict:
     """One conversational prompt-completion row for Stage 3."""
     x = example_inputs(row)
-    pool = x["neighbors"][: program.n_retrieve]
+    pool = program.demonstration_pool(x["neighbors"], x["random_users"])
     chosen = select_indices(program, row) if indices is None else list(indices)
     rec = program.recommender
     inputs = rec.inputs(x["history_titles"], x["candidate_titles"], [pool[i] for i in chosen])

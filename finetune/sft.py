@@ -163,6 +163,18 @@ class SelfAdaptiveSelection(TrainerCallback):
         return control
 
 
+def split_rows_with_demonstrations(program, rows: list[dict]) -> tuple[list[dict], int]:
+    """(rows whose demonstration pool is not empty, how many were left out); every row for zero-shot."""
+    from adaptrec_prompts.modules import example_inputs
+
+    if program.selection == "none":
+        return rows, 0
+    kept = [r for r in rows if program.demonstration_pool(**{k: v for k, v in example_inputs(r).items()
+                                                              if k in ("neighbors", "random_users")},
+                                                           required=False)]
+    return kept, len(rows) - len(kept)
+
+
 def _tokenizer_fn(model, tokenizer, prompt_format: str = "auto"):
     """Tokenize a conversational prompt-completion row exactly as the local engine reads it at inference
     (its own `prompt_ids`: chat template with generation prompt, or the plain rendering for base models);
@@ -204,6 +216,10 @@ def main(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
         train = train.select(range(min(script_args.max_train_examples, train.num_rows)))
     rows = train.to_list()
     program = _program(script_args, manifest)
+    rows, without = split_rows_with_demonstrations(program, rows)
+    if without:  # e.g. the earliest windows: no other user has anything before them
+        print(f"{without} training rows have no allowed similar user; they are left out (a prompt without "
+              "demonstrations would silently train the zero-shot task)", flush=True)
     base = _base_model(script_args, model_args, training_args, program, rows)
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
@@ -243,6 +259,7 @@ def main(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
         "program_hash": sha(program_state(program)),
         "program": program_state(program)["config"],
         "train_rows": len(rows),
+        "train_rows_without_demonstrations_left_out": without,
         "selection_history": callbacks[0].history if callbacks else None,
         "log_history": trainer.state.log_history,
         "versions": package_versions(),

@@ -81,9 +81,12 @@ def goodreads_with_neighbors(root: Path, raw: Path, n: int, splits: list[str]) -
 
 
 def with_fake_neighbors(row: dict, train, n: int = 10) -> dict:
-    """Attach N training windows as neighbours (a stand-in ordering for tests that do not test Stage 1)."""
+    """Attach N training windows as neighbours and the next N as "random users" (stand-ins for tests that
+    do not test Stage 1)."""
     rows = train.select(range(n))
-    return {**row, "neighbor_history_titles": rows["history_titles"], "neighbor_next_titles": rows["target_title"]}
+    others = train.select(range(2 * n - 1, n - 1, -1) if train.num_rows >= 2 * n else range(n - 1, -1, -1))
+    return {**row, "neighbor_history_titles": rows["history_titles"], "neighbor_next_titles": rows["target_title"],
+            "random_history_titles": others["history_titles"], "random_next_titles": others["target_title"]}
 
 
 @pytest.fixture(scope="session")
@@ -94,3 +97,35 @@ def tiny_model(tmp_path_factory, ml100k) -> Path:
 
     return build_tiny_llama(prompt_corpus(ml100k["train"].select(range(200)), load_template("movies")),
                             tmp_path_factory.mktemp("models") / "micro", size="micro", chat_template=True)
+
+
+def check_neighbour_rules(out):
+    """Every persisted neighbour and random user of every split obeys the leakage rules; they are distinct
+    users. Returns (the DatasetDict, how many neighbours were checked)."""
+    import datasets
+
+    from adaptrec_prompts.schema import column
+
+    ddict = datasets.load_from_disk(str(out))
+    train = ddict["train"]
+    pool_ids = set(column(train, "example_id"))
+    time_of = dict(zip(column(train, "example_id"), column(train, "timestamp")))
+    user_of = dict(zip(column(train, "example_id"), column(train, "user_id")))
+    next_of = dict(zip(column(train, "example_id"), column(train, "target_item_id")))
+    checked = 0
+    for split in ("train", "valid", "test", "test_extended"):
+        for row in ddict[split]:
+            for prefix in ("neighbor_", "random_"):
+                ids = row[prefix + "example_ids"]
+                assert set(ids) <= pool_ids  # rule 1: the pool is training examples only
+                assert row["example_id"] not in ids  # never the query's own example
+                assert len({user_of[nid] for nid in ids}) == len(ids)  # N neighbours = N distinct users
+                assert row[prefix + "user_ids"] == [user_of[nid] for nid in ids]
+                for nid, next_item in zip(ids, row[prefix + "next_item_ids"]):
+                    assert user_of[nid] != row["user_id"]  # rule 2: never the query's own user
+                    if row["timestamp"] is not None and time_of[nid] is not None:
+                        assert time_of[nid] < row["timestamp"]  # rule 3: nothing at or after the query time
+                    assert next_of[nid] == next_item
+                checked += len(ids)
+            assert len(row["random_example_ids"]) == len(row["neighbor_example_ids"])
+    return ddict, checked

@@ -65,7 +65,7 @@ def test_zero_shot_prompt_has_no_similar_users(rows):
     assert "Users with similar histories" not in lm.history[0]["messages"][0]["content"]
 
 
-@pytest.mark.parametrize(("selection", "expected"), [("static", [0, 1, 2]), ("random", None)])
+@pytest.mark.parametrize(("selection", "expected"), [("static", [0, 1, 2]), ("random-retrieved", None)])
 def test_static_and_random_selection(rows, selection, expected):
     program = AdaptRec(MOVIES, selection=selection, n_retrieve=10, m_select=3)
     with dspy.context(lm=DummyLM([{"answer": "1"}] * 4)):
@@ -79,10 +79,26 @@ def test_static_and_random_selection(rows, selection, expected):
         assert all(0 <= i < 10 for i in a.selection["indices"]) and len(set(c.selection["indices"])) == 3
 
 
+def test_random_users_control_shows_the_rows_random_pool_users_not_the_retrieved(rows):
+    program = AdaptRec(MOVIES, selection="random", n_retrieve=10, m_select=3)
+    lm = DummyLM([{"answer": "1"}])
+    with dspy.context(lm=lm):
+        pred = program(**example_inputs(rows[0]))
+    assert pred.selection["indices"] == [0, 1, 2]
+    prompt = lm.history[0]["messages"][-1]["content"]
+    for title in rows[0]["random_next_titles"][:3]:
+        assert f"and then chose {title}." in prompt
+    assert f"and then chose {rows[0]['neighbor_next_titles'][0]}." not in prompt
+    assert program.config()["random_from"] == "pool"  # a run of the old "random" cannot resume as this one
+    bare = {k: v for k, v in rows[0].items() if not k.startswith("random_")}
+    with pytest.raises(ConfigError, match="random pool users"), dspy.context(lm=lm):
+        program(**example_inputs(bare))
+
+
 def test_random_selection_depends_on_example_and_seed(rows):
     picks = set()
     for seed in range(6):
-        program = AdaptRec(MOVIES, selection="random", n_retrieve=10, m_select=3, seed=seed)
+        program = AdaptRec(MOVIES, selection="random-retrieved", n_retrieve=10, m_select=3, seed=seed)
         with dspy.context(lm=DummyLM([{"answer": "1"}])):
             picks.add(tuple(program(**example_inputs(rows[0])).selection["indices"]))
     assert len(picks) > 1

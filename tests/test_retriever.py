@@ -20,6 +20,7 @@ from adaptrec_prompts.prepare import build, load_manifest, save
 from adaptrec_prompts.protocol import ProtocolConfig
 from adaptrec_prompts.retriever import QueryStats, UserIndex, collection_name, exact_top_k, make_client
 from adaptrec_prompts.schema import column
+from conftest import check_neighbour_rules
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_build_is_idempotent_and_batches_are_per_query():
     assert index.build([f"train/u{i % 20}/{i}" for i in range(400)], vectors, ["x"] * 400, [0] * 400, [0] * 400) == 0
     assert index.count() == 400
     queries = vectors[[3, 150, 299]]
-    found = index.query(queries, 10, [None, None, None], [None, None, None])
+    found = index.query(queries, 10, ["new", "new", "new"], [None, None, None], distinct_users=False)
     exact, _ = exact_top_k(vectors, queries, 10)
     for q in range(3):
         got = [int(nb.example_id.rsplit("/", 1)[1]) for nb in found[q]]
@@ -103,6 +104,33 @@ def test_exclusions_own_user_and_future_are_never_returned():
     assert stats.refetched >= 1 and stats.short == 0  # overfetch=1 cannot be enough: counted, then fixed
 
 
+def test_neighbours_are_distinct_users_each_with_their_most_similar_allowed_window():
+    index, vectors, users = _toy_index(ephemeral())  # 400 windows of 20 users
+    times = [1000 + i for i in range(400)]
+    (found,) = index.query(vectors[[399]], 8, [users[399]], [times[399]], example_ids=["train/u19/399"])
+    assert len({nb.user_id for nb in found}) == len(found) == 8
+    sims = vectors[:399] @ vectors[399]
+    best = {}  # exact: each other user's most similar window before the query time
+    for i in np.argsort(-sims):
+        if users[i] != users[399] and times[i] < times[399]:
+            best.setdefault(users[i], int(i))
+    expected = sorted(best.values(), key=lambda i: -sims[i])[:8]
+    assert [int(nb.example_id.rsplit("/", 1)[1]) for nb in found] == expected
+    (windows,) = index.query(vectors[[399]], 8, [users[399]], [times[399]], distinct_users=False)
+    assert len({nb.user_id for nb in windows}) < 8  # without the rule, one user's windows repeat
+
+
+def test_the_query_itself_is_excluded_and_rows_without_users_are_refused():
+    from adaptrec_prompts.errors import LeakageError
+
+    index, vectors, users = _toy_index(ephemeral())
+    (found,) = index.query(vectors[[7]], 5, ["someone-else"], [None], example_ids=["train/u7/7"],
+                           distinct_users=False)
+    assert "train/u7/7" not in [nb.example_id for nb in found]  # even with no user or time rule to catch it
+    with pytest.raises(LeakageError, match="no user id"):
+        index.query(vectors[[7]], 5, [None], [None], example_ids=["train/u7/7"])
+
+
 def test_changed_embedder_or_data_gives_a_new_collection():
     a = collection_name("ml-100k", "collab-x-fit1", "hash1")
     assert a != collection_name("ml-100k", "collab-y-fit1", "hash1") != collection_name("ml-100k", "collab-x-fit1",
@@ -110,31 +138,11 @@ def test_changed_embedder_or_data_gives_a_new_collection():
     assert a.startswith("ml-100k-collab-")
 
 
-def _check_neighbour_rules(out):
-    ddict = datasets.load_from_disk(str(out))
-    train = ddict["train"]
-    pool_ids = set(column(train, "example_id"))
-    time_of = dict(zip(column(train, "example_id"), column(train, "timestamp")))
-    user_of = dict(zip(column(train, "example_id"), column(train, "user_id")))
-    next_of = dict(zip(column(train, "example_id"), column(train, "target_item_id")))
-    checked = 0
-    for split in ("train", "valid", "test", "test_extended"):
-        for row in ddict[split]:
-            ids = row["neighbor_example_ids"]
-            assert set(ids) <= pool_ids  # rule 1: the pool is training examples only
-            for nid, next_item in zip(ids, row["neighbor_next_item_ids"]):
-                assert user_of[nid] != row["user_id"]  # rule 2: never the query's own user
-                assert time_of[nid] < row["timestamp"]  # rule 3: nothing at or after the query time
-                assert next_of[nid] == next_item
-            checked += len(ids)
-    return ddict, checked
-
-
 def test_neighbors_pipeline_embedded_respects_leakage_rules(gr, tmp_path):
     out = tmp_path / "gr-nb"
     assert main(["index", "neighbors", "--data", str(gr), "--chroma-path", str(tmp_path / "chroma"),
                  "--out", str(out), "--n", "5"]) == 0
-    ddict, checked = _check_neighbour_rules(out)
+    ddict, checked = check_neighbour_rules(out)
     assert checked > 50
     valid = ddict["valid"][0]
     assert len(valid["neighbor_history_titles"]) == len(valid["neighbor_next_titles"]) <= 5
@@ -158,7 +166,7 @@ def test_a_sampled_pool_indexes_only_its_sample_and_keeps_the_rules(gr, tmp_path
     out = tmp_path / "gr-nb"
     assert main(["index", "neighbors", "--data", str(gr), "--chroma-path", str(tmp_path / "chroma"), "--out", str(out),
                  "--n", "5", "--splits", "valid,test,test_extended", "--pool-size", "40", "--pool-seed", "3"]) == 0
-    ddict, checked = _check_neighbour_rules(out)
+    ddict, checked = check_neighbour_rules(out)
     sample = {train[r]["example_id"] for r in rows}
     used = {e for split in ("valid", "test", "test_extended") for ids in column(ddict[split], "neighbor_example_ids") for e in ids}
     assert checked > 40 and used <= sample

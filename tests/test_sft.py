@@ -56,7 +56,7 @@ class Recorder:
         pass
 
 
-@pytest.mark.parametrize("selection", ["static", "none", "random"])
+@pytest.mark.parametrize("selection", ["static", "none", "random", "random-retrieved"])
 def test_training_prompt_is_byte_identical_to_the_inference_prompt(ml100k, selection):
     import datasets as hfds
 
@@ -143,8 +143,39 @@ def test_self_adaptive_callback_reselects_with_the_model(gr_nb, tmp_path):
                           "--selection_refresh_window", "5", "--m_select", "3", "--n_retrieve", "6"))
     history = out["selection_history"]
     assert [h["step"] for h in history] == [2, 4]
-    assert all(h["reselected"] == 5 and 0 <= h["changed"] <= 5 for h in history)
+    assert all(h["reselected"] == 5 for h in history)  # what a refresh does: the test below
     assert any("loss" in entry for entry in out["log_history"])
+
+
+def test_a_refresh_reselects_with_the_model_and_the_next_rows_show_it(ml100k, tiny_model):
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import with_fake_neighbors
+
+    sft = _sft()
+    train = ml100k["train"]
+    rows = [with_fake_neighbors(train[500 + i], train.select(range(40 + 10 * i, 60 + 10 * i)), n=8)
+            for i in range(6)]
+    program = AdaptRec(load_template("movies"), selection="adaptive", n_retrieve=8, m_select=3)
+    adaptive = sft.SelfAdaptiveSelection(program, rows, refresh_steps=2, window=4, seed=0)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+    before = dict(adaptive.indices)
+    assert set(map(tuple, before.values())) == {(0, 1, 2)}  # adaptive starts from embedding order
+    stream = adaptive.stream(lambda row: row)
+    next(stream)  # the trainer consumed the first row, then a step ended
+    upcoming = [rows[adaptive.order[1 + k]] for k in range(4)]
+    expected = {r["example_id"]: adaptive.select_with_model(model, tokenizer, r) for r in upcoming}
+    adaptive.on_step_end(None, SimpleNamespace(global_step=2), None, model=model, processing_class=tokenizer)
+    changed = sum(expected[e] != before[e] for e in expected)
+    assert adaptive.history == [{"step": 2, "reselected": 4, "changed": changed}] and changed > 0
+    for row in upcoming:  # the rows rendered next carry the model's selection, not the old one
+        rendered = next(stream)
+        assert rendered["example_id"] == row["example_id"]
+        assert rendered == stage3_row(program, row, expected[row["example_id"]])
+        if expected[row["example_id"]] != before[row["example_id"]]:
+            assert rendered != stage3_row(program, row, before[row["example_id"]])
 
 
 def test_unknown_yaml_keys_are_fatal(tmp_path):
@@ -183,7 +214,7 @@ def test_plain_prompt_training_tokenizes_like_the_plain_engine(gr_nb, tmp_path):
     engine = HFEngine.load(base, prompt_format="plain")
     tokenize = sft._tokenizer_fn(engine.model, AutoTokenizer.from_pretrained(base), "plain")
     row = stage3_row(AdaptRec(load_template("books"), selection="static", n_retrieve=10, m_select=5),
-                     datasets.load_from_disk(str(gr_nb))["train"][0])
+                     datasets.load_from_disk(str(gr_nb))["train"][10])
     ids = tokenize(row)
     prompt = engine.prompt_ids(row["prompt"])
     assert ids["input_ids"][: len(prompt)] == prompt and set(ids["labels"][: len(prompt)]) == {-100}
