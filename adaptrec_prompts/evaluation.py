@@ -6,8 +6,14 @@ Writes, in `out_dir`:
 - `predictions.jsonl`: one line per example, flushed and fsync'd as soon as it is done (ids of the
   inputs, raw output, parsed ranking, valid flag, reason, error, tokens, latency, LM time). A re-run
   skips finished examples (errored ones are retried); an interrupted run loses nothing.
-- `results.json`: metrics with 95% bootstrap CIs and n (metrics.aggregate), errors, tokens, cost,
-  LM seconds vs total seconds (the share of time outside LM calls is the harness overhead).
+- `results.json`: metrics with 95% bootstrap CIs and n (metrics.aggregate; resampled by user when a
+  user has several rows), errors, tokens, cost, LM seconds vs total seconds (the share of time outside LM
+  calls is the harness overhead).
+
+Errors: only transport/provider failures (`is_transport_error`: timeouts, connection errors, rate limits,
+5xx) are retried (`retries` times with backoff) and, if they persist, logged as the example's `error`,
+left out of every mean and retried on resume. Any other exception is a bug or a bad input, not a flaky
+provider: the run stops with its traceback, and every finished example is already on disk.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import dspy
 from dspy.utils.usage_tracker import track_usage
 
 from adaptrec_prompts import timing
-from adaptrec_prompts.errors import AdaptRecError, ConfigError
+from adaptrec_prompts.errors import ConfigError
 from adaptrec_prompts.metrics import RESULTS_SCHEMA_VERSION, aggregate, example_metrics
 from adaptrec_prompts.modules import AdaptRec, eval_adapter, example_inputs
 
@@ -106,32 +112,66 @@ class _Log:
             os.fsync(handle.fileno())
 
 
-def _run_one(program, row: dict, lm, callbacks) -> dict:
+# Exception class names (anywhere in the MRO) that mean "the provider or the network failed", across
+# litellm, openai, httpx, requests and the standard library.
+TRANSPORT_ERRORS = frozenset({
+    "TimeoutError", "ConnectionError", "Timeout", "APITimeoutError", "APIConnectionError", "RateLimitError",
+    "ServiceUnavailableError", "InternalServerError", "BadGatewayError", "TransportError", "TimeoutException",
+    "ConnectError", "ReadTimeout", "ReadError", "RemoteProtocolError",
+})
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """True for timeouts, connection failures, rate limits (429) and server errors (5xx), also when DSPy
+    wraps one (its cause chain is followed); False otherwise."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if any(cls.__name__ in TRANSPORT_ERRORS for cls in type(exc).__mro__):
+            return True
+        status = getattr(exc, "status_code", None)
+        if isinstance(status, int) and (status in (408, 429) or status >= 500):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _run_one(program, row: dict, lm, callbacks, retries: int = 2, backoff: float = 1.0) -> dict:
     started = time.perf_counter()
-    base = {"example_id": row["example_id"], "target_item_id": row["target_item_id"],
+    base = {"example_id": row["example_id"], "user_id": row.get("user_id"), "target_item_id": row["target_item_id"],
             "history_item_ids": row["history_item_ids"], "candidate_item_ids": row["candidate_item_ids"],
             "neighbor_example_ids": (row.get("neighbor_example_ids") or [])}
+    attempts = 0
     with timing.measure() as clock, track_usage() as usage:
-        try:
-            with dspy.context(lm=lm, adapter=eval_adapter(), callbacks=callbacks):
-                out = predict_row(program, row)
-            error = None
-        except AdaptRecError:
-            raise  # a configuration problem: every example would fail the same way
-        except Exception as exc:  # LM transport/provider errors: counted, never scored as outputs
-            out, error = {"raw": None, "answer": None, "ranking": [], "valid": False, "reason": ""}, repr(exc)[:500]
+        while True:
+            try:
+                with dspy.context(lm=lm, adapter=eval_adapter(), callbacks=callbacks):
+                    out = predict_row(program, row)
+                error = None
+                break
+            except Exception as exc:
+                if not is_transport_error(exc):
+                    raise  # a bug or bad input: stop with the traceback (finished examples are on disk)
+                attempts += 1
+                if attempts > retries:
+                    out = {"raw": None, "answer": None, "ranking": [], "valid": False, "reason": ""}
+                    error = repr(exc)[:500]
+                    break
+                logger.warning("%s: %s; retry %d/%d", row["example_id"], repr(exc)[:200], attempts, retries)
+                time.sleep(backoff * 2 ** (attempts - 1))
     tokens = {"prompt_tokens": clock.prompt_tokens, "completion_tokens": clock.completion_tokens}
     for totals in usage.get_total_tokens().values():
         tokens["prompt_tokens"] += int(totals.get("prompt_tokens") or 0)
         tokens["completion_tokens"] += int(totals.get("completion_tokens") or 0)
-    record = {**base, **out, "error": error, **tokens, "latency_s": time.perf_counter() - started,
-              "lm_seconds": clock.lm_seconds}
+    record = {**base, **out, "error": error, "retries": min(attempts, retries), **tokens,
+              "latency_s": time.perf_counter() - started, "lm_seconds": clock.lm_seconds}
     record.update(example_metrics(record["ranking"], row["target_item_id"], record["valid"]))
     return record
 
 
 def evaluate(program, rows, out_dir: str | Path, config: dict, lm=None, threads: int = 1,
-             progress: bool = True, data_manifest: dict | None = None) -> dict:
+             progress: bool = True, data_manifest: dict | None = None, retries: int = 2,
+             backoff: float = 1.0) -> dict:
     """Run `program` on every row (a datasets split or list of dicts), resuming from `out_dir`.
 
     Args:
@@ -141,6 +181,7 @@ def evaluate(program, rows, out_dir: str | Path, config: dict, lm=None, threads:
         config: the resolved run configuration to record (no secrets).
         lm: the dspy LM (None for baselines).
         threads: parallel examples (for API backends; keep 1 for a local model).
+        retries: retries of an example after a transport error (with `backoff` * 2^k seconds between).
 
     Returns:
         The results dict also written to `out_dir/results.json`.
@@ -197,11 +238,11 @@ def evaluate(program, rows, out_dir: str | Path, config: dict, lm=None, threads:
     try:
         if threads > 1:
             with ThreadPoolExecutor(max_workers=threads) as pool:
-                for record in pool.map(lambda r: _run_one(program, r, lm, callbacks), todo):
+                for record in pool.map(lambda r: _run_one(program, r, lm, callbacks, retries, backoff), todo):
                     finish(record)
         else:
             for row in todo:
-                finish(_run_one(program, row, lm, callbacks))
+                finish(_run_one(program, row, lm, callbacks, retries, backoff))
     finally:
         if bar is not None:
             bar.close()
@@ -229,6 +270,26 @@ def _write_json(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
+def top1_positions(records: Sequence[dict]) -> dict:
+    """Where in the candidate list each scored example's top-1 sits: counts per 1-based position, the share
+    at position 1, the most common position and its share, and `flag` when that share is above 3x chance
+    (3/K): a ranker that mostly picks one list position is reading the list, not the user."""
+    counts: list[int] = []
+    for r in records:
+        if r.get("error") or not r.get("ranking"):
+            continue
+        cands = r["candidate_item_ids"]
+        counts.extend([0] * (len(cands) - len(counts)))
+        counts[cands.index(r["ranking"][0])] += 1
+    total = sum(counts)
+    if not total:
+        return {"counts": counts, "n": 0}
+    top = max(range(len(counts)), key=lambda i: (counts[i], -i))
+    share = counts[top] / total
+    return {"counts": counts, "n": total, "share_at_1": counts[0] / total, "most_common": top + 1,
+            "most_common_share": share, "flag": share > 3 / len(counts)}
+
+
 def summarize(records: Sequence[dict], lm_name: str | None = None) -> dict:
     """results.json content from per-example records."""
     agg = aggregate(records)
@@ -242,6 +303,9 @@ def summarize(records: Sequence[dict], lm_name: str | None = None) -> dict:
         "errors": agg["errors"],
         "metrics": agg["metrics"],
         "invalid": sum(1 for r in records if not r["error"] and not r["valid"]),
+        "retries": sum(r.get("retries", 0) for r in records),
+        "resampling": agg["resampling"],
+        "top1_position": top1_positions(records),
         "lm_seconds": lm_seconds,
         "total_seconds": total_seconds,
         "overhead_share": (1 - lm_seconds / total_seconds) if total_seconds and lm_seconds else None,

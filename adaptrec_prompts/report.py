@@ -28,19 +28,51 @@ def load_run(folder: Path) -> dict:
             "program": manifest["program"].get("config", {})}
 
 
+def _row(cells: list[str]) -> str:
+    """A markdown table row; a "|" inside a cell is escaped (and does not count as a column)."""
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def resampling_note(runs: list[dict]) -> str:
+    """How the CIs of these runs were resampled (by example, or by user when users have several rows)."""
+    units = {}
+    for run in runs:
+        res = run["results"].get("resampling") or {"unit": "example"}
+        units.setdefault(res["unit"], []).append(f"{run['name']} ({res.get('clusters', '?')})")
+    if set(units) <= {"example"}:
+        return "95% CIs: percentile bootstrap over examples (one row per user).\n"
+    return ("95% CIs: percentile bootstrap resampling *users* with all their rows (cluster bootstrap; users in "
+            "brackets) for " + ", ".join(units["user"]) + "."
+            + (" Over examples for " + ", ".join(units["example"]) + "." if "example" in units else "") + "\n")
+
+
+def position_cell(results: dict) -> str:
+    """The top-1's most common list position and its share ("#1 38%"), flagged (!) above 3x chance."""
+    pos = results.get("top1_position") or {}
+    if not pos.get("n"):
+        return "-"
+    return f"#{pos['most_common']} {100 * pos['most_common_share']:.0f}%" + (" (!)" if pos["flag"] else "")
+
+
 def table(runs: list[dict]) -> str:
-    head = "| run | program | LM | split | n | " + " | ".join(m.replace("|", "\\|") for m in METRICS) + " | LM s | total s |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    """Markdown table: one row per run, every metric with its 95% CI, n, errors, where its top-1s sit in the
+    candidate list, and seconds."""
+    head = ["run", "program", "LM", "split", "n", "errors", *METRICS, "top-1 position", "LM s", "total s"]
+    lines = [_row(head), _row(["---"] * len(head))]
     for run in runs:
         r, c = run["results"], run["config"]
         cells = []
         for key in METRICS:
             m = r["metrics"][key]
             cells.append("n/a" if m["value"] != m["value"] else f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
-        lm = c.get("lm") or "-"
-        lines.append(f"| {run['name']} | {c.get('program')} | {lm} | {c.get('split')} | {r['n']} | " + " | ".join(cells)
-                     + f" | {r['lm_seconds']:.1f} | {r['total_seconds']:.1f} |")
-    return "\n".join(lines) + "\n"
+        lines.append(_row([run["name"], c.get("program"), c.get("lm") or "-", c.get("split"), r["n"],
+                           r.get("errors", 0), *cells, position_cell(r), f"{r['lm_seconds']:.1f}",
+                           f"{r['total_seconds']:.1f}"]))
+    flagged = [run["name"] for run in runs if (run["results"].get("top1_position") or {}).get("flag")]
+    note = ("`top-1 position`: the list position (1..K) the run's first choice most often has, and how often. "
+            "(!) marks a share above 3x chance (3/K)" + (": " + ", ".join(flagged) + " mostly pick a list position, "
+                                                        "not an item for the user" if flagged else "") + ".\n")
+    return "\n".join(lines) + "\n\n" + resampling_note(runs) + note
 
 
 def _pyplot():
@@ -122,24 +154,45 @@ def load_log(path: Path, ids: set[str] | None = None) -> dict:
     return log if ids is None else {e: r for e, r in log.items() if e in ids}
 
 
-def claims(folder: Path, pairs: list[tuple[str, str, str]], notes: dict[str, str] | None = None,
-           ids: set[str] | None = None) -> str:
-    """Markdown table: one paired comparison (A -> B on shared examples) per claim of the paper."""
+def claims_data(folder: Path, pairs: list[tuple[str, str, str]], ids: set[str] | None = None) -> list[dict]:
+    """One paired comparison (A -> B on shared examples) per claim whose two runs exist, as plain data
+    (written to claims.json beside a report, and read by the results page's summary)."""
     from adaptrec_prompts.metrics import paired_comparison
 
-    lines = ["| claim | A -> B | n | HR@1 A, B (B - A [95% CI]) | NDCG@5 A, B (B - A [95% CI]) | at 5% | same top-1 |",
-             "|---|---|---|---|---|---|---|"]
+    out = []
     for claim, a, b in pairs:
         if not ((folder / a / "predictions.jsonl").is_file() and (folder / b / "predictions.jsonl").is_file()):
             continue
         left, right = load_log(folder / a / "predictions.jsonl", ids), load_log(folder / b / "predictions.jsonl", ids)
         res = paired_comparison(list(left.values()), list(right.values()))
+        out.append({"claim": claim, "a": a, "b": b, "same_top1": same_top1(left, right), **res})
+    return out
+
+
+def claims(folder: Path, pairs: list[tuple[str, str, str]], notes: dict[str, str] | None = None,
+           ids: set[str] | None = None, data: list[dict] | None = None) -> str:
+    """Markdown table: one paired comparison (A -> B on shared examples) per claim of the paper."""
+    lines = ["| claim | A -> B | n | HR@1 A, B (B - A [95% CI]) | NDCG@5 A, B (B - A [95% CI]) | at 5% | same top-1 |",
+             "|---|---|---|---|---|---|---|"]
+    for res in data if data is not None else claims_data(folder, pairs, ids):
         cells = [f"{r['a']:.3f}, {r['b']:.3f} ({r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}])"
                  for r in (res["HR@1"], res["NDCG@5"])]
-        note = (notes or {}).get(b, "")
-        lines.append(f"| {claim} | {a} -> {b}{note} | {res['n']} | {cells[0]} | {cells[1]} | {_verdict(res)} | "
-                     f"{same_top1(left, right)} |")
+        note = (notes or {}).get(res["b"], "")
+        lines.append(f"| {res['claim']} | {res['a']} -> {res['b']}{note} | {res['n']} | {cells[0]} | {cells[1]} | "
+                     f"{_verdict(res)} | {res['same_top1']} |")
     return "\n".join(lines) + "\n"
+
+
+def runs_data(runs: list[dict]) -> list[dict]:
+    """The runs of a report as plain data (runs.json): name, program, LM, split, n, errors, metrics."""
+    return [{"name": r["name"], "program": r["config"].get("program"), "lm": r["config"].get("lm"),
+             "split": r["config"].get("split"), "n": r["results"]["n"], "errors": r["results"].get("errors", 0),
+             "resampling": r["results"].get("resampling"), "top1_position": r["results"].get("top1_position"),
+             "metrics": r["results"]["metrics"]} for r in runs]
+
+
+def write_json(path: Path, payload) -> None:
+    path.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n")
 
 
 def comparisons(reference: Path, others: list[Path], ids: set[str] | None = None) -> str:
@@ -149,7 +202,8 @@ def comparisons(reference: Path, others: list[Path], ids: set[str] | None = None
 
     a = list(load_log(reference / "predictions.jsonl", ids).values())
     lines = [f"Paired against `{reference.name}` on shared examples (B - A, 95% paired bootstrap CI; HR@1: exact "
-             "McNemar p, NDCG@5: sign-flip permutation p).", "",
+             "McNemar p, NDCG@5: sign-flip permutation p; where users have several rows, the bootstrap resamples "
+             "users and both p-values come from flipping each user's summed difference).", "",
              "| run (B) | n | HR@1 B - A | p | discordant A-only/B-only | NDCG@5 B - A | p |", "|---|---|---|---|---|---|---|"]
     for other in others:
         b = list(load_log(other / "predictions.jsonl", ids).values())
@@ -181,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep(runs, args.sweep, out / "sweep.png", f"{args.title}: {args.sweep} sweep")
         text += "\n![sweep](sweep.png)\n"
     (out / "table.md").write_text(text)
+    write_json(out / "runs.json", runs_data(runs))
     print(text)
     return 0
 

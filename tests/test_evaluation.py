@@ -41,15 +41,6 @@ def test_results_contract_for_a_baseline(ml100k, ml100k_prepared, tmp_path, caps
     assert "HR@1=" in capsys.readouterr().out
 
 
-def test_popularity_uses_training_counts_only(ml100k):
-    pop = PopularityBaseline(training_sequences(ml100k["train"]))
-    row = ml100k["test"][0]
-    ranking = pop.predict_row(row)["ranking"]
-    assert sorted(ranking) == sorted(row["candidate_item_ids"])
-    counts = [pop.counts.get(i, 0) for i in ranking]
-    assert counts == sorted(counts, reverse=True)
-
-
 def test_invalid_outputs_are_invalid_and_lm_errors_are_errors(ml100k, tmp_path):
     rows = _rows(ml100k, 4)
 

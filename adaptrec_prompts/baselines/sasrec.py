@@ -28,11 +28,23 @@ class SASRec(nn.Module):
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """seq: (B, L) item indices, left-padded with 0 -> (B, n_items + 1) next-item logits."""
-        length = seq.shape[1]
-        x = self.items(seq) + self.positions(torch.arange(length))
-        causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)  # True = masked
-        h = self.encoder(x, mask=causal, src_key_padding_mask=seq == 0)
-        return self.norm(h[:, -1]) @ self.items.weight.T
+        return self.norm(self.encoder(self.items(seq) + self.positions(torch.arange(seq.shape[1])),
+                                      mask=attention_mask(seq, self.encoder.layers[0].self_attn.num_heads))[:, -1]
+                         ) @ self.items.weight.T
+
+
+def attention_mask(seq: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B * heads, L, L) boolean mask, True = may not attend: causal, and no real position attends to padding.
+
+    A padding position attends to itself only, so no row of the mask is all True: a fully masked row gives
+    NaN in softmax, which in eval mode reached the last position of every history shorter than L (the
+    separate causal and key-padding masks left the padding rows empty) and made every score NaN.
+    """
+    length = seq.shape[1]
+    causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+    mask = causal.unsqueeze(0) | (seq == 0).unsqueeze(1)  # (B, L, L): key j is padding
+    mask = mask & ~torch.eye(length, dtype=torch.bool).unsqueeze(0)  # every position may attend to itself
+    return mask.repeat_interleave(heads, dim=0)
 
 
 class SASRecBaseline:
@@ -84,6 +96,8 @@ class SASRecBaseline:
         logits = self.model(self._encode([row["history_item_ids"]]))[0]
         cands = row["candidate_item_ids"]
         scores = [logits[self.index[c]].item() if c in self.index else float("-inf") for c in cands]
+        if any(s != s for s in scores):  # NaN: a ranking from it would be the candidate order, silently
+            raise FloatingPointError(f"SASRec gave NaN scores for example {row['example_id']}")
         order = sorted(range(len(cands)), key=lambda i: (-scores[i], i))
         return {"raw": None, "answer": None, "ranking": [cands[i] for i in order], "valid": True, "reason": "",
                 "selection": None}
