@@ -1,4 +1,4 @@
-"""The evaluation protocol (DESIGN.md §2): user split, example windows, frozen candidate sets.
+"""The evaluation protocol (docs/design.md, Protocol): user split, example windows, frozen candidate sets.
 
 - Each user's interactions are sorted by (time, item id): ties in time are broken by item id, so the
   order never depends on file order.
@@ -65,7 +65,7 @@ def stable_int(key: str | int) -> int:
 
 
 def example_rng(seed: int, *keys: str | int) -> np.random.Generator:
-    """A generator for one example, derived from the seed and the example's keys (SPEC 7 style)."""
+    """A generator for one example, derived from the seed and the example's keys."""
     return np.random.default_rng(np.random.SeedSequence([seed, *(stable_int(k) for k in keys)]))
 
 

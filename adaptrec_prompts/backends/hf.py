@@ -7,7 +7,7 @@
 - `generate(list_of_messages)`: batched greedy generation (left padding) that stops at the adapter's
   end marker `[[ ## completed ## ]]` (or EOS / max_new_tokens);
 - `score(messages, completions)`: the log-likelihood of each completion after the same prompt, from
-  one prefill whose KV cache is expanded to all completions (DESIGN.md §5); `score_separately` is the
+  one prefill whose KV cache is expanded to all completions (docs/design.md, Inference modes); `score_separately` is the
   K-passes reference it is tested against.
 
 Prompts use the tokenizer's chat template when it has one; base models without a template get a plain
