@@ -116,7 +116,8 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--lm", help="hf:PATH for a local model, or a provider/model for dspy.LM (e.g. openai/gpt-4o)")
     ev.add_argument("--adapter", help="peft LoRA adapter folder for hf: models")
     ev.add_argument("--api-base", help="OpenAI-compatible server URL (vLLM, llama.cpp)")
-    ev.add_argument("--mode", choices=["generate", "score", "score-calibrated"], help="Stage-3 mode (default score)")
+    ev.add_argument("--mode", choices=["generate", "score", "score-calibrated", "score-permuted"],
+                    help="Stage-3 mode (default score)")
     ev.add_argument("--n", type=int, default=10, help="n_retrieve (N)")
     ev.add_argument("--m", type=int, default=5, help="m_select (M)")
     ev.add_argument("--seed", type=int, default=0)
@@ -155,7 +156,7 @@ def make_parser() -> argparse.ArgumentParser:
     comp.add_argument("--prompt-lm", help="LM that proposes instructions (default: --lm)")
     comp.add_argument("--adapter")
     comp.add_argument("--api-base")
-    comp.add_argument("--mode", choices=["generate", "score", "score-calibrated"])
+    comp.add_argument("--mode", choices=["generate", "score", "score-calibrated", "score-permuted"])
     comp.add_argument("--n", type=int, default=10)
     comp.add_argument("--m", type=int, default=5)
     comp.add_argument("--num-trials", type=int, default=4)
@@ -188,7 +189,8 @@ def make_parser() -> argparse.ArgumentParser:
     ex.add_argument("--pool-size", type=int, default=3000, help="training examples sampled into each Stage-1 "
                     "comparison index (the lm embedder is a forward pass per example)")
     ex.add_argument("--embed-model", help="model folder for the lm embedder (default: the --lm model)")
-    ex.add_argument("--mode", default="score", choices=["score", "score-calibrated"], help="Stage-3 scoring")
+    ex.add_argument("--mode", default="score", choices=["score", "score-calibrated", "score-permuted"],
+                    help="Stage-3 scoring")
     ex.add_argument("--max-new-tokens", type=int, default=64)
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--report", help="report folder (default OUT/report)")

@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 # "random": M users drawn from the whole Stage-1 pool (the paper's control; persisted by `index neighbors`);
 # "random-retrieved": M of the N retrieved users drawn at random (a shuffle of the retrieved, not a control).
 SELECTIONS = ("none", "random", "random-retrieved", "static", "adaptive")
-MODES = ("generate", "score", "score-calibrated")
+MODES = ("generate", "score", "score-calibrated", "score-permuted")
+SCORE_ORDERS = 3  # list orders averaged by mode "score-permuted"
 # The content-free context of mode "score-calibrated": the zero-shot prompt with this instead of a history.
 NULL_HISTORY = "The user's history is not shown."
 PROGRAM_FORMAT = 1
@@ -133,14 +134,22 @@ class NextItemRecommender(dspy.Module):
     zero-shot prompt with `NULL_HISTORY` for the history and the same candidates): what the context adds
     to a candidate beyond its prior as a string and its number (Holtzman et al., 2021, "Surface Form
     Competition"; Zhao et al., 2021, "Calibrate Before Use"). One more prefill per example.
+    mode="score-permuted": the candidate list is shown in `orders` cyclic shifts (by K / orders positions)
+    and each candidate's score is averaged over them, so every list position is held by `orders` different
+    candidates and no candidate is scored only at position 1 (Hou et al., 2023, "Large Language Models are
+    Zero-Shot Rankers", bootstrapped orders). `orders` prefills per example.
     """
 
-    def __init__(self, template: Template, mode: str = "generate", zero_shot: bool = False):
+    def __init__(self, template: Template, mode: str = "generate", zero_shot: bool = False,
+                 orders: int = SCORE_ORDERS):
         super().__init__()
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
+        if orders < 1:
+            raise ConfigError(f"orders must be >= 1, got {orders}")
         self.template = template
         self.mode = mode
+        self.orders = orders
         self.zero_shot = zero_shot
         self.recommend = dspy.Predict(RecommendNextItemZeroShot if zero_shot else RecommendNextItem)
 
@@ -157,16 +166,38 @@ class NextItemRecommender(dspy.Module):
         """The answer a candidate would be, as the signature asks for it."""
         return self.template.render_candidate(number, title)
 
+    def completions(self, adapter, candidate_titles: Sequence[str]) -> list[str]:
+        """What score mode scores for each candidate, in list order (see `answer_block`)."""
+        signature = self.recommend.signature
+        return [answer_block(adapter.format_assistant_message_content(signature, {"answer": self.answer_text(i, t)}))
+                for i, t in enumerate(candidate_titles, start=1)]
+
+    def permuted_scores(self, adapter, first: list[float], history_titles, candidate_titles, similar_users
+                        ) -> list[float]:
+        """Mean score of each candidate over `orders` cyclic shifts of the list (`first`: the shift by 0)."""
+        k = len(candidate_titles)
+        totals = list(first)
+        for p in range(1, self.orders):
+            shift = (p * k) // self.orders
+            order = [(i + shift) % k for i in range(k)]  # position j shows candidate order[j]
+            titles = [candidate_titles[i] for i in order]
+            messages = adapter.format(signature=self.recommend.signature, demos=self.recommend.demos,
+                                      inputs=self.inputs(history_titles, titles, similar_users))
+            for j, score in enumerate(score_completions(dspy.settings.lm, messages, self.completions(adapter, titles))):
+                totals[order[j]] += score
+        return [t / self.orders for t in totals]
+
     def forward(self, history_titles: Sequence[str], candidate_ids: Sequence[int], candidate_titles: Sequence[str],
                 similar_users: Sequence[tuple[Sequence[str], str]] = ()) -> dspy.Prediction:
         inputs = self.inputs(history_titles, candidate_titles, similar_users)
-        if self.mode in ("score", "score-calibrated"):
+        if self.mode in ("score", "score-calibrated", "score-permuted"):
             adapter = _adapter()
             signature = self.recommend.signature
             messages = adapter.format(signature=signature, demos=self.recommend.demos, inputs=inputs)
-            completions = [answer_block(adapter.format_assistant_message_content(
-                signature, {"answer": self.answer_text(i, t)})) for i, t in enumerate(candidate_titles, start=1)]
+            completions = self.completions(adapter, candidate_titles)
             scores = score_completions(dspy.settings.lm, messages, completions)
+            if self.mode == "score-permuted":
+                scores = self.permuted_scores(adapter, scores, history_titles, candidate_titles, similar_users)
             if self.mode == "score-calibrated":
                 null = adapter.format(signature=RecommendNextItemZeroShot, demos=[], inputs={
                     "user_history": NULL_HISTORY, "candidates": inputs["candidates"]})
@@ -202,7 +233,9 @@ class AdaptRec(dspy.Module):
             (seed, example id)), "static" (the first M in embedding order) or "adaptive" (the LM selects).
         n_retrieve: N, how many Stage-1 neighbours are considered.
         m_select: M, how many similar users Stage 3 sees.
-        mode: "generate", "score" or "score-calibrated" (Stage 3; see `NextItemRecommender`).
+        mode: "generate", "score", "score-calibrated" or "score-permuted" (Stage 3; see
+            `NextItemRecommender`).
+        orders: list orders averaged in "score-permuted" mode.
         seed: seed of the random selection.
         stage2: how the adaptive selection asks the LM: "generate" (it writes the list), "score" (top M
             by the likelihood of opening the list; local engines) or "auto" (score when `mode` is "score"
@@ -214,7 +247,7 @@ class AdaptRec(dspy.Module):
     """
 
     def __init__(self, template: Template, selection: str = "static", n_retrieve: int = 10, m_select: int = 5,
-                 mode: str = "generate", seed: int = 0, stage2: str = "auto"):
+                 mode: str = "generate", seed: int = 0, stage2: str = "auto", orders: int = SCORE_ORDERS):
         super().__init__()
         if selection not in SELECTIONS:
             raise ConfigError(f"selection must be one of {SELECTIONS}, got {selection!r}")
@@ -231,13 +264,16 @@ class AdaptRec(dspy.Module):
         # UserSelector validates the value
         self.selector = UserSelector(template, m_select,
                                      mode="generate" if stage2 == "auto" and mode == "generate" else stage2)
-        self.recommender = NextItemRecommender(template, mode=mode, zero_shot=selection == "none")
+        self.orders = orders
+        self.recommender = NextItemRecommender(template, mode=mode, zero_shot=selection == "none", orders=orders)
 
     def config(self) -> dict:
         config = {"template": self.template.model_dump(), "selection": self.selection, "n_retrieve": self.n_retrieve,
                   "m_select": self.m_select, "mode": self.mode, "seed": self.seed}
         if self.selection == "random":  # users from the whole pool (before 0.2: M of the top N), a new identity
             config["random_from"] = "pool"
+        if self.mode == "score-permuted":
+            config["orders"] = self.orders
         if self.selection == "adaptive":  # only adaptive runs Stage 2 (other programs' hashes stay as they were)
             config["stage2"] = self.stage2
         return config

@@ -206,3 +206,23 @@ def test_calibrated_score_mode_subtracts_the_content_free_prompt(tiny_model, ml1
         prior = lm.engine.score_separately(null, completions)
         np.testing.assert_allclose(cal.scores, np.array(raw) - np.array(prior), atol=2e-4)
         assert cal.valid and sorted(cal.ranking) == sorted(ids)
+
+
+def test_permuted_score_mode_averages_each_candidate_over_shifted_lists(tiny_model, ml100k):
+    lm = hf_lm(tiny_model)
+    row = with_fake_neighbors(ml100k["test"][1], ml100k["train"], n=5)
+    ids, k = row["candidate_item_ids"], len(row["candidate_item_ids"])
+    program = AdaptRec(MOVIES, selection="static", n_retrieve=5, m_select=2, mode="score-permuted", orders=3)
+    plain = AdaptRec(MOVIES, selection="static", n_retrieve=5, m_select=2, mode="score")
+    expected = np.zeros(k)
+    with dspy.context(lm=lm):
+        permuted = program(**example_inputs(row))
+        for shift in (0, k // 3, 2 * k // 3):  # the list as shown at each shift, scored by plain score mode
+            order = [(i + shift) % k for i in range(k)]
+            shown = {**row, "candidate_item_ids": [ids[i] for i in order],
+                     "candidate_titles": [row["candidate_titles"][i] for i in order]}
+            for j, score in enumerate(plain(**example_inputs(shown)).scores):
+                expected[order[j]] += score / 3
+    np.testing.assert_allclose(permuted.scores, expected, atol=2e-4)
+    assert permuted.valid and sorted(permuted.ranking) == sorted(ids)
+    assert program.config()["orders"] == 3 and "orders" not in plain.config()
