@@ -141,6 +141,21 @@ def cmd_bench_modes(args: argparse.Namespace) -> None:
               f"{r['separate_s']:.3f} s/recommendation, {r['separate_s'] / r['score_s']:.1f}x the score mode")
 
 
+def cmd_bench_sft(args: argparse.Namespace) -> None:
+    from adaptrec_prompts.benchmarks.sft import run
+
+    print("$ adaptrec bench sft " + " ".join(sys.argv[3:]), flush=True)
+    r = run(args.data, model=args.model, rows=args.rows, selection=args.selection, m=args.m, lora_r=args.lora_r)
+    print(f"model {r['model']}, fp32, {r['threads']} torch threads; LoRA r={r['lora_r']} on all linear projections; "
+          f"selection={r['selection']} M={r['m']}; {r['rows']} timed rows, batch 1; {r['tokens']:.0f} tokens per row "
+          f"({r['answer_tokens']:.0f} trained)")
+    for name, label in (("default", "TRL SFTTrainer, default loss"), ("fast", "answer-only logits")):
+        print(f"{label}: {r[name]['s_per_example']:.2f} s/example, {r[name]['tokens_per_s']:.0f} tokens/s")
+    print(f"ratio (default / fast): {r['ratio']:.1f}x")
+    print(f"loss on the same row and weights: default {r['loss_default']:.6f}, fast {r['loss_fast']:.6f}, "
+          f"|diff| {r['loss_abs_diff']:.2e}")
+
+
 def cmd_prompt(args: argparse.Namespace) -> None:
     import dspy
 

@@ -239,3 +239,39 @@ def test_a_train_sample_of_neighbours_is_what_sft_trains_on(goodreads_raw, tmp_p
     sft = _sft()
     out = sft.main(*_args(sft, tmp_path, tmp_path / "nb", "--max_steps", "1"))
     assert out["train_rows"] == 30
+
+
+def test_answer_only_logits_trainer_has_trls_loss_and_trains(gr_nb, tmp_path):
+    import datasets
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from adaptrec_prompts.backends.tiny import build_tiny_llama
+    from adaptrec_prompts.training import answer_only_trainer, tokenize_fn
+
+    program = AdaptRec(load_template("books"), selection="static", n_retrieve=6, m_select=3)
+    train = datasets.load_from_disk(str(gr_nb))["train"]
+    rows = [stage3_row(program, r) for r in train if r["neighbor_example_ids"]][:6]
+    base = build_tiny_llama(["\n\n".join(m["content"] for m in r["prompt"] + r["completion"]) for r in rows],
+                            tmp_path / "base", size="micro", vocab_size=600, chat_template=True)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    losses, trained = {}, {}
+    for name, cls in (("default", SFTTrainer), ("fast", answer_only_trainer())):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(base)
+        encoded = [tokenize_fn(model, tokenizer)(r) for r in rows]
+        args = SFTConfig(output_dir=str(tmp_path / name), per_device_train_batch_size=2, max_steps=3,
+                         learning_rate=5e-3, logging_steps=1, save_strategy="no", report_to="none", seed=0,
+                         bf16=False, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None)
+        trainer = cls(model=model, args=args, train_dataset=datasets.Dataset.from_list(encoded),
+                      processing_class=tokenizer, peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                                         target_modules="all-linear"))
+        batch = trainer.data_collator(encoded[:2])  # two rows of different lengths: padding and the union of positions
+        trainer.model.train()
+        losses[name] = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=None).item()
+        trainer.train()
+        trained[name] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert abs(losses["default"] - losses["fast"]) < 1e-4
+    np.testing.assert_allclose(trained["fast"], trained["default"], rtol=1e-3)  # same optimisation path

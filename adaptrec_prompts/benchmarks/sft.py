@@ -1,0 +1,116 @@
+"""`adaptrec bench sft`: seconds per training example, TRL's default loss vs the answer-only-logits loss.
+
+Both paths train the same LoRA (r = 16 on every attention and MLP projection) through TRL's
+`SFTTrainer` on the same AdaptRec Stage-3 rows (rendered by the DSPy adapter, tokenized as the local
+engine reads them), batch 1, one row per step, in the same order. The first step of each path is a
+warm-up and is not timed. Before training, both losses are computed on the same row with the same
+weights (dropout off): they must agree.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from adaptrec_prompts.errors import ConfigError
+
+
+def _model_dir(model: str, data_dir: Path, template, rows: list[dict], work: Path) -> tuple[Path, str]:
+    """(model folder, prompt format): the Gemma preset, a tiny Llama built from the data, or a folder."""
+    if model == "gemma-3-270m":
+        from adaptrec_prompts.backends.gemma import gemma_270m_dir
+
+        return gemma_270m_dir(), "plain"
+    if model == "tiny":
+        from adaptrec_prompts.backends.tiny import build_tiny_llama
+
+        out = work / "tiny"
+        build_tiny_llama(["\n\n".join(m["content"] for m in r["prompt"] + r["completion"]) for r in rows], out,
+                         size="small", vocab_size=2000, chat_template=True)
+        return out, "auto"
+    return Path(model), "auto"
+
+
+def run(data_dir: str | Path, model: str = "gemma-3-270m", rows: int = 6, selection: str = "static", m: int = 5,
+        n: int = 10, lora_r: int = 16, seed: int = 0) -> dict:
+    """Train each path for `rows` + 1 steps (the first is a warm-up) and return the timings."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from adaptrec_prompts.modules import AdaptRec
+    from adaptrec_prompts.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.render import manifest_template
+    from adaptrec_prompts.sft_data import stage3_row
+    from adaptrec_prompts.training import answer_only_loss, answer_only_trainer, tokenize_fn
+
+    data_dir = Path(data_dir)
+    train = load_prepared(data_dir)["train"]
+    if "neighbor_example_ids" not in train.column_names and selection != "none":
+        raise ConfigError(f"{data_dir} has no neighbour columns: run `adaptrec index neighbors` first")
+    template = manifest_template(load_manifest(data_dir))
+    program = AdaptRec(template, selection=selection, n_retrieve=n, m_select=m, mode="score")
+    picked = []
+    for row in train:
+        if selection == "none" or row["neighbor_example_ids"]:
+            picked.append(stage3_row(program, row))
+        if len(picked) == rows + 1:
+            break
+    if len(picked) < rows + 1:
+        raise ConfigError(f"{data_dir}: fewer than {rows + 1} training rows have neighbours")
+    work = Path(tempfile.mkdtemp(prefix="bench-sft-"))
+    model_dir, prompt_format = _model_dir(model, data_dir, template, picked, work)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.steps: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps.append(time.perf_counter() - self.started)
+
+    out: dict = {"model": str(model), "rows": rows, "selection": selection, "m": m, "lora_r": lora_r,
+                 "threads": torch.get_num_threads()}
+    losses = {}
+    for name, cls in (("default", SFTTrainer), ("fast", answer_only_trainer())):
+        torch.manual_seed(seed)
+        net = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        tokenize = tokenize_fn(net, tokenizer, prompt_format)
+        encoded = [tokenize(r) for r in picked]
+        out["tokens"] = statistics.mean(len(e["input_ids"]) for e in encoded)
+        out["answer_tokens"] = statistics.mean(sum(1 for x in e["labels"] if x != -100) for e in encoded)
+        from peft import LoraConfig
+
+        config = SFTConfig(output_dir=str(work / name), per_device_train_batch_size=1, max_steps=rows + 1,
+                           learning_rate=1e-4, logging_steps=1, save_strategy="no", report_to="none", seed=seed,
+                           bf16=False, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
+                           disable_tqdm=True)
+        timer = Timer()
+        trainer = cls(model=net, args=config, train_dataset=datasets.Dataset.from_list(encoded),
+                      processing_class=tokenizer, callbacks=[timer],
+                      peft_config=LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0,
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+        batch = trainer.data_collator([encoded[0]])
+        trainer.model.eval()
+        with torch.no_grad():
+            if name == "default":
+                losses[name] = float(trainer.compute_loss(trainer.model, dict(batch)))
+            else:
+                losses[name] = float(answer_only_loss(trainer.model, dict(batch))[0])
+        trainer.model.train()
+        trainer.train()
+        timed = timer.steps[1:]
+        out[name] = {"s_per_example": statistics.mean(timed), "tokens_per_s": out["tokens"] / statistics.mean(timed),
+                     "steps_timed": len(timed)}
+    out["ratio"] = out["default"]["s_per_example"] / out["fast"]["s_per_example"]
+    out["loss_default"], out["loss_fast"] = losses["default"], losses["fast"]
+    out["loss_abs_diff"] = abs(losses["default"] - losses["fast"])
+    return out
