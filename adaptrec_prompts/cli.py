@@ -78,6 +78,7 @@ def make_parser() -> argparse.ArgumentParser:
     nb.add_argument("--train-sample", type=int, help="query only a seeded sample of this many train rows "
                     "(enough for fine-tuning on that sample; the rest get no neighbours)")
     nb.add_argument("--train-sample-seed", type=int, default=0)
+    nb.add_argument("--random-seed", type=int, default=0, help="seed of the random-users control (random_* columns)")
     nb.set_defaults(func=commands.cmd_index_neighbors)
 
     bench = groups.add_parser("bench", help="benchmarks that print measured numbers").add_subparsers(

@@ -79,7 +79,7 @@ def cmd_index_neighbors(args: argparse.Namespace) -> None:
     embedder, index = index_parts(args)
     section = add_neighbors(args.data, args.out, index, embedder, n=args.n, splits=args.splits.split(","),
                             overfetch=args.overfetch, overwrite=args.overwrite, train_sample=args.train_sample,
-                            train_sample_seed=args.train_sample_seed)
+                            train_sample_seed=args.train_sample_seed, random_seed=args.random_seed)
     print(f"wrote {args.out}: top-{args.n} neighbours from {index.name}")
     for split, st in section["splits"].items():
         ex = st["excluded"]

@@ -27,7 +27,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import dspy
@@ -82,7 +82,12 @@ def predict_row(program, row: dict) -> dict:
         pred = program(**example_inputs(row))
         return {"raw": pred.raw, "answer": pred.answer, "ranking": list(pred.ranking), "valid": bool(pred.valid),
                 "reason": pred.reason, "selection": pred.selection}
-    return program.predict_row(row)
+    out = program.predict_row(row)
+    if sorted(out["ranking"]) != sorted(row["candidate_item_ids"]):  # a baseline ranks every candidate once
+        raise ValueError(f"{type(program).__name__} returned a ranking of {len(out['ranking'])} items for example "
+                         f"{row['example_id']} that is not a permutation of its {len(row['candidate_item_ids'])} "
+                         "candidates: a bug in the baseline")
+    return out
 
 
 def read_log(path: Path) -> dict[str, dict]:
@@ -112,18 +117,22 @@ class _Log:
             os.fsync(handle.fileno())
 
 
-# Exception class names (anywhere in the MRO) that mean "the provider or the network failed", across
-# litellm, openai, httpx, requests and the standard library.
+# Exception class names (anywhere in the MRO) that mean "the provider or the network failed": DSPy's own
+# (dspy.utils.exceptions), its vendored lm15 client's, litellm's, openai's, httpx's and the standard library's.
+# Not litellm's APIConnectionError as such: litellm also maps unrelated client bugs to it; it counts when its
+# cause is one of these.
 TRANSPORT_ERRORS = frozenset({
-    "TimeoutError", "ConnectionError", "Timeout", "APITimeoutError", "APIConnectionError", "RateLimitError",
-    "ServiceUnavailableError", "InternalServerError", "BadGatewayError", "TransportError", "TimeoutException",
-    "ConnectError", "ReadTimeout", "ReadError", "RemoteProtocolError",
+    "TimeoutError", "ConnectionError", "LMTransportError", "LMRateLimitError", "LMTimeoutError", "LMServerError",
+    "Timeout", "APITimeoutError", "RateLimitError", "ServiceUnavailableError", "InternalServerError",
+    "BadGatewayError", "TransportError", "TimeoutException", "ConnectError", "ReadTimeout", "ReadError",
+    "RemoteProtocolError",
 })
 
 
 def is_transport_error(exc: BaseException) -> bool:
-    """True for timeouts, connection failures, rate limits (429) and server errors (5xx), also when DSPy
-    wraps one (its cause chain is followed); False otherwise."""
+    """True for timeouts, connection failures, rate limits (429) and server errors (5xx), also when wrapped
+    (only explicit causes, `raise ... from`, are followed: an error raised while handling a timeout is not a
+    timeout); False otherwise."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -132,7 +141,7 @@ def is_transport_error(exc: BaseException) -> bool:
         status = getattr(exc, "status_code", None)
         if isinstance(status, int) and (status in (408, 429) or status >= 500):
             return True
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__
     return False
 
 
@@ -236,10 +245,24 @@ def evaluate(program, rows, out_dir: str | Path, config: dict, lm=None, threads:
             bar.update(1)
 
     try:
-        if threads > 1:
-            with ThreadPoolExecutor(max_workers=threads) as pool:
-                for record in pool.map(lambda r: _run_one(program, r, lm, callbacks, retries, backoff), todo):
-                    finish(record)
+        if threads > 1:  # every finished example is written, in completion order, before a failure propagates
+            pool = ThreadPoolExecutor(max_workers=threads)
+            futures = [pool.submit(_run_one, program, r, lm, callbacks, retries, backoff) for r in todo]
+            failure = None
+            try:
+                for future in as_completed(futures):
+                    if future.cancelled():
+                        continue
+                    if future.exception() is None:
+                        finish(future.result())
+                    elif failure is None:
+                        failure = future.exception()
+                        for other in futures:
+                            other.cancel()
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+            if failure is not None:
+                raise failure
         else:
             for row in todo:
                 finish(_run_one(program, row, lm, callbacks, retries, backoff))

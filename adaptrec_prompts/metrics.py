@@ -62,8 +62,13 @@ def _ci(samples: np.ndarray) -> tuple[float, float]:
 
 def clusters(records: Sequence[dict]) -> tuple[np.ndarray, dict]:
     """(cluster index per record, description): users when every record names one and some user has
-    several rows, else every record its own cluster."""
+    several rows, else every record its own cluster (also when no record names a user: logs written before
+    user ids were logged). Some records with and some without a user id is an error: the unit would be a guess.
+    """
     users = [r.get("user_id") for r in records]
+    if any(users) and not all(users):
+        raise ValueError(f"{sum(1 for u in users if not u)} of {len(users)} records have no user_id while the others "
+                         "do (a log resumed across versions?): re-run the examples without one into a fresh folder")
     if all(users) and len(set(users)) < len(users):
         order = {u: k for k, u in enumerate(dict.fromkeys(users))}
         return np.array([order[u] for u in users]), {"unit": "user", "clusters": len(order)}
@@ -130,8 +135,8 @@ def paired_comparison(a: Sequence[dict], b: Sequence[dict], n_boot: int = 2000, 
     common = sorted(set(left) & set(right))
     if not common:
         raise ValueError("the two runs share no scored example: compare runs on the same split and data")
-    for key in ("target_item_id", "candidate_item_ids"):
-        differ = [e for e in common if key in left[e] and key in right[e] and left[e][key] != right[e][key]]
+    for key in ("target_item_id", "candidate_item_ids", "user_id"):
+        differ = [e for e in common if left[e].get(key) != right[e].get(key)]
         if differ:
             raise ValueError(f"the two runs disagree on {key} for {len(differ)} of {len(common)} shared examples "
                              f"(first: {differ[0]}): they were made on different prepared data; compare runs on "

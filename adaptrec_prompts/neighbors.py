@@ -167,6 +167,7 @@ def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embed
     if unknown:
         raise ConfigError(f"unknown splits {sorted(unknown)}; valid: {', '.join(SPLITS)}")
     ddict = load_prepared(data_dir)
+    _refuse_unsure_users(load_manifest(data_dir), data_dir, splits)
     train = ddict["train"]
     cols = {c: column(train, c) for c in ("example_id", "user_id", "history_item_ids", "target_item_id",
                                           "history_titles", "target_title", "timestamp")}
@@ -213,6 +214,25 @@ def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embed
                 "neighbors": section}
     save(datasets.DatasetDict(out_splits), load_items(data_dir), manifest, out, overwrite=overwrite)
     return section
+
+
+def _refuse_unsure_users(manifest: dict, data_dir, splits: Sequence[str]) -> None:
+    """Refuse to query a split whose re-linked users (LLaRA imports) may be incomplete: an ambiguous link left
+    out may split one person into two "users" (train), and a held-out chain that continues a training row may
+    be a training user's tail; either way the same-user rule could not be trusted."""
+    linking = manifest.get("loader_notes", {}).get("user_linking") or {}
+    for split in splits:
+        info = linking.get("test" if split == "test_extended" else split) or {}
+        unsure = {k: info.get(k, 0) for k in ("ambiguous_chain_ends", "heads_continuing_train")}
+        if split == "train" and info.get("ambiguous_chain_ends"):
+            raise LeakageError(f"{data_dir} [train]: {info['ambiguous_chain_ends']} window links were ambiguous when "
+                               "re-linking users (loader_notes.user_linking in manifest.json), so a training user may "
+                               "be split in two and see their own windows; query only held-out splits "
+                               "(--splits valid,test,test_extended) or use a source with user ids")
+        if split != "train" and unsure["heads_continuing_train"]:
+            raise LeakageError(f"{data_dir} [{split}]: {unsure['heads_continuing_train']} held-out users' first "
+                               "window continues a training row (loader_notes.user_linking), so they may be training "
+                               "users whose windows are in the pool; use a source with user ids")
 
 
 def _fill(columns: dict, prefix: str, row: int, rows: list[int], train: dict[str, list]) -> None:

@@ -32,9 +32,15 @@ def _write_llara(folder: Path, files: dict[str, list[list[int]]], n_items: int =
         rows = [(h, nxt) for seq in users for h, nxt in _windows(seq)]
         if shuffle:
             rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
-        pd.DataFrame({"seq": [h + [n_items] * (10 - len(h)) for h, _ in rows],
-                      "len_seq": [max(1, len(h)) for h, _ in rows],
-                      "next": [nxt for _, nxt in rows]}).to_pickle(folder / name)
+        frame = pd.DataFrame({"seq": [h + [n_items] * (10 - len(h)) for h, _ in rows],
+                              "len_seq": [max(1, len(h)) for h, _ in rows], "next": [nxt for _, nxt in rows]})
+        _plain_columns(frame).to_pickle(folder / name)
+
+
+def _plain_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Column names as plain Python strings, as in LLaRA's files (pandas >= 3 would pickle Arrow strings)."""
+    frame.columns = pd.Index(list(frame.columns), dtype=object)
+    return frame
 
 
 USERS = [[0, 1, 2, 3, 4, 5, 6], [0, 1, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16, 17, 18, 19, 0, 1, 2, 3, 4]]
@@ -169,9 +175,12 @@ def test_pickle_that_loads_a_sibling_through_pandas_is_refused(tmp_path, monkeyp
 
 
 def test_a_dataframe_pickled_by_this_pandas_still_loads(tmp_path):
-    frame = pd.DataFrame({"seq": [[1, 2, 3]], "len_seq": [3], "next": [4]})
+    frame = _plain_columns(pd.DataFrame({"seq": [[1, 2, 3]], "len_seq": [3], "next": [4]}))
     frame.to_pickle(tmp_path / "f.df")
     assert read_restricted_pickle(tmp_path / "f.df").equals(frame)
+    pd.DataFrame({"seq": [[1]], "len_seq": [1], "next": [2]}).to_pickle(tmp_path / "arrow.df")  # Arrow string names
+    with pytest.raises(UnsafePickleError, match="pandas.Index.*dtype=object"):
+        read_restricted_pickle(tmp_path / "arrow.df")
 
 
 # ---- baselines --------------------------------------------------------------------------------------------
@@ -320,3 +329,74 @@ def test_top1_position_histogram_flags_a_run_that_picks_a_list_position():
     assert pos["counts"][:2] == [9, 1] and pos["share_at_1"] == 0.9 and pos["flag"]
     even = top1_positions(spread)
     assert even["most_common_share"] == 0.05 and not even["flag"]
+
+
+def test_with_threads_a_bug_still_keeps_every_example_that_finished(ml100k, tmp_path):
+    import threading
+
+    from adaptrec_prompts.evaluation import evaluate, read_log
+
+    rows = ml100k["test"].select(range(8)).to_list()
+    released = threading.Event()
+
+    class SlowBug(_Flaky):
+        def predict_row(self, row):
+            if row["example_id"] == rows[1]["example_id"]:
+                released.wait(10)  # fail only after rows 2 and 3 have finished
+                raise KeyError("boom")
+            out = super().predict_row(row)
+            if row["example_id"] == rows[3]["example_id"]:
+                released.set()
+            return out
+
+    with pytest.raises(KeyError, match="boom"):
+        evaluate(SlowBug({}), rows, tmp_path / "run", {"a": 1}, progress=False, threads=4)
+    done = set(read_log(tmp_path / "run" / "predictions.jsonl"))
+    assert {rows[i]["example_id"] for i in (0, 2, 3)} <= done and rows[1]["example_id"] not in done
+
+
+def test_only_explicit_causes_make_an_error_a_transport_error():
+    from adaptrec_prompts.evaluation import is_transport_error
+
+    try:
+        try:
+            raise TimeoutError("slow")
+        except TimeoutError:
+            raise KeyError("a bug while handling it")  # noqa: B904 - the implicit context is the point
+    except KeyError as exc:
+        assert not is_transport_error(exc)
+    wrapped = RuntimeError("provider")
+    wrapped.__cause__ = ConnectionRefusedError("refused")
+    assert is_transport_error(wrapped)
+
+    class APIConnectionError(Exception):  # litellm maps unrelated client bugs to this name too
+        pass
+
+    assert not is_transport_error(APIConnectionError("KeyError: 'choices'"))
+
+
+def test_neighbours_refuse_splits_whose_users_are_not_sure(tmp_path):
+    from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
+    from adaptrec_prompts.prepare import build, save
+    from adaptrec_prompts.protocol import ProtocolConfig
+    from adaptrec_prompts.retriever import make_client
+
+    def neighbours(raw: Path, splits: list[str]) -> None:
+        data = save(*build("llara", raw, ProtocolConfig(k_candidates=5)), raw.parent / (raw.name + "-data"))
+        embedder = make_embedder("collab", data)
+        index = open_index(data, embedder, make_client(path=raw.parent / (raw.name + "-chroma")))
+        add_neighbors(data, raw.parent / (raw.name + "-nb"), index, embedder, n=2, splits=splits)
+
+    _write_llara(tmp_path / "clean", {"train_data.df": USERS, "Test_data.df": [[3, 9, 1, 15, 7, 2]]})
+    neighbours(tmp_path / "clean", ["train", "test"])  # every user sure: allowed
+    _write_llara(tmp_path / "shuffled", {"train_data.df": USERS, "Test_data.df": USERS[:1]}, shuffle=True)
+    with pytest.raises(LeakageError, match="ambiguous"):
+        neighbours(tmp_path / "shuffled", ["train"])
+    # the held-out file holds only the tail of a training user's sequence: its first window continues train
+    tail = USERS[2] + [5, 6, 7]
+    _write_llara(tmp_path / "tail", {"train_data.df": USERS})
+    frame = pd.DataFrame({"seq": [tail[t - 10 : t] for t in (14, 15, 16)], "len_seq": [10] * 3,
+                          "next": [tail[t] for t in (14, 15, 16)]})
+    _plain_columns(frame).to_pickle(tmp_path / "tail" / "Test_data.df")
+    with pytest.raises(LeakageError, match="continues a training row"):
+        neighbours(tmp_path / "tail", ["test"])

@@ -6,6 +6,7 @@ cross-entropy at the last position, Adam; scores the K candidates by their logit
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -95,9 +96,13 @@ class SASRecBaseline:
     def predict_row(self, row: dict) -> dict:
         logits = self.model(self._encode([row["history_item_ids"]]))[0]
         cands = row["candidate_item_ids"]
-        scores = [logits[self.index[c]].item() if c in self.index else float("-inf") for c in cands]
-        if any(s != s for s in scores):  # NaN: a ranking from it would be the candidate order, silently
-            raise FloatingPointError(f"SASRec gave NaN scores for example {row['example_id']}")
+        known = [logits[self.index[c]].item() for c in cands if c in self.index]
+        if not all(math.isfinite(s) for s in known):  # a ranking from NaN would be the candidate order, silently
+            raise FloatingPointError(f"SASRec gave non-finite scores for example {row['example_id']} (history of "
+                                     f"{len(row['history_item_ids'])} items): the trained model is broken; this is a "
+                                     "bug, please report it with the run's manifest.json")
+        floor = min(known, default=0.0) - 1.0  # items never seen in training rank below every seen item
+        scores = [logits[self.index[c]].item() if c in self.index else floor for c in cands]
         order = sorted(range(len(cands)), key=lambda i: (-scores[i], i))
         return {"raw": None, "answer": None, "ranking": [cands[i] for i in order], "valid": True, "reason": "",
                 "selection": None}

@@ -57,14 +57,9 @@ ALLOWED_GLOBALS = frozenset({
     ("pandas.core.indexes.base", "Index"),
     ("pandas.core.indexes.base", "_new_Index"),
     ("pandas.core.indexes.range", "RangeIndex"),
-    # pandas >= 3 stores the column names as an Arrow-backed string index: a dtype, the array class and
-    # pyarrow's array/buffer/type constructors (they rebuild memory from bytes and a type name; no I/O)
-    ("pandas", "StringDtype"),
-    ("pandas.arrays", "ArrowStringArray"),
-    ("pyarrow.lib", "_restore_array"),
-    ("pyarrow.lib", "py_buffer"),
-    ("pyarrow.lib", "type_for_alias"),
 })
+# Not allowed: pyarrow's array constructors, which pandas >= 3 uses for Arrow-backed string columns: they
+# rebuild arrays from buffers without bounds checks, so a crafted file could read past its memory.
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -78,7 +73,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(
             f"refused to unpickle {module}.{name}: a LLaRA .df file may reference only the DataFrame, index, "
             "block and array constructors in adaptrec_prompts.data.llara.ALLOWED_GLOBALS. The file is not a "
-            "plain DataFrame pickle; do not load it, or convert it to CSV/JSON where you trust it."
+            "plain DataFrame pickle; do not load it, or convert it to CSV/JSON where you trust it. (A file "
+            "re-saved by pandas >= 3 stores its column names as Arrow strings: re-save it where you trust it "
+            "after `frame.columns = pandas.Index(list(frame.columns), dtype=object)`.)"
         )
 
 
@@ -233,7 +230,8 @@ def load_llara(raw_dir: str | Path, items_file: str | Path | None = None):
     pad = len(raw_titles)
     splits: dict[str, list[LlaraRow]] = {}
     sources = {titles_path.name: sha256_file(titles_path)}
-    linking = {}
+    linking: dict[str, dict] = {}
+    all_rows: dict[str, list[LlaraRow]] = {}
     for split, names in SPLIT_FILES.items():
         found = [folder / name for name in names if (folder / name).is_file()]
         if len(found) > 1 and sha256_file(found[0]) != sha256_file(found[1]):
@@ -241,11 +239,22 @@ def load_llara(raw_dir: str | Path, items_file: str | Path | None = None):
                             "keep the one you mean")
         if found:
             linked, linking[split] = link_users(_rows(found[0], pad, movielens), split)
+            all_rows[split] = linked
             splits[split] = [r for r in linked if len(r.history) >= MIN_HISTORY]
             sources[found[0].name] = sha256_file(found[0])
     if "test" not in splits and "valid" not in splits:
         raise DataError(f"no Val_data.df or Test_data.df (or val_data.df / test_data.df) in {str(folder)!r}; "
                         f"expected {LAYOUT}")
+    if "train" in all_rows:  # a held-out chain that continues a training row may be a training user's tail
+        continued = {tuple((r.history + [r.target])[-WINDOW:]) for r in all_rows["train"]}
+        for split in ("valid", "test"):
+            heads: dict[str, LlaraRow] = {}
+            for r in all_rows.get(split, []):
+                if r.user not in heads or r.position < heads[r.user].position:
+                    heads[r.user] = r
+            if split in all_rows:
+                linking[split]["heads_continuing_train"] = sum(
+                    1 for r in heads.values() if r.history and tuple(r.history) in continued)
     titles = make_unique_titles(raw_titles)
     notes = {
         "format": "movielens (item, rating) tuples, ids shifted +1 to u.item ids" if movielens else "plain ids",
