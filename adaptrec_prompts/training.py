@@ -33,6 +33,56 @@ def tokenize_fn(model, tokenizer, prompt_format: str = "auto") -> Callable[[dict
     return tokenize
 
 
+def timed_checkpoints(minutes: float):
+    """A TrainerCallback that asks the trainer to save a checkpoint whenever `minutes` have passed since the
+    last one (or the start): a run killed at any point loses at most that much work."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class TimedCheckpoints(TrainerCallback):
+        def __init__(self):
+            self.last = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.monotonic() - self.last >= minutes * 60:
+                control.should_save = True
+            return control
+
+        def on_save(self, args, state, control, **kwargs):
+            self.last = time.monotonic()
+            return control
+
+    return TimedCheckpoints()
+
+
+def last_checkpoint(output_dir) -> str | None:
+    """The newest `checkpoint-N` folder in `output_dir` (what a resumed run continues from), or None."""
+    from pathlib import Path
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+
+def loss_curve(log_history: list[dict], path, title: str) -> None:
+    """Training loss against step (from the trainer's log history) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([p for p, _ in points], [v for _, v in points], marker="." if len(points) < 50 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (answer tokens)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def answer_only_loss(model, inputs: dict, num_items_in_batch=None):
     """(loss, model output): mean NLL of the labelled tokens, with logits computed only at the positions
     that predict one (`logits_to_keep` = those positions, the union over the batch)."""

@@ -52,6 +52,11 @@ class AdaptRecSFTArguments:
     answer_only_logits: bool = field(default=True, metadata={
         "help": "compute vocabulary logits only where the answer is trained (same loss as TRL's; several times "
                 "cheaper on CPU, where TRL's fused head projects every position: adaptrec bench sft)"})
+    checkpoint_minutes: float = field(default=0.0, metadata={
+        "help": "also save a checkpoint whenever this many minutes have passed (0: only TRL's save_strategy)"})
+    auto_resume: bool = field(default=True, metadata={
+        "help": "continue from the newest checkpoint-N in output_dir when there is one (resume_from_checkpoint "
+                "names one explicitly)"})
     tiny_model_size: str = field(default="micro", metadata={"help": "model_name_or_path=tiny: micro|small|25m"})
     tiny_vocab_size: int = field(default=4000, metadata={"help": "model_name_or_path=tiny: tokenizer size"})
 
@@ -152,6 +157,25 @@ class SelfAdaptiveSelection(TrainerCallback):
             model.train(was_training)
         return top_m_by_score(scores, m)
 
+    STATE_FILE = "adaptrec_selection.json"
+
+    def on_save(self, args, state, control, **kwargs):
+        """Save the current selections and history beside the checkpoint, so a resumed run continues them."""
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            (folder / self.STATE_FILE).write_text(json.dumps({"indices": self.indices, "history": self.history}))
+        return control
+
+    def load(self, checkpoint: str) -> bool:
+        """Restore the selections saved with `checkpoint` (False when it has none)."""
+        path = Path(checkpoint) / self.STATE_FILE
+        if not path.is_file():
+            return False
+        saved = json.loads(path.read_text())
+        self.indices.update(saved["indices"])
+        self.history = saved["history"]
+        return True
+
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         if not self.refresh_steps or state.global_step % self.refresh_steps:
             return control
@@ -240,13 +264,26 @@ def main(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
         train_dataset = datasets.Dataset.from_list(
             [{"prompt": r["prompt"], "completion": r["completion"]}
              for r in build_rows(program, rows, train_stage2=script_args.train_stage2)])
-    from adaptrec_prompts.training import answer_only_trainer
+    from adaptrec_prompts.training import answer_only_trainer, last_checkpoint, loss_curve, timed_checkpoints
 
+    if script_args.checkpoint_minutes > 0:
+        callbacks.append(timed_checkpoints(script_args.checkpoint_minutes))
+    resume = training_args.resume_from_checkpoint or (
+        last_checkpoint(training_args.output_dir) if script_args.auto_resume else None)
+    if resume and script_args.selection == "adaptive":
+        adaptive.load(resume)
+    if resume:
+        print(f"resuming from {resume}", flush=True)
     trainer_cls = answer_only_trainer() if script_args.answer_only_logits else SFTTrainer
     trainer = trainer_cls(model=model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer,
                           peft_config=get_peft_config(model_args), callbacks=callbacks)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
+    try:
+        loss_curve(trainer.state.log_history, Path(training_args.output_dir) / "loss.png",
+                   f"{Path(training_args.output_dir).name}: {script_args.selection}, {len(rows)} rows")
+    except ImportError:  # matplotlib is the plots extra; the log history is in the manifest either way
+        print("loss.png not written: pip install -e '.[plots]'", flush=True)
     out = {
         "base_model": base,
         "data": script_args.data,
@@ -255,8 +292,14 @@ def main(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
         "program_hash": sha(program_state(program)),
         "program": program_state(program)["config"],
         "train_rows": len(rows),
+        "train_rows_sha256": sha([r["example_id"] for r in rows]),
         "train_rows_without_demonstrations_left_out": without,
-        "selection_history": callbacks[0].history if callbacks else None,
+        "resumed_from": resume,
+        "steps": trainer.state.global_step,
+        "train_seconds_this_invocation": next((e["train_runtime"] for e in reversed(trainer.state.log_history)
+                                               if "train_runtime" in e), None),
+        "loss_curve": "loss.png",
+        "selection_history": adaptive.history if script_args.selection == "adaptive" else None,
         "log_history": trainer.state.log_history,
         "versions": package_versions(),
         "config": {"script": asdict(script_args), "model": asdict(model_args),

@@ -275,3 +275,22 @@ def test_answer_only_logits_trainer_has_trls_loss_and_trains(gr_nb, tmp_path):
         trained[name] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert abs(losses["default"] - losses["fast"]) < 1e-4
     np.testing.assert_allclose(trained["fast"], trained["default"], rtol=1e-3)  # same optimisation path
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_adapter(gr_nb, tmp_path):
+    from safetensors.torch import load_file
+
+    sft = _sft()
+    fixed = ["--lr_scheduler_type", "constant", "--warmup_steps", "0", "--save_strategy", "steps", "--save_steps", "2"]
+    (tmp_path / "whole").mkdir()
+    whole = sft.main(*_args(sft, tmp_path / "whole", gr_nb, *fixed))
+    (tmp_path / "cut").mkdir()
+    first = sft.main(*_args(sft, tmp_path / "cut", gr_nb, *fixed, "--max_steps", "2"))  # stopped after step 2
+    assert whole["steps"] == 4 and first["steps"] == 2 and first["resumed_from"] is None
+    resumed = sft.main(*_args(sft, tmp_path / "cut", gr_nb, *fixed))  # the same command again: continues
+    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["steps"] == 4
+    assert [e["step"] for e in resumed["log_history"] if "loss" in e] == [1, 2, 3, 4]
+    a = load_file(tmp_path / "whole" / "out" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "cut" / "out" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert (tmp_path / "cut" / "out" / "loss.png").stat().st_size > 0
