@@ -91,6 +91,7 @@ def make_parser() -> argparse.ArgumentParser:
     br.add_argument("--ef-search", type=int, default=400)
     br.add_argument("--ef-construction", type=int, default=200)
     br.add_argument("--max-neighbors", type=int, default=32)
+    br.add_argument("--coverage-only", action="store_true", help="only the Stage-1 coverage of each --data folder")
     br.set_defaults(func=commands.cmd_bench_retrieval)
     bm = bench.add_parser("modes", help="generate vs score mode wall time on a locally built ~25M Llama")
     bm.add_argument("--data", required=True, help="a prepared folder with neighbour columns")

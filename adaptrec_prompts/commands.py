@@ -100,15 +100,16 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> None:
     for size in filter(None, args.sizes.split(",")):
         n = int(float(size.lower().replace("k", "e3").replace("m", "e6")))
         pools.append((f"synthetic {size}", ("synthetic", n, 0), ("synthetic", args.queries, 1)))
-    for folder in args.data or []:
+    for folder in [] if args.coverage_only else args.data or []:
         ddict = load_prepared(folder)
         emb = CollabEmbedder().fit(training_sequences(ddict["train"]))
         queries = emb.embed(column(ddict["test_extended"], "history_item_ids")[: args.queries])
         pools.append((f"{folder} collab", emb.embed(column(ddict["train"], "history_item_ids")), queries))
     hnsw = {"ef_search": args.ef_search, "ef_construction": args.ef_construction, "max_neighbors": args.max_neighbors}
-    print(f"N={args.n}, {args.queries} queries; HNSW {hnsw}; exact = numpy brute force (float32 matmul)")
-    header = f"{'pool':<28}{'size':>9} {'method':<7}{'build seq/s':>12}{'single ms/q':>12}{'batched ms/q':>13}"
-    print(header + f"{'recall@N':>10}{'disk MB':>9}{'peak RSS MB':>12}")
+    if pools:
+        print(f"N={args.n}, {args.queries} queries; HNSW {hnsw}; exact = numpy brute force (float32 matmul)")
+        header = f"{'pool':<28}{'size':>9} {'method':<7}{'build seq/s':>12}{'single ms/q':>12}{'batched ms/q':>13}"
+        print(header + f"{'recall@N':>10}{'disk MB':>9}{'peak RSS MB':>12}")
     for name, pool, queries in pools:
         for method in ("chroma", "exact"):
             r = measure(method, pool, queries, n=args.n, hnsw=hnsw)
@@ -118,8 +119,8 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> None:
     for folder in args.data or []:
         cov = coverage(folder, n=args.n)
         for name, c in cov.items():
-            print(f"coverage@{args.n} {folder} valid ({c['n_queries']} queries), {name:<7}: target among neighbours' "
-                  f"next items {c['next_item']:.3f}, among their histories {c['history']:.3f}")
+            print(f"coverage@{args.n} {folder} valid ({c['n_queries']} queries), {name:<7}: target among the "
+                  f"{args.n} users' next items {c['next_item']:.3f}, among their histories {c['history']:.3f}")
 
 
 def cmd_bench_modes(args: argparse.Namespace) -> None:

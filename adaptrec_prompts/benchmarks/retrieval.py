@@ -118,8 +118,11 @@ def measure(method: str, pool, queries, n: int = 10, hnsw: dict | None = None) -
 
 
 def coverage(data_dir: str | Path, n: int = 10, seed: int = 0) -> dict:
-    """coverage@N of Stage-1 (collab) vs random training examples on the valid split (exact search)."""
+    """coverage@N on the valid split (exact search): does the target appear among the next items / histories of
+    the N Stage-1 users (collab; distinct users, each with their best allowed window) vs N random users (the
+    `RandomUsers` control: uniform over the pool's users under the same rules)?"""
     from adaptrec_prompts.embed import CollabEmbedder, training_sequences
+    from adaptrec_prompts.neighbors import RandomUsers
     from adaptrec_prompts.prepare import load_prepared
     from adaptrec_prompts.schema import column
 
@@ -127,18 +130,23 @@ def coverage(data_dir: str | Path, n: int = 10, seed: int = 0) -> dict:
     train, valid = ddict["train"], ddict["valid"]
     emb = CollabEmbedder().fit(training_sequences(train))
     pool = emb.embed(column(train, "history_item_ids"))
-    t_users, t_times = column(train, "user_id"), column(train, "timestamp")
+    t_ids, t_users, t_times = column(train, "example_id"), column(train, "user_id"), column(train, "timestamp")
     t_next, t_hist = column(train, "target_item_id"), column(train, "history_item_ids")
+    row_of = {e: j for j, e in enumerate(t_ids)}
+    randoms = RandomUsers({e: (u, x, t) for e, u, x, t in zip(t_ids, t_users, t_next, t_times, strict=True)}, seed)
     queries = emb.embed(column(valid, "history_item_ids"))
-    idx, _ = exact_top_k(pool, queries, min(len(pool), 20 * n))
-    rng = np.random.default_rng(seed)
+    idx, _ = exact_top_k(pool, queries, min(len(pool), 100 * n))
     result = {"collab": [0, 0], "random": [0, 0]}
-    rows = list(zip(column(valid, "user_id"), column(valid, "timestamp"), column(valid, "target_item_id"),
-                    strict=True))
-    for q, (user, ts, target) in enumerate(rows):
-        allowed = [j for j in idx[q] if t_users[j] != user and (ts is None or t_times[j] is None or t_times[j] < ts)]
-        candidates = [j for j in range(len(pool)) if ts is None or t_times[j] is None or t_times[j] < ts]
-        picks = {"collab": allowed[:n], "random": rng.choice(candidates, size=min(n, len(candidates)), replace=False)}
+    rows = list(zip(column(valid, "example_id"), column(valid, "user_id"), column(valid, "timestamp"),
+                    column(valid, "target_item_id"), strict=True))
+    for q, (example_id, user, ts, target) in enumerate(rows):
+        best: dict[str, int] = {}
+        for j in idx[q]:
+            if t_users[j] != user and (ts is None or t_times[j] is None or t_times[j] < ts):
+                best.setdefault(t_users[j], int(j))
+            if len(best) == n:
+                break
+        picks = {"collab": list(best.values()), "random": [row_of[e] for e in randoms.draw(example_id, user, ts, n)]}
         for name, chosen in picks.items():
             result[name][0] += any(t_next[j] == target for j in chosen)
             result[name][1] += any(target in t_hist[j] for j in chosen)
