@@ -107,6 +107,9 @@ def make_parser() -> argparse.ArgumentParser:
     bs.add_argument("--selection", default="static", choices=["none", "random", "static"])
     bs.add_argument("--m", type=int, default=5)
     bs.add_argument("--lora-r", type=int, default=16)
+    bs.add_argument("--lora-targets", default="all", choices=["all", "attention", "mlp"])
+    bs.add_argument("--prompt", default="full", choices=["full", "compact"])
+    bs.add_argument("--demo-items", type=int, help="show each similar user's last N items only")
     bs.set_defaults(func=commands.cmd_bench_sft)
 
     pr = groups.add_parser("prompt", help="print the exact Stage-3 messages DSPy sends for one example")
@@ -114,6 +117,8 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("--split", default="test")
     pr.add_argument("--index", type=int, default=0)
     pr.add_argument("--selection", default="static", choices=["none", "random", "random-retrieved", "static"])
+    pr.add_argument("--prompt", default="full", choices=["full", "compact"])
+    pr.add_argument("--demo-items", type=int, help="show each similar user's last N items only")
     pr.add_argument("--n", type=int, default=10)
     pr.add_argument("--m", type=int, default=5)
     pr.add_argument("--template", help="domain name or .toml path (default: the folder's domain)")
@@ -128,6 +133,9 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--api-base", help="OpenAI-compatible server URL (vLLM, llama.cpp)")
     ev.add_argument("--mode", choices=["generate", "score", "score-calibrated", "score-permuted"],
                     help="Stage-3 mode (default score)")
+    ev.add_argument("--prompt", default="full", choices=["full", "compact"],
+                    help="full: DSPy's ChatAdapter; compact: instructions-only system message (match the SFT rows)")
+    ev.add_argument("--demo-items", type=int, help="show each similar user's last N items only")
     ev.add_argument("--n", type=int, default=10, help="n_retrieve (N)")
     ev.add_argument("--m", type=int, default=5, help="m_select (M)")
     ev.add_argument("--seed", type=int, default=0)

@@ -146,15 +146,19 @@ def cmd_bench_sft(args: argparse.Namespace) -> None:
     from adaptrec_prompts.benchmarks.sft import run
 
     print("$ adaptrec bench sft " + " ".join(sys.argv[3:]), flush=True)
-    r = run(args.data, model=args.model, rows=args.rows, selection=args.selection, m=args.m, lora_r=args.lora_r)
-    print(f"model {r['model']}, fp32, {r['threads']} torch threads; LoRA r={r['lora_r']} on all linear projections; "
-          f"selection={r['selection']} M={r['m']}; {r['rows']} timed rows, batch 1; {r['tokens']:.0f} tokens per row "
-          f"({r['answer_tokens']:.0f} trained)")
-    for name, label in (("default", "TRL SFTTrainer, default loss"), ("fast", "answer-only logits")):
-        print(f"{label}: {r[name]['s_per_example']:.2f} s/example, {r[name]['tokens_per_s']:.0f} tokens/s")
+    r = run(args.data, model=args.model, rows=args.rows, selection=args.selection, m=args.m, lora_r=args.lora_r,
+            prompt=args.prompt, demo_items=args.demo_items, lora_targets=args.lora_targets)
+    print(f"model {r['model']}, fp32, {r['threads']} torch threads; LoRA r={r['lora_r']}; selection={r['selection']} "
+          f"M={r['m']}; {r['rows']} timed examples per path, batch 1")
+    for name, label in (("default", "default: TRL loss, full prompt, LoRA on all projections"),
+                        ("fast", f"fast: answer-only logits, prompt={r['prompt']}, demo_items={r['demo_items']}, "
+                                 f"LoRA on {r['lora_targets']}")):
+        p = r[name]
+        print(f"{label}: {p['tokens']:.0f} tokens/example ({p['answer_tokens']:.0f} trained), "
+              f"{p['s_per_example']:.2f} s/example, {p['tokens_per_s']:.0f} tokens/s")
     print(f"ratio (default / fast): {r['ratio']:.1f}x")
-    print(f"loss on the same row and weights: default {r['loss_default']:.6f}, fast {r['loss_fast']:.6f}, "
-          f"|diff| {r['loss_abs_diff']:.2e}")
+    print(f"loss on the default path's first row and weights: TRL {r['loss_default']:.6f}, answer-only "
+          f"{r['loss_fast']:.6f}, |diff| {r['loss_abs_diff']:.2e}")
 
 
 def cmd_prompt(args: argparse.Namespace) -> None:
@@ -167,7 +171,8 @@ def cmd_prompt(args: argparse.Namespace) -> None:
 
     row = load_prepared(args.data)[args.split][args.index]
     template = load_template(args.template) if args.template else manifest_template(load_manifest(args.data))
-    program = AdaptRec(template, selection=args.selection, n_retrieve=args.n, m_select=args.m)
+    program = AdaptRec(template, selection=args.selection, n_retrieve=args.n, m_select=args.m, prompt=args.prompt,
+                       demo_items=args.demo_items)
     messages = stage3_row(program, row)["prompt"]  # the inference messages (tested byte-identical)
     print(f"<!-- adaptrec prompt --data {args.data} --split {args.split} --index {args.index} "
           f"--selection {args.selection} --m {args.m} (dspy {dspy.__version__}, ChatAdapter) -->")
@@ -181,7 +186,8 @@ PROGRAM_CHOICES = ("none|random|random-retrieved|static|adaptive (AdaptRec selec
 
 
 def build_program(spec: str, data_dir: str, *, n: int = 10, m: int = 5, mode: str = "score", seed: int = 0,
-                  template: str | None = None, mode_given: bool = True):
+                  template: str | None = None, mode_given: bool = True, prompt: str = "full",
+                  demo_items: int | None = None):
     """A program (AdaptRec variant, saved program or baseline) from a command-line spec."""
     from adaptrec_prompts.embed import training_sequences
     from adaptrec_prompts.errors import ConfigError
@@ -191,7 +197,8 @@ def build_program(spec: str, data_dir: str, *, n: int = 10, m: int = 5, mode: st
 
     if spec in SELECTIONS:
         tmpl = load_template(template) if template else manifest_template(load_manifest(data_dir))
-        return AdaptRec(tmpl, selection=spec, n_retrieve=n, m_select=m, mode=mode, seed=seed)
+        return AdaptRec(tmpl, selection=spec, n_retrieve=n, m_select=m, mode=mode, seed=seed, prompt=prompt,
+                        demo_items=demo_items)
     if spec.endswith(".json"):
         return load_program(spec, **({"mode": mode} if mode_given else {}))
     name = spec.removeprefix("baseline:")
@@ -226,7 +233,8 @@ def cmd_eval(args: argparse.Namespace, lm=None) -> dict:
     if args.limit:
         split = split.select(range(min(args.limit, split.num_rows)))
     program = build_program(args.program, args.data, n=args.n, m=args.m, mode=args.mode or "score", seed=args.seed,
-                            template=args.template, mode_given=args.mode is not None)
+                            template=args.template, mode_given=args.mode is not None,
+                            prompt=getattr(args, "prompt", "full"), demo_items=getattr(args, "demo_items", None))
     if not isinstance(program, AdaptRec):
         lm = None
     elif not args.lm:

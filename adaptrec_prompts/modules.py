@@ -16,6 +16,7 @@ from pathlib import Path
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
+from adaptrec_prompts.adapters import PROMPTS, adapter_for, eval_adapter  # noqa: F401 - re-exported
 from adaptrec_prompts.errors import ConfigError
 from adaptrec_prompts.parsing import parse_choice, parse_selection, ranking_from_scores
 from adaptrec_prompts.protocol import example_rng
@@ -41,13 +42,10 @@ def answer_block(assistant_content: str) -> str:
     return assistant_content.split("\n\n[[ ## completed ## ]]")[0] + "\n"
 
 
-def eval_adapter() -> dspy.ChatAdapter:
-    """The adapter for evaluation and SFT: ChatAdapter without the silent JSON retry (docs/design.md, Inference modes)."""
-    return dspy.ChatAdapter(use_json_adapter_fallback=False)
-
-
-def _adapter() -> dspy.Adapter:
-    return dspy.settings.adapter or eval_adapter()
+def _check_prompt(prompt: str) -> str:
+    if prompt not in PROMPTS:
+        raise ConfigError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
+    return prompt
 
 
 STAGE2_MODES = ("auto", "generate", "score")
@@ -79,14 +77,19 @@ class UserSelector(dspy.Module):
     self-adaptive fine-tuning callback uses too. "auto": score when the LM's engine can, else generate.
     """
 
-    def __init__(self, template: Template, m_select: int = 5, mode: str = "auto"):
+    def __init__(self, template: Template, m_select: int = 5, mode: str = "auto", prompt: str = "full"):
         super().__init__()
         if mode not in STAGE2_MODES:
             raise ConfigError(f"Stage-2 mode must be one of {STAGE2_MODES}, got {mode!r}")
         self.template = template
         self.m_select = m_select
         self.mode = mode
+        self.prompt = _check_prompt(prompt)
         self.select = dspy.Predict(SelectSimilarUsers)
+
+    def adapter(self) -> dspy.ChatAdapter:
+        """The adapter this module renders through (`adapters.adapter_for`)."""
+        return adapter_for(self.prompt)
 
     def inputs(self, history_titles: Sequence[str], pool_histories: Sequence[Sequence[str]], m: int) -> dict:
         return {"user_history": self.template.render_history(history_titles),
@@ -101,14 +104,14 @@ class UserSelector(dspy.Module):
             raise ConfigError("Stage-2 score mode needs a local model whose engine scores (hf:PATH or "
                               "gemma-3-270m); use stage2='generate' for API models")
         if self.mode == "score" or (self.mode == "auto" and can_score):
-            adapter = _adapter()
+            adapter = self.adapter()
             messages = adapter.format(signature=self.select.signature, demos=self.select.demos, inputs=inputs)
             scores = score_completions(dspy.settings.lm, messages, stage2_completions(len(pool_histories), m))
             return dspy.Prediction(indices=top_m_by_score(scores, m), fallback=False, padded=False, reason="",
                                    method="score")
         raw, values = None, None
         try:
-            with dspy.context(adapter=_adapter()):
+            with dspy.context(adapter=self.adapter()):
                 pred = self.select(**inputs)
             values = pred.selected_users
         except AdapterParseError as exc:
@@ -141,7 +144,7 @@ class NextItemRecommender(dspy.Module):
     """
 
     def __init__(self, template: Template, mode: str = "generate", zero_shot: bool = False,
-                 orders: int = SCORE_ORDERS):
+                 orders: int = SCORE_ORDERS, prompt: str = "full"):
         super().__init__()
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
@@ -150,8 +153,13 @@ class NextItemRecommender(dspy.Module):
         self.template = template
         self.mode = mode
         self.orders = orders
+        self.prompt = _check_prompt(prompt)
         self.zero_shot = zero_shot
         self.recommend = dspy.Predict(RecommendNextItemZeroShot if zero_shot else RecommendNextItem)
+
+    def adapter(self) -> dspy.ChatAdapter:
+        """The adapter this module renders through (`adapters.adapter_for`)."""
+        return adapter_for(self.prompt)
 
     def inputs(self, history_titles: Sequence[str], candidate_titles: Sequence[str],
                similar_users: Sequence[tuple[Sequence[str], str]] = ()) -> dict[str, str]:
@@ -191,7 +199,7 @@ class NextItemRecommender(dspy.Module):
                 similar_users: Sequence[tuple[Sequence[str], str]] = ()) -> dspy.Prediction:
         inputs = self.inputs(history_titles, candidate_titles, similar_users)
         if self.mode in ("score", "score-calibrated", "score-permuted"):
-            adapter = _adapter()
+            adapter = self.adapter()
             signature = self.recommend.signature
             messages = adapter.format(signature=signature, demos=self.recommend.demos, inputs=inputs)
             completions = self.completions(adapter, candidate_titles)
@@ -210,7 +218,7 @@ class NextItemRecommender(dspy.Module):
             return dspy.Prediction(answer=None, raw=None, scores=scores, valid=True, ranking=result.ranking, reason="")
         raw = answer = None
         try:
-            with dspy.context(adapter=_adapter()):
+            with dspy.context(adapter=self.adapter()):
                 answer = self.recommend(**inputs).answer
             raw = answer
         except AdapterParseError as exc:
@@ -236,6 +244,9 @@ class AdaptRec(dspy.Module):
         mode: "generate", "score", "score-calibrated" or "score-permuted" (Stage 3; see
             `NextItemRecommender`).
         orders: list orders averaged in "score-permuted" mode.
+        prompt: "full" (DSPy's ChatAdapter) or "compact" (`adapters.CompactAdapter`: the instructions as the
+            system message, no field boilerplate; for base models and cheap fine-tuning).
+        demo_items: show only each similar user's last `demo_items` history items (None: all of them).
         seed: seed of the random selection.
         stage2: how the adaptive selection asks the LM: "generate" (it writes the list), "score" (top M
             by the likelihood of opening the list; local engines) or "auto" (score when `mode` is "score"
@@ -247,7 +258,8 @@ class AdaptRec(dspy.Module):
     """
 
     def __init__(self, template: Template, selection: str = "static", n_retrieve: int = 10, m_select: int = 5,
-                 mode: str = "generate", seed: int = 0, stage2: str = "auto", orders: int = SCORE_ORDERS):
+                 mode: str = "generate", seed: int = 0, stage2: str = "auto", orders: int = SCORE_ORDERS,
+                 prompt: str = "full", demo_items: int | None = None):
         super().__init__()
         if selection not in SELECTIONS:
             raise ConfigError(f"selection must be one of {SELECTIONS}, got {selection!r}")
@@ -262,10 +274,15 @@ class AdaptRec(dspy.Module):
         self.stage2 = stage2
         # "auto" scores Stage 2 only in a score-mode program (a generate-mode program generates both stages);
         # UserSelector validates the value
-        self.selector = UserSelector(template, m_select,
-                                     mode="generate" if stage2 == "auto" and mode == "generate" else stage2)
         self.orders = orders
-        self.recommender = NextItemRecommender(template, mode=mode, zero_shot=selection == "none", orders=orders)
+        self.prompt = _check_prompt(prompt)
+        if demo_items is not None and demo_items < 1:
+            raise ConfigError(f"demo_items must be >= 1 (or None for whole histories), got {demo_items}")
+        self.demo_items = demo_items
+        self.selector = UserSelector(template, m_select, prompt=prompt,
+                                     mode="generate" if stage2 == "auto" and mode == "generate" else stage2)
+        self.recommender = NextItemRecommender(template, mode=mode, zero_shot=selection == "none", orders=orders,
+                                               prompt=prompt)
 
     def config(self) -> dict:
         config = {"template": self.template.model_dump(), "selection": self.selection, "n_retrieve": self.n_retrieve,
@@ -274,6 +291,10 @@ class AdaptRec(dspy.Module):
             config["random_from"] = "pool"
         if self.mode == "score-permuted":
             config["orders"] = self.orders
+        if self.prompt != "full":
+            config["prompt"] = self.prompt
+        if self.demo_items is not None:
+            config["demo_items"] = self.demo_items
         if self.selection == "adaptive":  # only adaptive runs Stage 2 (other programs' hashes stay as they were)
             config["stage2"] = self.stage2
         return config
@@ -283,6 +304,8 @@ class AdaptRec(dspy.Module):
         control, the row's random pool users (already in a seeded random order). An empty pool is an
         error when `required` (a program with demonstrations would silently run zero-shot)."""
         pool = list(random_users if self.selection == "random" else neighbors)[: self.n_retrieve]
+        if self.demo_items is not None:  # each similar user's most recent items only
+            pool = [(list(history)[-self.demo_items :], nxt) for history, nxt in pool]
         if required and self.selection != "none" and not pool:
             what = ("random pool users (`random_*` columns, written by `adaptrec index neighbors` since 0.2: "
                     "rebuild the neighbour folder)" if self.selection == "random" else "Stage-1 neighbours")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from adaptrec_prompts.modules import AdaptRec, eval_adapter, example_inputs
+from adaptrec_prompts.modules import AdaptRec, example_inputs
 
 
 def select_indices(program: AdaptRec, row: dict) -> list[int]:
@@ -39,7 +39,7 @@ def stage3_row(program: AdaptRec, row: dict, indices: Sequence[int] | None = Non
     rec = program.recommender
     inputs = rec.inputs(x["history_titles"], x["candidate_titles"], [pool[i] for i in chosen])
     number = row["candidate_item_ids"].index(row["target_item_id"]) + 1
-    messages = eval_adapter().format_finetune_data(rec.recommend.signature, rec.recommend.demos, inputs,
+    messages = rec.adapter().format_finetune_data(rec.recommend.signature, rec.recommend.demos, inputs,
                                                    {"answer": rec.answer_text(number, row["target_title"])})["messages"]
     return {"prompt": messages[:-1], "completion": messages[-1:], "example_id": row["example_id"]}
 
@@ -59,13 +59,13 @@ def stage2_label(row: dict, n: int, m: int) -> list[int]:
 def stage2_row(program: AdaptRec, row: dict) -> dict:
     """One conversational prompt-completion row for Stage 2 (labels from `stage2_label`)."""
     x = example_inputs(row)
-    pool = x["neighbors"][: program.n_retrieve]
+    pool = program.demonstration_pool(x["neighbors"])
     m = min(program.m_select, len(pool))
     sel, template = program.selector.select, program.template
     inputs = {"user_history": template.render_history(x["history_titles"]),
               "candidate_users": template.render_pool([h for h, _ in pool]), "select_count": m}
     label = [i + 1 for i in stage2_label(row, program.n_retrieve, m)]
-    messages = eval_adapter().format_finetune_data(sel.signature, sel.demos, inputs,
+    messages = program.selector.adapter().format_finetune_data(sel.signature, sel.demos, inputs,
                                                    {"selected_users": label})["messages"]
     return {"prompt": messages[:-1], "completion": messages[-1:], "example_id": row["example_id"] + "/stage2"}
 

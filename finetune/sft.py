@@ -43,6 +43,9 @@ class AdaptRecSFTArguments:
     n_retrieve: int = field(default=10, metadata={"help": "N: neighbours considered"})
     m_select: int = field(default=5, metadata={"help": "M: demonstrations shown"})
     max_train_examples: int | None = field(default=None, metadata={"help": "first N training windows"})
+    prompt: str = field(default="full", metadata={
+        "help": "full (DSPy ChatAdapter) | compact (instructions only as system message; evaluate with the same)"})
+    demo_items: int | None = field(default=None, metadata={"help": "show each similar user's last N items only"})
     train_stage2: bool = field(default=False, metadata={"help": "add Stage-2 rows (sft_data.stage2_label)"})
     selection_refresh_steps: int = field(default=50, metadata={"help": "adaptive: re-select every N steps"})
     selection_refresh_window: int = field(default=64, metadata={"help": "adaptive: upcoming rows re-selected"})
@@ -74,7 +77,8 @@ def _program(script_args: AdaptRecSFTArguments, manifest: dict):
     if script_args.program:
         return load_program(script_args.program)
     return AdaptRec(manifest_template(manifest), selection=script_args.selection,
-                    n_retrieve=script_args.n_retrieve, m_select=script_args.m_select, mode="score")
+                    n_retrieve=script_args.n_retrieve, m_select=script_args.m_select, mode="score",
+                    prompt=script_args.prompt, demo_items=script_args.demo_items)
 
 
 def _base_model(script_args, model_args, training_args, program, rows) -> str:
@@ -139,13 +143,13 @@ class SelfAdaptiveSelection(TrainerCallback):
         import torch
 
         from adaptrec_prompts.backends.hf import HFEngine
-        from adaptrec_prompts.modules import eval_adapter, example_inputs, stage2_completions, top_m_by_score
+        from adaptrec_prompts.modules import example_inputs, stage2_completions, top_m_by_score
 
         x = example_inputs(row)
-        pool = x["neighbors"][: self.program.n_retrieve]
+        pool = self.program.demonstration_pool(x["neighbors"])
         m = min(self.program.m_select, len(pool))
         selector = self.program.selector
-        messages = eval_adapter().format(selector.select.signature, selector.select.demos,
+        messages = selector.adapter().format(selector.select.signature, selector.select.demos,
                                          selector.inputs(x["history_titles"], [h for h, _ in pool], m))
         completions = stage2_completions(len(pool), m)
         was_training = model.training

@@ -184,3 +184,19 @@ def test_only_adaptive_programs_record_their_stage2_mode():
     assert AdaptRec(MOVIES, selection="adaptive", mode="score").selector.mode == "auto"
     assert AdaptRec(MOVIES, selection="adaptive", mode="generate").selector.mode == "generate"  # auto -> generate
     assert AdaptRec(MOVIES, selection="adaptive", mode="generate", stage2="score").selector.mode == "score"
+
+
+def test_compact_prompt_is_shorter_and_still_parses(rows):
+    full = AdaptRec(MOVIES, selection="static", n_retrieve=10, m_select=3)
+    compact = AdaptRec(MOVIES, selection="static", n_retrieve=10, m_select=3, prompt="compact", demo_items=5)
+    sent = {}
+    for name, program in (("full", full), ("compact", compact)):
+        lm = DummyLM([{"answer": "3"}])
+        with dspy.context(lm=lm):
+            pred = program(**example_inputs(rows[0]))
+        assert pred.valid and pred.ranking == [rows[0]["candidate_item_ids"][2]]
+        sent[name] = "".join(m["content"] for m in lm.history[0]["messages"])
+    assert len(sent["compact"]) < 0.8 * len(sent["full"])
+    assert compact.config()["prompt"] == "compact" and "prompt" not in full.config()  # old hashes unchanged
+    with pytest.raises(ConfigError, match="prompt must be one of"):
+        AdaptRec(MOVIES, prompt="tiny")

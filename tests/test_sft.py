@@ -56,14 +56,17 @@ class Recorder:
         pass
 
 
-@pytest.mark.parametrize("selection", ["static", "none", "random", "random-retrieved"])
-def test_training_prompt_is_byte_identical_to_the_inference_prompt(ml100k, selection):
+@pytest.mark.parametrize(("selection", "prompt"), [("static", "full"), ("none", "full"), ("random", "full"),
+                                                   ("random-retrieved", "full"), ("static", "compact"),
+                                                   ("none", "compact")])
+def test_training_prompt_is_byte_identical_to_the_inference_prompt(ml100k, selection, prompt):
     import datasets as hfds
 
     from conftest import with_fake_neighbors
 
     row = with_fake_neighbors(ml100k["train"][500], ml100k["train"].select(range(40, 60)))
-    program = AdaptRec(load_template("movies"), selection=selection, n_retrieve=10, m_select=4, mode="generate")
+    program = AdaptRec(load_template("movies"), selection=selection, n_retrieve=10, m_select=4, mode="generate",
+                       prompt=prompt, demo_items=5 if prompt == "compact" else None)
     program.recommender.recommend.signature = program.recommender.recommend.signature.with_instructions(
         "A compiled instruction.")
     recorder = Recorder()
@@ -73,6 +76,11 @@ def test_training_prompt_is_byte_identical_to_the_inference_prompt(ml100k, selec
     assert sft_row["prompt"] == recorder.sent[0]  # same messages, same bytes
     assert json.dumps(sft_row["prompt"]) == json.dumps(recorder.sent[0])
     assert "A compiled instruction." in sft_row["prompt"][0]["content"]
+    if prompt == "compact":  # the instructions are the whole system message; no DSPy field boilerplate
+        assert sft_row["prompt"][0]["content"] == "A compiled instruction."
+        assert "Respond with the corresponding output fields" not in sft_row["prompt"][1]["content"]
+        if selection == "static":  # each similar user shows their last 5 items
+            assert "User 1 watched 5 movies" in sft_row["prompt"][1]["content"]
     number = row["candidate_item_ids"].index(row["target_item_id"]) + 1
     assert sft_row["completion"] == [{"role": "assistant", "content":
                                       f"[[ ## answer ## ]]\n{number}. {row['target_title']}\n\n[[ ## completed ## ]]\n"}]

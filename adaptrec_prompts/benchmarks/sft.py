@@ -1,10 +1,12 @@
 """`adaptrec bench sft`: seconds per training example, TRL's default loss vs the answer-only-logits loss.
 
-Both paths train the same LoRA (r = 16 on every attention and MLP projection) through TRL's
-`SFTTrainer` on the same AdaptRec Stage-3 rows (rendered by the DSPy adapter, tokenized as the local
-engine reads them), batch 1, one row per step, in the same order. The first step of each path is a
-warm-up and is not timed. Before training, both losses are computed on the same row with the same
-weights (dropout off): they must agree.
+Both paths train a LoRA through TRL's `SFTTrainer` on the same AdaptRec training examples (rendered by
+the DSPy adapter, tokenized as the local engine reads them), batch 1, one example per step, in the same
+order. The default path is TRL's default loss on the full DSPy prompt with LoRA on every linear
+projection; the fast path is the answer-only-logits loss, optionally with the compact prompt, shorter
+demonstrations and another LoRA placement. The first step of each path is a warm-up and is not timed.
+Before training, both losses are computed on the default path's first row and weights (dropout off):
+they must agree.
 """
 
 from __future__ import annotations
@@ -33,11 +35,22 @@ def _model_dir(model: str, data_dir: Path, template, rows: list[dict], work: Pat
     return Path(model), "auto"
 
 
+LORA_TARGETS = {"all": "all-linear", "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+                "mlp": ["gate_proj", "up_proj", "down_proj"]}
+
+
 def run(data_dir: str | Path, model: str = "gemma-3-270m", rows: int = 6, selection: str = "static", m: int = 5,
-        n: int = 10, lora_r: int = 16, seed: int = 0) -> dict:
-    """Train each path for `rows` + 1 steps (the first is a warm-up) and return the timings."""
+        n: int = 10, lora_r: int = 16, seed: int = 0, prompt: str = "full", demo_items: int | None = None,
+        lora_targets: str = "all") -> dict:
+    """Time both paths on the same training examples for `rows` steps each (plus a warm-up step).
+
+    default: TRL's SFTTrainer loss, the full DSPy prompt, LoRA on all linear projections. fast: the
+    answer-only-logits loss with `prompt`, `demo_items` and `lora_targets`. The two losses are also
+    compared on the default path's first row and weights (they must agree).
+    """
     import datasets
     import torch
+    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -51,18 +64,21 @@ def run(data_dir: str | Path, model: str = "gemma-3-270m", rows: int = 6, select
     train = load_prepared(data_dir)["train"]
     if "neighbor_example_ids" not in train.column_names and selection != "none":
         raise ConfigError(f"{data_dir} has no neighbour columns: run `adaptrec index neighbors` first")
+    if lora_targets not in LORA_TARGETS:
+        raise ConfigError(f"lora_targets must be one of {sorted(LORA_TARGETS)}, got {lora_targets!r}")
     template = manifest_template(load_manifest(data_dir))
-    program = AdaptRec(template, selection=selection, n_retrieve=n, m_select=m, mode="score")
-    picked = []
-    for row in train:
-        if selection == "none" or row["neighbor_example_ids"]:
-            picked.append(stage3_row(program, row))
-        if len(picked) == rows + 1:
-            break
-    if len(picked) < rows + 1:
+    examples = [row for row in train if selection == "none" or row["neighbor_example_ids"]][: rows + 1]
+    if len(examples) < rows + 1:
         raise ConfigError(f"{data_dir}: fewer than {rows + 1} training rows have neighbours")
+    setups = {
+        "default": (SFTTrainer, AdaptRec(template, selection=selection, n_retrieve=n, m_select=m, mode="score"),
+                    "all"),
+        "fast": (answer_only_trainer(), AdaptRec(template, selection=selection, n_retrieve=n, m_select=m,
+                                                 mode="score", prompt=prompt, demo_items=demo_items), lora_targets),
+    }
     work = Path(tempfile.mkdtemp(prefix="bench-sft-"))
-    model_dir, prompt_format = _model_dir(model, data_dir, template, picked, work)
+    model_dir, prompt_format = _model_dir(model, data_dir, template,
+                                          [stage3_row(setups["default"][1], r) for r in examples], work)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -78,17 +94,12 @@ def run(data_dir: str | Path, model: str = "gemma-3-270m", rows: int = 6, select
             self.steps.append(time.perf_counter() - self.started)
 
     out: dict = {"model": str(model), "rows": rows, "selection": selection, "m": m, "lora_r": lora_r,
-                 "threads": torch.get_num_threads()}
-    losses = {}
-    for name, cls in (("default", SFTTrainer), ("fast", answer_only_trainer())):
+                 "threads": torch.get_num_threads(), "prompt": prompt, "demo_items": demo_items,
+                 "lora_targets": lora_targets}
+    for name, (cls, program, targets) in setups.items():
         torch.manual_seed(seed)
         net = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        tokenize = tokenize_fn(net, tokenizer, prompt_format)
-        encoded = [tokenize(r) for r in picked]
-        out["tokens"] = statistics.mean(len(e["input_ids"]) for e in encoded)
-        out["answer_tokens"] = statistics.mean(sum(1 for x in e["labels"] if x != -100) for e in encoded)
-        from peft import LoraConfig
-
+        encoded = [tokenize_fn(net, tokenizer, prompt_format)(stage3_row(program, r)) for r in examples]
         config = SFTConfig(output_dir=str(work / name), per_device_train_batch_size=1, max_steps=rows + 1,
                            learning_rate=1e-4, logging_steps=1, save_strategy="no", report_to="none", seed=seed,
                            bf16=False, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
@@ -97,20 +108,20 @@ def run(data_dir: str | Path, model: str = "gemma-3-270m", rows: int = 6, select
         trainer = cls(model=net, args=config, train_dataset=datasets.Dataset.from_list(encoded),
                       processing_class=tokenizer, callbacks=[timer],
                       peft_config=LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0,
-                                             target_modules="all-linear", task_type="CAUSAL_LM"))
-        batch = trainer.data_collator([encoded[0]])
-        trainer.model.eval()
-        with torch.no_grad():
-            if name == "default":
-                losses[name] = float(trainer.compute_loss(trainer.model, dict(batch)))
-            else:
-                losses[name] = float(answer_only_loss(trainer.model, dict(batch))[0])
-        trainer.model.train()
+                                             target_modules=LORA_TARGETS[targets], task_type="CAUSAL_LM"))
+        if name == "default":  # both losses on the same row and weights
+            batch = trainer.data_collator([encoded[0]])
+            trainer.model.eval()
+            with torch.no_grad():
+                out["loss_default"] = float(trainer.compute_loss(trainer.model, dict(batch)))
+                out["loss_fast"] = float(answer_only_loss(trainer.model, dict(batch))[0])
+            trainer.model.train()
         trainer.train()
         timed = timer.steps[1:]
-        out[name] = {"s_per_example": statistics.mean(timed), "tokens_per_s": out["tokens"] / statistics.mean(timed),
-                     "steps_timed": len(timed)}
+        tokens = statistics.mean(len(e["input_ids"]) for e in encoded)
+        out[name] = {"s_per_example": statistics.mean(timed), "tokens": tokens,
+                     "tokens_per_s": tokens / statistics.mean(timed), "steps_timed": len(timed),
+                     "answer_tokens": statistics.mean(sum(1 for x in e["labels"] if x != -100) for e in encoded)}
     out["ratio"] = out["default"]["s_per_example"] / out["fast"]["s_per_example"]
-    out["loss_default"], out["loss_fast"] = losses["default"], losses["fast"]
-    out["loss_abs_diff"] = abs(losses["default"] - losses["fast"])
+    out["loss_abs_diff"] = abs(out["loss_default"] - out["loss_fast"])
     return out
