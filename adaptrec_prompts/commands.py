@@ -366,6 +366,22 @@ def cmd_programs_diff(args: argparse.Namespace) -> None:
     print(diff_programs(args.a, args.b))
 
 
+def cmd_sft_experiment(args: argparse.Namespace) -> None:
+    import shlex
+
+    from adaptrec_prompts.sft_experiment import SFTExperiment, run
+
+    config = SFTExperiment(
+        data=args.data, out=args.out, model=args.model, variants=tuple(v for v in args.variants.split(",") if v),
+        train_rows=args.train_rows, sample_seed=args.sample_seed, epochs=args.epochs, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, learning_rate=args.learning_rate, lora_r=args.lora_r,
+        lora_targets=args.lora_targets, prompt=args.prompt, demo_items=args.demo_items or None, n=args.n, m=args.m,
+        split=args.split, limit=args.limit, mode=args.mode, checkpoint_minutes=args.checkpoint_minutes,
+        device=args.device, report=args.report, title=args.title)
+    report = run(config, "adaptrec sft-experiment " + shlex.join(sys.argv[2:]))
+    print(f"report: {report / 'table.md'}")
+
+
 def cmd_experiment(args: argparse.Namespace) -> None:
     from adaptrec_prompts.experiments import run_experiment
 

@@ -141,6 +141,8 @@ class AdaptRecSFTArguments:
     n_retrieve: int = field(default=10, metadata={"help": "N: neighbours considered"})
     m_select: int = field(default=5, metadata={"help": "M: demonstrations shown"})
     max_train_examples: int | None = field(default=None, metadata={"help": "first N training windows"})
+    rows_file: str | None = field(default=None, metadata={
+        "help": "JSON list of training example ids to train on, in this order (an experiment's shared sample)"})
     prompt: str = field(default="full", metadata={
         "help": "full (DSPy ChatAdapter) | compact (instructions only as system message; evaluate with the same)"})
     demo_items: int | None = field(default=None, metadata={"help": "show each similar user's last N items only"})
@@ -320,6 +322,14 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
         from adaptrec_prompts.neighbors import pool_rows
 
         train = train.select(pool_rows(train.num_rows, sample["rows"], sample["seed"]))
+    if script_args.rows_file:
+        wanted = json.loads(Path(script_args.rows_file).read_text())
+        position = {e: k for k, e in enumerate(train["example_id"])}
+        missing = [e for e in wanted if e not in position]
+        if missing:
+            raise ConfigError(f"{script_args.rows_file}: {len(missing)} example ids are not training rows of "
+                              f"{script_args.data} (first: {missing[0]})")
+        train = train.select([position[e] for e in wanted])
     if script_args.max_train_examples:
         train = train.select(range(min(script_args.max_train_examples, train.num_rows)))
     rows = train.to_list()

@@ -302,3 +302,41 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_adapter(gr_n
     b = load_file(tmp_path / "cut" / "out" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert (tmp_path / "cut" / "out" / "loss.png").stat().st_size > 0
+
+
+def test_balanced_sample_spreads_target_positions():
+    from adaptrec_prompts.sft_experiment import balanced_sample
+
+    rows = [{"example_id": f"e{i}", "target_item_id": 7, "candidate_item_ids": [7, 1, 2, 3] if i % 4 == 0 else
+             [1, 2, 3, 7]} for i in range(40)]  # target at position 1 in 10 rows, at position 4 in 30
+    ids = balanced_sample(rows, 16, seed=0)
+    first = sum(1 for e in ids if int(e[1:]) % 4 == 0)
+    assert len(set(ids)) == 16 and first == 8  # half and half, though the pool is 1:3
+    assert balanced_sample(rows, 16, seed=0) == ids and balanced_sample(rows, 16, seed=1) != ids
+
+
+def test_sft_experiment_trains_each_variant_on_the_same_rows_and_resumes(gr_nb, tmp_path):
+    import datasets
+
+    from adaptrec_prompts.sft_experiment import SFTExperiment, run
+
+    config = SFTExperiment(data=str(gr_nb), out=str(tmp_path / "exp"), model="tiny", train_rows=8, epochs=0.5,
+                           batch_size=2, grad_accum=1, learning_rate=5e-3, lora_r=4, n=6, m=3, refresh_steps=1,
+                           refresh_window=2, limit=4, checkpoint_minutes=0)
+    report = run(config, "test")
+    manifests = {v: json.loads((tmp_path / "exp" / "train" / v / "adaptrec_manifest.json").read_text())
+                 for v in ("none", "static", "adaptive")}
+    assert {m["train_rows_sha256"] for m in manifests.values()} == {manifests["none"]["train_rows_sha256"]}
+    assert {m["steps"] for m in manifests.values()} == {2} and manifests["adaptive"]["selection_history"]
+    text = (report / "table.md").read_text()
+    for name in ("popularity", "userknn", "untuned-zero-shot", "untuned-static", "tuned-zero-shot", "tuned-static",
+                 "tuned-adaptive"):
+        assert f"| {name} |" in text
+    claims = json.loads((report / "claims.json").read_text())
+    assert {c["claim"] for c in claims} >= {"fine-tuned AdaptRec beats fine-tuned zero-shot"}
+    tested = min(4, datasets.load_from_disk(str(gr_nb))["test"].num_rows)
+    assert tested >= 2 and all(c["n"] == tested for c in claims)  # every claim paired on all evaluated rows
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "exp").rglob("*.jsonl")}
+    run(config, "test")  # resumes: nothing retrained, no example re-run
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "exp").rglob("*.jsonl")} == before
+    assert json.loads((tmp_path / "exp" / "train" / "none" / "adaptrec_manifest.json").read_text()) == manifests["none"]
