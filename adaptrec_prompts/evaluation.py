@@ -296,7 +296,10 @@ def _write_json(path: Path, payload: dict) -> None:
 def top1_positions(records: Sequence[dict]) -> dict:
     """Where in the candidate list each scored example's top-1 sits: counts per 1-based position, the share
     at position 1, the most common position and its share, and `flag` when that share is above 3x chance
-    (3/K): a ranker that mostly picks one list position is reading the list, not the user."""
+    (3/K) and beyond what chance gives on n examples (exact binomial tail, Bonferroni over the K positions,
+    below 0.01): a ranker that mostly picks one list position is reading the list, not the user."""
+    from scipy.stats import binom
+
     counts: list[int] = []
     for r in records:
         if r.get("error") or not r.get("ranking"):
@@ -309,8 +312,9 @@ def top1_positions(records: Sequence[dict]) -> dict:
         return {"counts": counts, "n": 0}
     top = max(range(len(counts)), key=lambda i: (counts[i], -i))
     share = counts[top] / total
+    p_value = min(1.0, len(counts) * float(binom.sf(counts[top] - 1, total, 1 / len(counts))))
     return {"counts": counts, "n": total, "share_at_1": counts[0] / total, "most_common": top + 1,
-            "most_common_share": share, "flag": share > 3 / len(counts)}
+            "most_common_share": share, "p_value": p_value, "flag": share > 3 / len(counts) and p_value < 0.01}
 
 
 def summarize(records: Sequence[dict], lm_name: str | None = None) -> dict:

@@ -22,7 +22,14 @@ METRICS = ("HR@1", "HR@1|valid", "HR@5", "NDCG@5", "ValidRatio")
 
 
 def load_run(folder: Path) -> dict:
+    """A run folder's results, config and program config. The top-1 position histogram is recomputed from
+    the predictions log when the log holds exactly the run's examples (runs written before it existed)."""
+    from adaptrec_prompts.evaluation import read_log, top1_positions
+
     results = json.loads((folder / "results.json").read_text())
+    log = read_log(folder / "predictions.jsonl")
+    if len(log) == results["n"] + results.get("errors", 0):
+        results["top1_position"] = top1_positions(list(log.values()))
     manifest = json.loads((folder / "manifest.json").read_text())
     return {"name": folder.name, "results": results, "config": manifest["config"],
             "program": manifest["program"].get("config", {})}
@@ -70,7 +77,8 @@ def table(runs: list[dict]) -> str:
                            f"{r['total_seconds']:.1f}"]))
     flagged = [run["name"] for run in runs if (run["results"].get("top1_position") or {}).get("flag")]
     note = ("`top-1 position`: the list position (1..K) the run's first choice most often has, and how often. "
-            "(!) marks a share above 3x chance (3/K)" + (": " + ", ".join(flagged) + " mostly pick a list position, "
+            "(!) marks a share above 3x chance (3/K) that chance alone would not give on n examples (binomial, "
+            "Bonferroni over K, p < 0.01)" + (": " + ", ".join(flagged) + " mostly pick a list position, "
                                                         "not an item for the user" if flagged else "") + ".\n")
     return "\n".join(lines) + "\n\n" + resampling_note(runs) + note
 

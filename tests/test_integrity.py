@@ -329,6 +329,8 @@ def test_top1_position_histogram_flags_a_run_that_picks_a_list_position():
     assert pos["counts"][:2] == [9, 1] and pos["share_at_1"] == 0.9 and pos["flag"]
     even = top1_positions(spread)
     assert even["most_common_share"] == 0.05 and not even["flag"]
+    lucky = [{"ranking": [cands[19 if i < 6 else i % 19]], "candidate_item_ids": cands} for i in range(38)]
+    assert top1_positions(lucky)["most_common_share"] > 3 / 20 and not top1_positions(lucky)["flag"]  # 6/38: chance
 
 
 def test_with_threads_a_bug_still_keeps_every_example_that_finished(ml100k, tmp_path):
