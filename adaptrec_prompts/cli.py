@@ -8,7 +8,7 @@ import sys
 
 from adaptrec_prompts import commands
 from adaptrec_prompts.commands import PROGRAM_CHOICES
-from adaptrec_prompts.errors import AdaptRecError
+from adaptrec_prompts.errors import AdaptRecError, Interrupted
 
 
 def _add_index_options(p: argparse.ArgumentParser) -> None:
@@ -139,7 +139,7 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=int, default=10, help="n_retrieve (N)")
     ev.add_argument("--m", type=int, default=5, help="m_select (M)")
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--limit", type=int, help="first N examples of the split")
+    ev.add_argument("--limit", type=positive_int, help="first N examples of the split")
     ev.add_argument("--threads", type=int, default=1, help="parallel examples (API backends)")
     ev.add_argument("--max-new-tokens", type=int, default=64)
     ev.add_argument("--device", default="cpu", help="local models: cpu, cuda, cuda:N or auto")
@@ -196,7 +196,7 @@ def make_parser() -> argparse.ArgumentParser:
     ex.add_argument("--lm", required=True, help="gemma-3-270m, hf:PATH, or a provider/model")
     ex.add_argument("--out", required=True, help="experiment folder (one run folder per variant)")
     ex.add_argument("--split", default="test")
-    ex.add_argument("--limit", type=int, help="examples per variant (default: the whole split)")
+    ex.add_argument("--limit", type=positive_int, help="examples per variant (default: the whole split)")
     ex.add_argument("--chunk", type=int, default=20, help="examples added to every variant per round")
     ex.add_argument("--variants", default="none,random,static,adaptive", help="AdaptRec selections to run at --m")
     ex.add_argument("--m", type=int, default=5, help="M for the variants (paper: 5)")
@@ -234,7 +234,7 @@ def make_parser() -> argparse.ArgumentParser:
     fx.add_argument("--m", type=int, default=5)
     fx.add_argument("--n", type=int, default=10)
     fx.add_argument("--split", default="test")
-    fx.add_argument("--limit", type=int, help="evaluate the first N rows of --split")
+    fx.add_argument("--limit", type=positive_int, help="evaluate the first N rows of --split")
     fx.add_argument("--mode", default="score", choices=["score", "score-calibrated", "score-permuted"])
     fx.add_argument("--checkpoint-minutes", type=float, default=5.0)
     fx.add_argument("--device", default="cpu")
@@ -247,7 +247,7 @@ def make_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--raw-dir", help="ml-100k raw folder (default: download from GroupLens)")
     pipe.add_argument("--out", default="artifacts/main")
     pipe.add_argument("--lm", default="gemma-3-270m", help="gemma-3-270m (extra .[gemma]), hf:PATH, or an API model")
-    pipe.add_argument("--limit", type=int, default=40, help="test users for the LLM rows (95 = all)")
+    pipe.add_argument("--limit", type=positive_int, default=40, help="test users for the LLM rows (95 = all)")
     pipe.add_argument("--n", type=int, default=10)
     pipe.add_argument("--m", type=int, default=5)
     pipe.set_defaults(func=commands.cmd_pipeline)
@@ -260,12 +260,29 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a 0 or negative count would select no example)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         args.func(args)
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # outside a run's example loop (loading, building): nothing half-written
+        print("interrupted; finished work is kept on disk, run the same command again to continue", file=sys.stderr)
+        return 130
     except AdaptRecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -27,3 +27,11 @@ class DownloadError(AdaptRecError):
 
 class LeakageError(AdaptRecError, ValueError):
     """An operation could not apply a leakage rule (e.g. rows without user ids) and refused instead."""
+
+
+class Interrupted(AdaptRecError):
+    """The user stopped a run (Ctrl-C); the message says what is saved and how to resume."""
+
+
+class RunInUseError(AdaptRecError):
+    """Another process holds the run folder's lock."""

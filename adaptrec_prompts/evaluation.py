@@ -34,7 +34,7 @@ import dspy
 from dspy.utils.usage_tracker import track_usage
 
 from adaptrec_prompts import timing
-from adaptrec_prompts.errors import ConfigError
+from adaptrec_prompts.errors import ConfigError, Interrupted, RunInUseError
 from adaptrec_prompts.metrics import RESULTS_SCHEMA_VERSION, aggregate, example_metrics
 from adaptrec_prompts.modules import AdaptRec, eval_adapter, example_inputs
 
@@ -105,9 +105,20 @@ def read_log(path: Path) -> dict[str, dict]:
 
 
 class _Log:
+    """The predictions log: one JSON line per record, flushed and fsync'd. A torn last line (a kill in the
+    middle of a write) is cut off before anything is appended, so the file stays valid JSON Lines."""
+
     def __init__(self, path: Path):
         self.path = path
         self.lock = threading.Lock()
+        if path.is_file() and path.stat().st_size:
+            data = path.read_bytes()
+            if not data.endswith(b"\n"):
+                keep = data.rfind(b"\n") + 1
+                logger.warning("%s: dropping an incomplete last line (%d bytes) before appending", path,
+                               len(data) - keep)
+                with open(path, "r+b") as handle:
+                    handle.truncate(keep)
 
     def write(self, record: dict) -> None:
         line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
@@ -196,7 +207,49 @@ def evaluate(program, rows, out_dir: str | Path, config: dict, lm=None, threads:
         The results dict also written to `out_dir/results.json`.
     """
     out = Path(out_dir)
+    rows = list(rows)
+    if not rows:
+        raise ConfigError(f"no examples to evaluate for {out}: the split (after --limit) has 0 rows; check --split, "
+                          "--limit and that the prepared folder holds data")
     out.mkdir(parents=True, exist_ok=True)
+    with _RunLock(out):
+        return _evaluate(program, rows, out, config, lm, threads, progress, data_manifest, retries, backoff)
+
+
+class _RunLock:
+    """An exclusive lock on a run folder (`.lock`, holding the owner's pid), so two processes never append to
+    one predictions log."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / ".lock"
+
+    def __enter__(self):
+        import fcntl
+
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            owner = self.handle.read().strip() or "another process"
+            self.handle.close()
+            raise RunInUseError(f"{self.path.parent} is in use by {owner}; wait for it to finish or choose another "
+                                "--out") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"pid {os.getpid()}")
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def _evaluate(program, rows: list, out: Path, config: dict, lm, threads: int, progress: bool,
+              data_manifest: dict | None, retries: int, backoff: float) -> dict:
     manifest = {
         "results_schema_version": RESULTS_SCHEMA_VERSION,
         "config": config,
@@ -266,6 +319,10 @@ def evaluate(program, rows, out_dir: str | Path, config: dict, lm=None, threads:
         else:
             for row in todo:
                 finish(_run_one(program, row, lm, callbacks, retries, backoff))
+    except KeyboardInterrupt:
+        saved = sum(1 for r in done.values() if not r["error"])
+        raise Interrupted(f"{saved} of {len(rows)} examples are saved in {out}; run the same command again to "
+                          "resume") from None
     finally:
         if bar is not None:
             bar.close()

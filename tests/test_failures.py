@@ -1,0 +1,109 @@
+"""Failure cases a careful new user hits, one test each: every refusal names the file or option and the fix,
+nothing finished is lost, nothing wrong is written with exit 0. Add a row here for each new command."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from adaptrec_prompts.cli import main
+from adaptrec_prompts.errors import ConfigError, Interrupted, RunInUseError
+from adaptrec_prompts.evaluation import evaluate, read_log
+
+
+class _Baseline:
+    """A baseline-like program that ranks the candidates in list order (optionally failing on one example)."""
+
+    def __init__(self, fail_on: str | None = None, exc: BaseException | None = None):
+        self.fail_on, self.exc = fail_on, exc
+
+    def config(self) -> dict:
+        return {"name": "list-order"}
+
+    def predict_row(self, row):
+        if row["example_id"] == self.fail_on:
+            raise self.exc
+        return {"raw": None, "answer": None, "ranking": list(row["candidate_item_ids"]), "valid": True, "reason": "",
+                "selection": None}
+
+
+def _rows(ml100k, n):
+    return ml100k["test"].select(range(n)).to_list()
+
+
+def test_a_torn_last_line_is_cut_before_resuming(ml100k, tmp_path):
+    rows = _rows(ml100k, 4)
+    evaluate(_Baseline(), rows[:2], tmp_path / "run", {"a": 1}, progress=False)
+    log = tmp_path / "run" / "predictions.jsonl"
+    log.write_bytes(log.read_bytes() + b'{"example_id": "torn", "hit1": ')  # killed mid-write
+    evaluate(_Baseline(), rows, tmp_path / "run", {"a": 1}, progress=False)
+    lines = log.read_text().splitlines()
+    assert len(lines) == 4 and all(json.loads(line) for line in lines)  # valid JSON Lines again
+
+
+def test_two_processes_cannot_share_a_run_folder(ml100k, tmp_path):
+    (tmp_path / "run").mkdir()
+    with open(tmp_path / "run" / ".lock", "w") as handle:
+        handle.write("pid 12345")
+        handle.flush()
+        holder = subprocess.Popen([sys.executable, "-c", f"import fcntl, time; h = open({str(tmp_path / 'run' / '.lock')!r}); "
+                                   "fcntl.flock(h, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)"],
+                                  stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunInUseError, match=r"in use by pid 12345; wait for it to finish or choose another --out"):
+            evaluate(_Baseline(), _rows(ml100k, 2), tmp_path / "run", {"a": 1}, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "run" / "predictions.jsonl").exists()
+
+
+def test_no_rows_is_refused_not_reported_as_nan(tmp_path):
+    with pytest.raises(ConfigError, match="0 rows; check --split, --limit"):
+        evaluate(_Baseline(), [], tmp_path / "run", {"a": 1}, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_limit_below_one_is_refused_by_the_cli(ml100k_prepared, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--data", str(ml100k_prepared), "--program", "baseline:random", "--limit", "-1",
+              "--out", str(tmp_path / "run")])
+    assert "--limit: must be >= 1, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_says_what_is_saved_and_how_to_resume(ml100k, tmp_path):
+    rows = _rows(ml100k, 5)
+    with pytest.raises(Interrupted, match=r"2 of 5 examples are saved in .*run; run the same command again"):
+        evaluate(_Baseline(rows[2]["example_id"], KeyboardInterrupt()), rows, tmp_path / "run", {"a": 1},
+                 progress=False)
+    assert len(read_log(tmp_path / "run" / "predictions.jsonl")) == 2
+
+
+def test_ctrl_c_in_the_cli_prints_one_line_and_exits_130(ml100k_prepared, tmp_path):
+    import signal
+
+    script = ("import time\n"
+              "from adaptrec_prompts import evaluation\n"
+              "orig = evaluation._run_one\n"
+              "def slow(*a, **k):\n"
+              "    time.sleep(0.02)\n"
+              "    return orig(*a, **k)\n"
+              "evaluation._run_one = slow\n"
+              "from adaptrec_prompts.cli import main\n"
+              f"raise SystemExit(main(['eval', '--data', {str(ml100k_prepared)!r}, '--program', 'baseline:random', "
+              f"'--split', 'test_extended', '--out', {str(tmp_path / 'run')!r}, '--no-progress']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "predictions.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and log.stat().st_size) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C once examples are being written
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    saved = len(read_log(log))
+    assert f"{saved} of 9215 examples are saved in" in err and "run the same command again to resume" in err
