@@ -10,6 +10,8 @@ from adaptrec_prompts import commands
 from adaptrec_prompts.commands import PROGRAM_CHOICES
 from adaptrec_prompts.errors import AdaptRecError, Interrupted
 
+SPLITS = ("train", "valid", "test", "test_extended")  # schema.SPLITS, without importing datasets here
+
 
 def _add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="a prepared folder (adaptrec data prepare)")
@@ -114,7 +116,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     pr = groups.add_parser("prompt", help="print the exact Stage-3 messages DSPy sends for one example")
     pr.add_argument("--data", required=True)
-    pr.add_argument("--split", default="test")
+    pr.add_argument("--split", default="test", choices=SPLITS)
     pr.add_argument("--index", type=int, default=0)
     pr.add_argument("--selection", default="static", choices=["none", "random", "random-retrieved", "static"])
     pr.add_argument("--prompt", default="full", choices=["full", "compact"])
@@ -126,7 +128,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     ev = groups.add_parser("eval", help="score a program or baseline on a frozen split (resumable)")
     ev.add_argument("--data", required=True, help="prepared folder (with neighbour columns for AdaptRec variants)")
-    ev.add_argument("--split", default="test")
+    ev.add_argument("--split", default="test", choices=SPLITS)
     ev.add_argument("--program", default="static", help=PROGRAM_CHOICES)
     ev.add_argument("--lm", help="hf:PATH for a local model, or a provider/model for dspy.LM (e.g. openai/gpt-4o)")
     ev.add_argument("--adapter", help="peft LoRA adapter folder for hf: models")
@@ -195,7 +197,7 @@ def make_parser() -> argparse.ArgumentParser:
     ex.add_argument("--data", required=True, help="prepared folder with neighbour columns for --split")
     ex.add_argument("--lm", required=True, help="gemma-3-270m, hf:PATH, or a provider/model")
     ex.add_argument("--out", required=True, help="experiment folder (one run folder per variant)")
-    ex.add_argument("--split", default="test")
+    ex.add_argument("--split", default="test", choices=SPLITS)
     ex.add_argument("--limit", type=positive_int, help="examples per variant (default: the whole split)")
     ex.add_argument("--chunk", type=int, default=20, help="examples added to every variant per round")
     ex.add_argument("--variants", default="none,random,static,adaptive", help="AdaptRec selections to run at --m")
@@ -233,7 +235,7 @@ def make_parser() -> argparse.ArgumentParser:
     fx.add_argument("--demo-items", type=int, default=5, help="each similar user's last N items (0: all)")
     fx.add_argument("--m", type=int, default=5)
     fx.add_argument("--n", type=int, default=10)
-    fx.add_argument("--split", default="test")
+    fx.add_argument("--split", default="test", choices=SPLITS)
     fx.add_argument("--limit", type=positive_int, help="evaluate the first N rows of --split")
     fx.add_argument("--mode", default="score", choices=["score", "score-calibrated", "score-permuted"])
     fx.add_argument("--checkpoint-minutes", type=float, default=5.0)

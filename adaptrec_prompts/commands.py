@@ -235,6 +235,11 @@ def cmd_eval(args: argparse.Namespace, lm=None) -> dict:
     program = build_program(args.program, args.data, n=args.n, m=args.m, mode=args.mode or "score", seed=args.seed,
                             template=args.template, mode_given=args.mode is not None,
                             prompt=getattr(args, "prompt", "full"), demo_items=getattr(args, "demo_items", None))
+    persisted = (manifest.get("neighbors") or {}).get("n")
+    uses_neighbors = isinstance(program, AdaptRec) and program.selection != "none" or args.program == "baseline:userknn"
+    if uses_neighbors and persisted is not None and args.n > persisted:
+        raise ConfigError(f"--n {args.n}: {args.data} holds {persisted} neighbours per row; use --n {persisted} or "
+                          f"less, or rebuild with `adaptrec index neighbors --n {args.n}`")
     if not isinstance(program, AdaptRec):
         lm = None
     elif not args.lm:

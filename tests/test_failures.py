@@ -107,3 +107,28 @@ def test_ctrl_c_in_the_cli_prints_one_line_and_exits_130(ml100k_prepared, tmp_pa
     assert "Traceback" not in err
     saved = len(read_log(log))
     assert f"{saved} of 9215 examples are saved in" in err and "run the same command again to resume" in err
+
+
+def test_an_unknown_split_is_refused_with_the_valid_ones(ml100k_prepared, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--data", str(ml100k_prepared), "--program", "baseline:random", "--split", "nonexistent",
+              "--out", str(tmp_path / "run")])
+    assert "invalid choice: 'nonexistent' (choose from 'train', 'valid', 'test', 'test_extended')" in capsys.readouterr().err
+
+
+def test_more_neighbours_than_the_data_holds_is_refused(goodreads_raw, tmp_path, capsys):
+    from conftest import goodreads_with_neighbors
+
+    _, nb = goodreads_with_neighbors(tmp_path, goodreads_raw, 3, ["test"])
+    assert main(["eval", "--data", str(nb), "--program", "baseline:userknn", "--n", "100",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "--n 100: " in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_non_utf8_bytes_name_the_file_and_line(tmp_path):
+    from adaptrec_prompts.data import load_llara
+    from adaptrec_prompts.errors import DataError
+
+    (tmp_path / "id2name.txt").write_bytes(b"0::Abba\n1::Bj\xf6rk\n")
+    with pytest.raises(DataError, match=r"id2name.txt:2: not valid utf-8 .*re-download it or convert it"):
+        load_llara(tmp_path)

@@ -39,11 +39,22 @@ def require_file(folder: Path, name: str, layout: str) -> Path:
 
 
 def iter_lines(path: Path, encoding: str, skip_header: bool = False) -> Iterator[tuple[int, str]]:
-    """Yield (1-based line number, line without its newline), skipping blank lines."""
-    with open(path, encoding=encoding, newline="") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    """Yield (1-based line number, line without its newline), skipping blank lines.
+
+    Raises:
+        DataError: a line is not valid `encoding` (names the file, line and bytes).
+    """
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
             if skip_header and lineno == 1:
                 continue
+            try:
+                line = raw.decode(encoding)
+            except UnicodeDecodeError as exc:
+                bad = raw[max(0, exc.start - 10) : exc.end + 10]
+                raise DataError(f"{path}:{lineno}: not valid {encoding} at byte {exc.start} of the line "
+                                f"(near {bad!r}); the file is damaged or in another encoding: re-download it or "
+                                f"convert it to {encoding}") from None
             line = line.rstrip("\r\n")
             if line.strip():
                 yield lineno, line
