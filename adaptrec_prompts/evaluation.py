@@ -319,8 +319,8 @@ def _evaluate(program, rows: list, out: Path, config: dict, lm, threads: int, pr
         else:
             for row in todo:
                 finish(_run_one(program, row, lm, callbacks, retries, backoff))
-    except KeyboardInterrupt:
-        saved = sum(1 for r in done.values() if not r["error"])
+    except KeyboardInterrupt:  # what is on disk, whatever instruction the signal interrupted
+        saved = sum(1 for r in read_log(log_path).values() if not r.get("error"))
         raise Interrupted(f"{saved} of {len(rows)} examples are saved in {out}; run the same command again to "
                           "resume") from None
     finally:
