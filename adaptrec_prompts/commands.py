@@ -222,7 +222,7 @@ def build_program(spec: str, data_dir: str, *, n: int = 10, m: int = 5, mode: st
 def cmd_eval(args: argparse.Namespace, lm=None) -> dict:
     """`adaptrec eval`; `lm` reuses an already loaded LM (it must be the one `args.lm` names)."""
     from adaptrec_prompts.backends.api import is_local, make_lm
-    from adaptrec_prompts.errors import ConfigError
+    from adaptrec_prompts.errors import ConfigError, IncompleteRunError
     from adaptrec_prompts.evaluation import evaluate
     from adaptrec_prompts.modules import AdaptRec
     from adaptrec_prompts.prepare import load_manifest, load_prepared
@@ -247,15 +247,19 @@ def cmd_eval(args: argparse.Namespace, lm=None) -> dict:
     elif lm is None:
         lm = make_lm(args.lm, adapter=args.adapter, api_base=args.api_base,
                      **({"max_new_tokens": args.max_new_tokens, "device": device} if is_local(args.lm) else
-                        {"max_tokens": args.max_new_tokens}))
+                        {"max_tokens": args.max_new_tokens, "num_retries": getattr(args, "num_retries", 3)}))
     config = {"data": str(args.data), "data_hash": manifest.get("data_hash"), "split": args.split,
               "limit": args.limit, "examples": split.num_rows, "program": args.program,
               "program_config": program.config(), "lm": args.lm, "adapter": args.adapter, "api_base": args.api_base,
               "max_new_tokens": args.max_new_tokens, "seed": args.seed,
               **({"device": device} if device != "cpu" else {})}
     results = evaluate(program, split.to_list(), args.out, config, lm=lm, threads=args.threads,
-                       progress=not args.no_progress, data_manifest=manifest)
+                       progress=not args.no_progress, data_manifest=manifest, retries=getattr(args, "retries", 2))
     print(format_results(args.out, results))
+    if results["errors"]:  # the metrics cover only what was scored: not a finished run
+        raise IncompleteRunError(f"{results['errors']} of {results['n'] + results['errors']} examples failed with "
+                                 f"provider/transport errors (kept out of the metrics above); run the same command "
+                                 f"again to retry them (finished examples in {args.out} are kept)")
     return results
 
 

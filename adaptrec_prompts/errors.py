@@ -35,3 +35,7 @@ class Interrupted(AdaptRecError):
 
 class RunInUseError(AdaptRecError):
     """Another process holds the run folder's lock."""
+
+
+class IncompleteRunError(AdaptRecError):
+    """A run finished with examples that failed on provider errors; rerunning the command retries them."""

@@ -132,3 +132,18 @@ def test_non_utf8_bytes_name_the_file_and_line(tmp_path):
     (tmp_path / "id2name.txt").write_bytes(b"0::Abba\n1::Bj\xf6rk\n")
     with pytest.raises(DataError, match=r"id2name.txt:2: not valid utf-8 .*re-download it or convert it"):
         load_llara(tmp_path)
+
+
+def test_an_api_run_where_examples_failed_exits_non_zero_and_says_how_to_resume(ml100k_prepared, tmp_path, capsys,
+                                                                                 monkeypatch):
+    from adaptrec_prompts.testing import MockOpenAIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-real")
+    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "cache"))
+    with MockOpenAIServer(lambda number, body: ("500", None)) as server:
+        code = main(["eval", "--data", str(ml100k_prepared), "--program", "none", "--lm", "openai/mock",
+                     "--api-base", server.url, "--mode", "generate", "--limit", "2", "--out", str(tmp_path / "run"),
+                     "--no-progress", "--retries", "0", "--num-retries", "0"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "2 of 2 examples failed with provider/transport errors" in err and "run the same command again" in err
