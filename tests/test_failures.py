@@ -147,3 +147,28 @@ def test_an_api_run_where_examples_failed_exits_non_zero_and_says_how_to_resume(
     assert code == 2
     err = capsys.readouterr().err
     assert "2 of 2 examples failed with provider/transport errors" in err and "run the same command again" in err
+
+
+def test_damaged_llara_pickles_fail_with_the_file_named(llara_movielens_raw, ml100k_raw, tmp_path):
+    import random
+
+    from adaptrec_prompts.data import load_llara
+    from adaptrec_prompts.errors import DataError
+
+    good = (llara_movielens_raw / "Test_data.df").read_bytes()
+    rng = random.Random(0)
+    outcomes = {"refused": 0, "loaded": 0}
+    for trial in range(150):  # three random bytes changed per file
+        data = bytearray(good)
+        for _ in range(3):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        folder = tmp_path / str(trial)
+        folder.mkdir()
+        (folder / "Test_data.df").write_bytes(bytes(data))
+        try:
+            load_llara(folder, ml100k_raw / "u.item")
+            outcomes["loaded"] += 1
+        except DataError as exc:  # UnsafePickleError is a DataError
+            assert "Test_data.df" in str(exc)
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0 and sum(outcomes.values()) == 150
