@@ -19,7 +19,7 @@ import datasets
 
 from adaptrec_prompts import __version__
 from adaptrec_prompts.data import DATASET_NAMES, LOADERS, load_llara
-from adaptrec_prompts.data.interactions import Interactions
+from adaptrec_prompts.data.interactions import Interactions, drop_duplicate_events
 from adaptrec_prompts.errors import ConfigError, DataError, OutputExistsError
 from adaptrec_prompts.protocol import ProtocolConfig, build_examples, draw_candidates, example_row, example_rng
 from adaptrec_prompts.render import DATASET_DOMAINS
@@ -84,7 +84,7 @@ def build(dataset: str, raw_dir: str | Path, config: ProtocolConfig, items_file:
         domain = domain or ("movies" if "u.item" in sources else "music")
         examples = _llara_examples(rows, titles, config)
     else:
-        inter: Interactions = LOADERS[dataset](raw_dir)
+        inter: Interactions = drop_duplicate_events(LOADERS[dataset](raw_dir))
         titles, sources, notes = inter.titles, inter.sources, inter.notes
         examples = build_examples(inter, config)
     splits = {}

@@ -172,3 +172,19 @@ def test_damaged_llara_pickles_fail_with_the_file_named(llara_movielens_raw, ml1
             assert "Test_data.df" in str(exc)
             outcomes["refused"] += 1
     assert outcomes["refused"] > 0 and sum(outcomes.values()) == 150
+
+
+def test_duplicate_raw_events_are_dropped_and_counted(ml100k_raw, tmp_path):
+    import shutil
+
+    from adaptrec_prompts.prepare import build
+    from adaptrec_prompts.protocol import ProtocolConfig
+
+    raw = tmp_path / "ml-100k"
+    shutil.copytree(ml100k_raw, raw)
+    lines = (raw / "u.data").read_text(encoding="latin-1").splitlines(keepends=True)
+    (raw / "u.data").write_text("".join(lines + lines[:500]), encoding="latin-1")  # 500 rows twice
+    ddict, _titles, manifest = build("ml-100k", raw, ProtocolConfig())
+    assert manifest["loader_notes"]["duplicate_events_dropped"] == 500
+    train = ddict["train"].select(range(3000))
+    assert not any(t in h for t, h in zip(train["target_item_id"], train["history_item_ids"]))

@@ -104,3 +104,22 @@ class Interactions:
 
     def __len__(self) -> int:
         return len(self.user_ids)
+
+
+def drop_duplicate_events(inter: Interactions) -> Interactions:
+    """The interactions without repeated (user, item, timestamp) rows (the first of each is kept), with the
+    count in `notes["duplicate_events_dropped"]`. A repeated row would put an example's target inside its own
+    history; the same item at another time is a real repeat and is kept."""
+    import dataclasses
+
+    seen: set[tuple[str, int, int]] = set()
+    keep = []
+    for row, key in enumerate(zip(inter.user_ids, inter.item_ids.tolist(), inter.timestamps.tolist(), strict=True)):
+        if key not in seen:
+            seen.add(key)
+            keep.append(row)
+    dropped = len(inter) - len(keep)
+    index = np.asarray(keep, dtype=np.int64)
+    return dataclasses.replace(inter, user_ids=[inter.user_ids[i] for i in keep], item_ids=inter.item_ids[index],
+                               timestamps=inter.timestamps[index],
+                               notes={**inter.notes, "duplicate_events_dropped": dropped})
