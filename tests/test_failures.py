@@ -188,3 +188,17 @@ def test_duplicate_raw_events_are_dropped_and_counted(ml100k_raw, tmp_path):
     assert manifest["loader_notes"]["duplicate_events_dropped"] == 500
     train = ddict["train"].select(range(3000))
     assert not any(t in h for t, h in zip(train["target_item_id"], train["history_item_ids"]))
+
+
+def test_a_second_server_is_asked_not_answered_from_the_first_ones_cache(ml100k_prepared, tmp_path, monkeypatch):
+    from adaptrec_prompts.testing import MockOpenAIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-real")
+    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "cache"))
+    answer = "[[ ## answer ## ]]\n1\n\n[[ ## completed ## ]]"
+    for name in ("a", "b"):
+        with MockOpenAIServer(lambda number, body: ("ok", answer)) as server:
+            assert main(["eval", "--data", str(ml100k_prepared), "--program", "none", "--lm", "openai/mock",
+                         "--api-base", server.url, "--mode", "generate", "--limit", "2",
+                         "--out", str(tmp_path / name), "--no-progress"]) == 0
+            assert len(server.requests) == 2, name  # the same prompts, yet server b is asked too

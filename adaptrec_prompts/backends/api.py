@@ -23,6 +23,9 @@ def api_lm(model: str, api_base: str | None = None, temperature: float = 0.0, ma
         raise ConfigError("pass API keys through the environment (e.g. OPENAI_API_KEY), not as an argument")
     if api_base:
         kwargs["api_base"] = api_base
+        # DSPy's response cache leaves api_base out of its key (dspy.clients.lm), so a cached answer from one
+        # server would be served for another: no cache for custom servers (the harness log still resumes runs)
+        cache = False
     return dspy.LM(model, temperature=temperature, max_tokens=max_tokens, cache=cache, num_retries=num_retries,
                    **kwargs)
 
