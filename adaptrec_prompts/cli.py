@@ -136,6 +136,7 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--mode", choices=["generate", "score", "score-calibrated", "score-permuted"],
                     help="Stage-3 mode (default score)")
     ev.add_argument("--retries", type=int, default=2, help="harness retries of an example after a provider error")
+    ev.add_argument("--timeout", type=float, default=120.0, help="API models: seconds before a request is abandoned")
     ev.add_argument("--num-retries", type=int, default=3, help="API models: dspy.LM's own retries per request")
     ev.add_argument("--prompt", default="full", choices=["full", "compact"],
                     help="full: DSPy's ChatAdapter; compact: instructions-only system message (match the SFT rows)")

@@ -247,7 +247,8 @@ def cmd_eval(args: argparse.Namespace, lm=None) -> dict:
     elif lm is None:
         lm = make_lm(args.lm, adapter=args.adapter, api_base=args.api_base,
                      **({"max_new_tokens": args.max_new_tokens, "device": device} if is_local(args.lm) else
-                        {"max_tokens": args.max_new_tokens, "num_retries": getattr(args, "num_retries", 3)}))
+                        {"max_tokens": args.max_new_tokens, "num_retries": getattr(args, "num_retries", 3),
+                         "timeout": getattr(args, "timeout", 120.0)}))
     config = {"data": str(args.data), "data_hash": manifest.get("data_hash"), "split": args.split,
               "limit": args.limit, "examples": split.num_rows, "program": args.program,
               "program_config": program.config(), "lm": args.lm, "adapter": args.adapter, "api_base": args.api_base,

@@ -73,11 +73,23 @@ def make_client(path: str | Path | None = None, url: str | None = None):
         parsed = urlparse(url)
         if not parsed.hostname or not parsed.port:
             raise ConfigError(f"--chroma-url must look like http://127.0.0.1:8000, got {url!r}")
-        return chromadb.HttpClient(host=parsed.hostname, port=parsed.port, ssl=parsed.scheme == "https",
-                                   settings=settings)
+        try:
+            return chromadb.HttpClient(host=parsed.hostname, port=parsed.port, ssl=parsed.scheme == "https",
+                                       settings=settings)
+        except Exception as exc:  # chromadb raises ValueError / connection errors when nothing answers
+            raise ConfigError(f"no Chroma server answers at {url} ({str(exc)[:120]}); start one with `chroma run "
+                              f"--path DIR --host {parsed.hostname} --port {parsed.port}`, or drop --chroma-url to use "
+                              "an embedded index") from None
     if path is None:
         raise ConfigError("give a Chroma folder (--chroma-path) or a server URL (--chroma-url)")
-    return chromadb.PersistentClient(path=str(path), settings=settings)
+    try:
+        client = chromadb.PersistentClient(path=str(path), settings=settings)
+        client.list_collections()  # opens the SQLite catalogue: a damaged file fails here, not mid-run
+    except Exception as exc:
+        raise ConfigError(f"the Chroma folder {str(path)!r} cannot be opened ({type(exc).__name__}: "
+                          f"{str(exc)[:120]}); it is damaged or from another Chroma version: delete it and rebuild "
+                          "with `adaptrec index build` (or point --chroma-path elsewhere)") from None
+    return client
 
 
 class UserIndex:

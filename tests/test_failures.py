@@ -202,3 +202,30 @@ def test_a_second_server_is_asked_not_answered_from_the_first_ones_cache(ml100k_
                          "--api-base", server.url, "--mode", "generate", "--limit", "2",
                          "--out", str(tmp_path / name), "--no-progress"]) == 0
             assert len(server.requests) == 2, name  # the same prompts, yet server b is asked too
+
+
+def test_a_server_that_never_answers_times_out_instead_of_hanging(ml100k_prepared, tmp_path, capsys, monkeypatch):
+    from adaptrec_prompts.testing import MockOpenAIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-real")
+    started = time.perf_counter()
+    with MockOpenAIServer(lambda number, body: ("sleep", 20)) as server:
+        code = main(["eval", "--data", str(ml100k_prepared), "--program", "none", "--lm", "openai/mock",
+                     "--api-base", server.url, "--mode", "generate", "--limit", "1", "--out", str(tmp_path / "run"),
+                     "--no-progress", "--timeout", "1", "--retries", "0", "--num-retries", "0"])
+    assert code == 2 and time.perf_counter() - started < 15
+    assert "1 of 1 examples failed with provider/transport errors" in capsys.readouterr().err
+    (record,) = read_log(tmp_path / "run" / "predictions.jsonl").values()
+    assert "imeout" in record["error"]
+
+
+def test_chroma_problems_are_messages_not_tracebacks(tmp_path, capsys):
+    from adaptrec_prompts.retriever import make_client
+
+    with pytest.raises(ConfigError, match=r"no Chroma server answers at http://127.0.0.1:9/.*chroma run"):
+        make_client(url="http://127.0.0.1:9/")
+    make_client(path=tmp_path / "chroma")  # creates a healthy index folder
+    sqlite = tmp_path / "chroma" / "chroma.sqlite3"
+    sqlite.write_bytes(sqlite.read_bytes()[: sqlite.stat().st_size // 2])
+    with pytest.raises(ConfigError, match=r"cannot be opened .*delete it and rebuild"):
+        make_client(path=tmp_path / "chroma")
