@@ -137,9 +137,23 @@ def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | No
                                 "dataset": manifest["dataset"],
                                 **({"pool_size": len(rows), "pool_seed": pool_seed} if sampled else {})})
     index.pool = {"size": len(rows), "train_rows": train.num_rows, "seed": pool_seed if sampled else None}
+    histories = None
+    if index.count() == len(rows) and len(rows):  # an existing collection: check it still finds its own vectors
+        histories = column(train, "history_item_ids")
+        probe = sorted(int(i) for i in np.random.default_rng(0).choice(len(rows), size=min(20, len(rows)),
+                                                                        replace=False))
+        pool_histories = _take((histories,), rows)[0] if sampled else histories
+        found = index.probe(embedder.embed([pool_histories[i] for i in probe]))
+        if sum(found) < len(probe):
+            logger.warning("collection %s found only %d of %d stored vectors: the index is damaged; rebuilding it",
+                           name, sum(found), len(probe))
+            client.delete_collection(name)
+            index = UserIndex(client, name, hnsw=hnsw, lookup=lookup, metadata=index.collection.metadata)
+            index.pool = {"size": len(rows), "train_rows": train.num_rows, "seed": pool_seed if sampled else None}
+            index.rebuilt_after_damage = True
     if index.count() != len(rows):
         started = time.perf_counter()
-        histories = column(train, "history_item_ids")
+        histories = histories or column(train, "history_item_ids")
         vectors = embedder.embed(_take((histories,), rows)[0] if sampled else histories)
         index.build(ids, vectors, users, nexts, times)
         logger.info("built %s: %d vectors in %.1fs", name, len(rows), time.perf_counter() - started)
@@ -177,6 +191,7 @@ def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embed
     randoms = RandomUsers(lookup, seed=random_seed)
     section = {"embedder_id": embedder.id, "collection": index.name, "hnsw": index.hnsw, "n": n,
                "overfetch": overfetch, "pool": getattr(index, "pool", None), "distinct_users": True,
+               "rebuilt_after_damage": getattr(index, "rebuilt_after_damage", False),
                "random_users": {"seed": random_seed, "n": n, "pool_users": len(randoms.users)}, "splits": {}}
     out_splits = {}
     for split in SPLITS:

@@ -113,6 +113,15 @@ class UserIndex:
     def count(self) -> int:
         return self.collection.count()
 
+    def probe(self, vectors: np.ndarray) -> list[bool]:
+        """For vectors stored in the index: is each found again at (near) zero distance? A damaged HNSW file
+        keeps the SQLite count right but stops finding stored vectors."""
+        try:
+            res = self.collection.query(query_embeddings=vectors, n_results=1, include=["distances"])
+        except Exception:  # an unreadable segment: nothing is found
+            return [False] * len(vectors)
+        return [bool(d) and d[0] < 1e-4 for d in res["distances"]]
+
     def build(self, example_ids: Sequence[str], vectors: np.ndarray, user_ids: Sequence[str | None],
               next_item_ids: Sequence[int], timestamps: Sequence[int | None]) -> int:
         """Add the pool (idempotent: ids are example ids and writes are upserts). Returns rows written."""

@@ -229,3 +229,26 @@ def test_chroma_problems_are_messages_not_tracebacks(tmp_path, capsys):
     sqlite.write_bytes(sqlite.read_bytes()[: sqlite.stat().st_size // 2])
     with pytest.raises(ConfigError, match=r"cannot be opened .*delete it and rebuild"):
         make_client(path=tmp_path / "chroma")
+
+
+def test_a_damaged_hnsw_file_is_detected_and_the_index_rebuilt(ml100k_prepared, tmp_path):
+    import datasets
+    from chromadb.api.client import SharedSystemClient
+
+    from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
+    from adaptrec_prompts.retriever import make_client
+
+    embedder = make_embedder("collab", ml100k_prepared)
+    index = open_index(ml100k_prepared, embedder, make_client(path=tmp_path / "chroma"), pool_size=3000)
+    add_neighbors(ml100k_prepared, tmp_path / "intact", index, embedder, n=5, splits=["test"])
+    del index
+    SharedSystemClient.clear_system_cache()  # as a new process would: read the files again
+    files = sorted((tmp_path / "chroma").rglob("data_level0.bin"))
+    assert files, "expected an HNSW segment on disk"
+    for f in files:  # truncate the HNSW graph; the SQLite catalogue (and its count) stays whole
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    index = open_index(ml100k_prepared, embedder, make_client(path=tmp_path / "chroma"), pool_size=3000)
+    assert getattr(index, "rebuilt_after_damage", False) and index.count() == 3000
+    add_neighbors(ml100k_prepared, tmp_path / "after", index, embedder, n=5, splits=["test"])
+    before = datasets.load_from_disk(str(tmp_path / "intact"))["test"]["neighbor_example_ids"]
+    assert datasets.load_from_disk(str(tmp_path / "after"))["test"]["neighbor_example_ids"] == before
