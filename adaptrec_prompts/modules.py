@@ -264,7 +264,8 @@ class AdaptRec(dspy.Module):
         if selection not in SELECTIONS:
             raise ConfigError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         if not 1 <= m_select <= n_retrieve:
-            raise ConfigError(f"need 1 <= m_select <= n_retrieve, got m_select={m_select}, n_retrieve={n_retrieve}")
+            raise ConfigError(f"m_select (--m) must be between 1 and n_retrieve (--n) = {n_retrieve}, got {m_select}: "
+                              "the M demonstrations are chosen among the N retrieved users; lower --m or raise --n")
         self.template = template
         self.selection = selection
         self.n_retrieve = n_retrieve

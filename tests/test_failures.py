@@ -252,3 +252,10 @@ def test_a_damaged_hnsw_file_is_detected_and_the_index_rebuilt(ml100k_prepared, 
     add_neighbors(ml100k_prepared, tmp_path / "after", index, embedder, n=5, splits=["test"])
     before = datasets.load_from_disk(str(tmp_path / "intact"))["test"]["neighbor_example_ids"]
     assert datasets.load_from_disk(str(tmp_path / "after"))["test"]["neighbor_example_ids"] == before
+
+
+def test_more_demonstrations_than_retrieved_users_is_refused(ml100k_prepared, tmp_path, capsys):
+    assert main(["eval", "--data", str(ml100k_prepared), "--program", "static", "--m", "12", "--lm", "hf:unused",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "m_select (--m) must be between 1 and n_retrieve (--n) = 10, got 12" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -138,7 +138,7 @@ def test_missing_neighbours_is_a_clear_error(ml100k):
 def test_bad_config():
     with pytest.raises(ConfigError, match="selection must be one of"):
         AdaptRec(MOVIES, selection="llm")
-    with pytest.raises(ConfigError, match="m_select <= n_retrieve"):
+    with pytest.raises(ConfigError, match=r"m_select \(--m\) must be between 1 and n_retrieve"):
         AdaptRec(MOVIES, n_retrieve=3, m_select=5)
     with pytest.raises(ConfigError, match="mode must be one of"):
         NextItemRecommender(MOVIES, mode="rank")
