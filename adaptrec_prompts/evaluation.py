@@ -115,10 +115,15 @@ class _Log:
             data = path.read_bytes()
             if not data.endswith(b"\n"):
                 keep = data.rfind(b"\n") + 1
-                logger.warning("%s: dropping an incomplete last line (%d bytes) before appending", path,
-                               len(data) - keep)
-                with open(path, "r+b") as handle:
-                    handle.truncate(keep)
+                try:  # a whole record whose newline was not written yet: keep it, finish the line
+                    json.loads(data[keep:].decode("utf-8"))
+                    with open(path, "ab") as handle:
+                        handle.write(b"\n")
+                except ValueError:  # JSONDecodeError and UnicodeDecodeError alike: a torn record
+                    logger.warning("%s: dropping an incomplete last line (%d bytes) before appending", path,
+                                   len(data) - keep)
+                    with open(path, "r+b") as handle:
+                        handle.truncate(keep)
 
     def write(self, record: dict) -> None:
         line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
@@ -274,9 +279,9 @@ def _evaluate(program, rows: list, out: Path, config: dict, lm, threads: int, pr
     else:
         _write_json(manifest_path, manifest)
     log_path = out / "predictions.jsonl"
+    log = _Log(log_path)  # repairs a torn last line before anything reads the log
     done = {k: r for k, r in read_log(log_path).items() if not r.get("error")}
     todo = [row for row in rows if row["example_id"] not in done]
-    log = _Log(log_path)
     callbacks = [timing.LMTimer()]
     logger.info("%d examples, %d already done, %d to run", len(rows), len(done), len(todo))
     bar = None
@@ -301,9 +306,10 @@ def _evaluate(program, rows: list, out: Path, config: dict, lm, threads: int, pr
         if threads > 1:  # every finished example is written, in completion order, before a failure propagates
             pool = ThreadPoolExecutor(max_workers=threads)
             futures = [pool.submit(_run_one, program, r, lm, callbacks, retries, backoff) for r in todo]
-            failure = None
+            failure, written = None, set()
             try:
                 for future in as_completed(futures):
+                    written.add(future)
                     if future.cancelled():
                         continue
                     if future.exception() is None:
@@ -312,8 +318,14 @@ def _evaluate(program, rows: list, out: Path, config: dict, lm, threads: int, pr
                         failure = future.exception()
                         for other in futures:
                             other.cancel()
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+            except KeyboardInterrupt:  # keep what finished meanwhile; do not wait for calls in flight
+                for future in futures:
+                    future.cancel()
+                    if future.done() and future not in written and not future.cancelled() and future.exception() is None:
+                        finish(future.result())
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True, cancel_futures=True)
             if failure is not None:
                 raise failure
         else:

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from adaptrec_prompts.errors import ConfigError
+from adaptrec_prompts.errors import ConfigError, IncompleteRunError
 
 BASELINES = ("random", "popularity", "userknn")
 VARIANTS = ("none", "random", "random-retrieved", "static", "adaptive")
@@ -198,18 +198,26 @@ def run_experiment(args: argparse.Namespace, command: str) -> None:
     lm = None
     print(f"experiment: {len(runs)} runs x {limit} examples of {args.data} [{args.split}] in rounds of "
           f"{args.chunk}; report -> {report_dir}", flush=True)
+    incomplete: dict[str, str] = {}
     for stop in list(range(args.chunk, limit, args.chunk)) + [limit]:
         started = time.perf_counter()
         for run in runs:
             if run.uses_lm and lm is None:
                 lm = make_lm(args.lm, **({"max_new_tokens": args.max_new_tokens} if is_local(args.lm) else
-                                         {"max_tokens": args.max_new_tokens}))
+                                         {"max_tokens": args.max_new_tokens, "timeout": 120.0, "num_retries": 3}))
             ns = argparse.Namespace(data=run.data, split=args.split, program=run.program, lm=args.lm if run.uses_lm
                                     else None, adapter=None, api_base=None, mode=args.mode, n=args.n, m=run.m,
                                     seed=args.seed, limit=stop, threads=1, max_new_tokens=args.max_new_tokens,
                                     template=None, out=str(out / run.name), no_progress=True)
-            cmd_eval(ns, lm=lm if run.uses_lm else None)
+            try:
+                cmd_eval(ns, lm=lm if run.uses_lm else None)
+            except IncompleteRunError as exc:  # keep the other variants going; the report shows `errors`
+                incomplete[run.name] = str(exc)
         write_report(out, runs, report_dir, args.title or f"{manifest['dataset']} {args.split}", command, args.m,
                      set(example_ids[:stop]))
         print(f"round to {stop} examples: {time.perf_counter() - started:.0f} s; report {report_dir / 'table.md'}",
               flush=True)
+    if incomplete:
+        raise IncompleteRunError(f"{len(incomplete)} variants ended with provider errors ("
+                                 + "; ".join(f"{name}: {msg.split(';')[0]}" for name, msg in incomplete.items())
+                                 + "); run the same command again to retry them")

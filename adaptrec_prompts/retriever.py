@@ -86,9 +86,14 @@ def make_client(path: str | Path | None = None, url: str | None = None):
         client = chromadb.PersistentClient(path=str(path), settings=settings)
         client.list_collections()  # opens the SQLite catalogue: a damaged file fails here, not mid-run
     except Exception as exc:
-        raise ConfigError(f"the Chroma folder {str(path)!r} cannot be opened ({type(exc).__name__}: "
-                          f"{str(exc)[:120]}); it is damaged or from another Chroma version: delete it and rebuild "
-                          "with `adaptrec index build` (or point --chroma-path elsewhere)") from None
+        text = f"{type(exc).__name__}: {str(exc)[:160]}"
+        damaged = any(w in text.lower() for w in ("malformed", "not a database", "corrupt", "disk image",
+                                                  "no such table", "file is not"))
+        advice = ("the file is damaged: delete the folder and rebuild with `adaptrec index build`, or point "
+                  "--chroma-path elsewhere" if damaged else
+                  "check that it is readable and writable and not locked by another process, or point "
+                  "--chroma-path elsewhere")
+        raise ConfigError(f"the Chroma folder {str(path)!r} cannot be opened ({text}); {advice}") from None
     return client
 
 
@@ -118,8 +123,9 @@ class UserIndex:
         keeps the SQLite count right but stops finding stored vectors."""
         try:
             res = self.collection.query(query_embeddings=vectors, n_results=1, include=["distances"])
-        except Exception:  # an unreadable segment: nothing is found
-            return [False] * len(vectors)
+        except Exception as exc:  # not evidence of damage (a server blip, a lock): never a reason to rebuild
+            raise ConfigError(f"could not query Chroma collection {self.name!r} to check it ({type(exc).__name__}: "
+                              f"{str(exc)[:120]}); retry, or check the server / folder") from None
         return [bool(d) and d[0] < 1e-4 for d in res["distances"]]
 
     def build(self, example_ids: Sequence[str], vectors: np.ndarray, user_ids: Sequence[str | None],

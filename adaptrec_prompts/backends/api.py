@@ -6,6 +6,8 @@ never passed through our configs, results, manifests or saved programs.
 
 from __future__ import annotations
 
+import os
+
 import dspy
 
 from adaptrec_prompts.errors import ConfigError
@@ -23,14 +25,18 @@ def api_lm(model: str, api_base: str | None = None, temperature: float = 0.0, ma
         raise ConfigError("pass API keys through the environment (e.g. OPENAI_API_KEY), not as an argument")
     if api_base:
         kwargs["api_base"] = api_base
-        # DSPy's response cache leaves api_base out of its key (dspy.clients.lm), so a cached answer from one
-        # server would be served for another: no cache for custom servers (the harness log still resumes runs)
+    if api_base or any(os.environ.get(v) for v in BASE_URL_VARIABLES):
+        # DSPy's response cache leaves the server out of its key (dspy.clients.lm ignores api_base/base_url), so a
+        # cached answer from one server would be served for another: no cache for custom servers, whether named
+        # by --api-base or by the environment (the harness log still resumes runs)
         cache = False
     return dspy.LM(model, temperature=temperature, max_tokens=max_tokens, cache=cache, num_retries=num_retries,
                    **kwargs)
 
 
 GEMMA_PRESET = "gemma-3-270m"
+# Environment variables through which OpenAI clients (and litellm) pick another server than the provider's.
+BASE_URL_VARIABLES = ("OPENAI_BASE_URL", "OPENAI_API_BASE")
 
 
 def is_local(spec: str) -> bool:

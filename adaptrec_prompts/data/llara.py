@@ -87,7 +87,7 @@ def read_restricted_pickle(path: Path):
         except UnsafePickleError as exc:
             raise UnsafePickleError(f"{path}: {exc}") from None
         except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError, KeyError,
-                IndexError, OverflowError, UnicodeDecodeError, MemoryError) as exc:
+                IndexError, OverflowError, UnicodeDecodeError, MemoryError, SystemError) as exc:
             raise DataError(f"{path}: not a readable pandas pickle ({exc})") from None
 
 
@@ -133,6 +133,14 @@ def _rows(path: Path, pad: int, movielens: bool) -> list[LlaraRow]:
     if columns is None or not {"seq", "len_seq", "next"} <= set(columns):
         raise DataError(f"{path}: expected a DataFrame with columns seq, len_seq, next; got {type(frame).__name__}"
                         f" with columns {list(columns) if columns is not None else None}")
+    try:
+        return _convert(path, frame, pad, movielens)
+    except (TypeError, ValueError, OverflowError, IndexError, KeyError, SystemError) as exc:  # damaged values
+        raise DataError(f"{path}: a row does not hold LLaRA's (seq, len_seq, next) values ({type(exc).__name__}: "
+                        f"{str(exc)[:120]}); the file is damaged: re-download it") from None
+
+
+def _convert(path: Path, frame, pad: int, movielens: bool) -> list[LlaraRow]:
     rows: list[LlaraRow] = []
     for index, (seq, len_seq, nxt) in enumerate(zip(frame["seq"], frame["len_seq"], frame["next"], strict=True)):
         pairs = [tuple(int(v) for v in x) if movielens else (int(x), None) for x in seq]
