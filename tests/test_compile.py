@@ -127,8 +127,8 @@ def test_compile_command_with_the_tiny_local_model(ml100k_prepared, tiny_model, 
     assert record["optimizer"] == "bootstrap" and record["validation"]["n"] == 4
     assert set(record["validation"]["after"]) >= {"HR@1", "ValidRatio"}
     # the saved state loads and evaluates through the harness
-    results = evaluate(load_program(saved, mode="score"), [], tmp_path / "e", {"x": 1}, progress=False)
-    assert results["n"] == 0
+    with pytest.raises(ConfigError, match="0 rows"):  # nothing to evaluate is refused, not reported as n=0
+        evaluate(load_program(saved, mode="score"), [], tmp_path / "e", {"x": 1}, progress=False)
     assert main(["eval", "--data", str(ml100k_prepared), "--program", str(saved), "--lm", f"hf:{tiny_model}",
                  "--mode", "score", "--limit", "3", "--out", str(tmp_path / "ev"), "--no-progress"]) == 0
     assert main(["programs", "diff", str(saved), str(saved)]) == 0
