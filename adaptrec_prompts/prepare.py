@@ -87,6 +87,10 @@ def build(dataset: str, raw_dir: str | Path, config: ProtocolConfig, items_file:
         inter: Interactions = drop_duplicate_events(LOADERS[dataset](raw_dir))
         titles, sources, notes = inter.titles, inter.sources, inter.notes
         examples = build_examples(inter, config)
+    if (not examples["train"] and dataset != "llara") or not (examples["test"] or examples["valid"]):
+        raise DataError(f"{raw_dir}: the {dataset} files give {len(examples['train'])} training and "
+                        f"{len(examples['test'])} test examples; the files are empty or too small (each user needs "
+                        f"more than {config.min_history} interactions): check the raw folder")
     splits = {}
     for split in SPLITS:
         columns = {name: [r[name] for r in examples[split]] for name in EXAMPLE_FEATURES}

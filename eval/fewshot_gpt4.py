@@ -9,8 +9,10 @@
         --api-base http://127.0.0.1:8000/v1 --limit 100 --out runs/fewshot-local
 
 Every variant runs through the shared harness (per-example log, resume, CIs) on the same frozen
-examples and neighbours; responses are cached on disk (`--cache-dir`), rate limits (429) and timeouts are
-retried with exponential backoff (`--num-retries`, `--timeout`). A cost estimate is printed before any
+examples and neighbours; provider responses are cached on disk (`--cache-dir`; not for a custom server:
+DSPy's cache key cannot tell servers apart, so with `--api-base` the run log alone resumes), rate limits (429)
+and timeouts are retried with exponential backoff (`--num-retries`, `--timeout`); a run that still has
+unscored examples exits 2 and says how to retry. A cost estimate is printed before any
 call; `--dry-run` stops there. Paired tests against zero-shot are printed at the end.
 """
 
@@ -26,12 +28,14 @@ VARIANTS = {"adaptive": "AdaptRec (LLM selects M of N)", "static": "static top-M
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from adaptrec_prompts.cli import positive_int
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="prepared folder with Stage-1 neighbour columns")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test", "test_extended"])
     p.add_argument("--model", default="openai/gpt-4o", help="a dspy.LM model name (provider/model)")
     p.add_argument("--api-base", help="OpenAI-compatible server URL; no key needed then")
-    p.add_argument("--limit", type=int, default=100, help="first N examples (the paper used ~100 test users)")
+    p.add_argument("--limit", type=positive_int, default=100, help="first N examples (the paper used ~100 test users)")
     p.add_argument("--variants", default="adaptive,static,none")
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--m", type=int, default=5)
@@ -107,7 +111,7 @@ def main(args: argparse.Namespace) -> int:
     dspy.configure_cache(enable_disk_cache=True, disk_cache_dir=str(Path(args.cache_dir or out / "cache")))
     lm = api_lm(args.model, api_base=args.api_base, max_tokens=args.max_tokens, num_retries=args.num_retries,
                 timeout=args.timeout, cache=True)
-    runs = {}
+    runs, failed = {}, {}
     for variant in variants:
         program = AdaptRec(template, selection=variant, n_retrieve=args.n, m_select=args.m, mode="generate")
         config = {"script": "eval/fewshot_gpt4.py", "data": args.data, "data_hash": manifest.get("data_hash"),
@@ -116,6 +120,8 @@ def main(args: argparse.Namespace) -> int:
         results = evaluate(program, rows, out / variant, config, lm=lm, threads=args.threads,
                            data_manifest=manifest)
         runs[variant] = out / variant
+        if results["errors"]:
+            failed[variant] = results["errors"]
         print(f"{VARIANTS.get(variant, variant)}: " + format_results(str(out / variant), results))
         print(f"  tokens: prompt {results['prompt_tokens']:,}, completion {results['completion_tokens']:,}, "
               f"cost {results['cost_usd']}")
@@ -125,6 +131,10 @@ def main(args: argparse.Namespace) -> int:
             if variant != "none":
                 res = paired_comparison(base, list(read_log(path / "predictions.jsonl").values()))
                 print(f"{variant} vs zero-shot: " + json.dumps(res["HR@1"]))
+    if failed:
+        print(f"error: provider/transport errors left examples unscored ({failed}); run the same command again to "
+              "retry them (finished examples are kept)", file=sys.stderr)
+        return 2
     return 0
 
 

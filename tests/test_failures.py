@@ -296,3 +296,17 @@ def test_a_server_named_by_the_environment_is_not_answered_from_the_cache(ml100k
         monkeypatch.setenv("OPENAI_BASE_URL", second.url)
         assert main([*args, "--out", str(tmp_path / "b")]) == 0
         assert len(first.requests) == 2 and len(second.requests) == 2
+
+
+def test_preparing_empty_raw_files_is_refused(ml100k_raw, tmp_path):
+    import shutil
+
+    from adaptrec_prompts.errors import DataError
+    from adaptrec_prompts.prepare import build
+    from adaptrec_prompts.protocol import ProtocolConfig
+
+    raw = tmp_path / "ml-100k"
+    shutil.copytree(ml100k_raw, raw)
+    (raw / "u.data").write_text("")
+    with pytest.raises(DataError, match="0 training and 0 test examples; the files are empty or too small"):
+        build("ml-100k", raw, ProtocolConfig())
