@@ -96,7 +96,10 @@ def test_ctrl_c_in_the_cli_prints_one_line_and_exits_130(ml100k_prepared, tmp_pa
               "from adaptrec_prompts.cli import main\n"
               f"raise SystemExit(main(['eval', '--data', {str(ml100k_prepared)!r}, '--program', 'baseline:random', "
               f"'--split', 'test_extended', '--out', {str(tmp_path / 'run')!r}, '--no-progress']))\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    # a terminal's Ctrl-C: SIGINT at its default disposition (a library in this test process may have set it to
+    # "ignore", which a child would inherit, and Python then installs no KeyboardInterrupt handler)
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = tmp_path / "run" / "predictions.jsonl"
     deadline = time.monotonic() + 120
     while not (log.is_file() and log.stat().st_size) and time.monotonic() < deadline and proc.poll() is None:
