@@ -120,7 +120,11 @@ class UserIndex:
 
     def probe(self, vectors: np.ndarray) -> list[bool]:
         """For vectors stored in the index: is each found again at (near) zero distance? A damaged HNSW file
-        keeps the SQLite count right but stops finding stored vectors."""
+        keeps the SQLite count right but stops finding stored vectors, or crashes the reader: an embedded
+        index is therefore probed in a child process, and a crashed child counts as nothing found."""
+        settings = self.client.get_settings()
+        if settings.is_persistent and settings.persist_directory:
+            return _probe_in_child(settings.persist_directory, self.name, vectors)
         try:
             res = self.collection.query(query_embeddings=vectors, n_results=1, include=["distances"])
         except Exception as exc:  # not evidence of damage (a server blip, a lock): never a reason to rebuild
@@ -198,6 +202,36 @@ class UserIndex:
             stats.short += len(kept) < n
             out.append(kept[:n])
         return out
+
+
+_PROBE = """
+import json, sys
+import numpy as np
+import chromadb
+client = chromadb.PersistentClient(path=sys.argv[1], settings=chromadb.Settings(anonymized_telemetry=False))
+res = client.get_collection(sys.argv[2]).query(query_embeddings=np.load(sys.argv[3]), n_results=1,
+                                                include=["distances"])
+print(json.dumps([bool(d) and d[0] < 1e-4 for d in res["distances"]]))
+"""
+
+
+def _probe_in_child(path: str, name: str, vectors: np.ndarray) -> list[bool]:
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(f"{tmp}/probe.npy", np.asarray(vectors, dtype=np.float32))
+        proc = subprocess.run([sys.executable, "-c", _PROBE, path, name, f"{tmp}/probe.npy"], capture_output=True,
+                              text=True, timeout=300)
+    if proc.returncode < 0:  # killed by a signal (a segfault reading a damaged segment): nothing was found
+        return [False] * len(vectors)
+    if proc.returncode != 0:
+        raise ConfigError(f"could not query Chroma collection {name!r} in {path} to check it "
+                          f"({proc.stderr.strip().splitlines()[-1][:200] if proc.stderr.strip() else 'no message'}); "
+                          "retry, or delete the folder and rebuild with `adaptrec index build`")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _meta(example_id: str, user: str | None, next_item: int, ts: int | None) -> dict:
