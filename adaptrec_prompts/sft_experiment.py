@@ -100,9 +100,10 @@ def balanced_sample(rows: list[dict], size: int, seed: int) -> list[str]:
 
 
 def _sample(config: SFTExperiment, out: Path) -> list[str]:
-    from adaptrec_prompts.modules import AdaptRec, example_inputs
+    from adaptrec_prompts.modules import AdaptRec
     from adaptrec_prompts.prepare import load_manifest, load_prepared
     from adaptrec_prompts.render import manifest_template
+    from adaptrec_prompts.training import has_demonstrations
 
     path = out / "sample.json"
     if path.is_file():
@@ -114,8 +115,7 @@ def _sample(config: SFTExperiment, out: Path) -> list[str]:
     template = manifest_template(load_manifest(config.data))
     program = AdaptRec(template, selection="static", n_retrieve=config.n, m_select=config.m)
     train = load_prepared(config.data)["train"]
-    rows = [r for r in train if program.demonstration_pool(**{k: v for k, v in example_inputs(r).items()
-                                                              if k in ("neighbors", "random_users")}, required=False)]
+    rows = [r for r in train if has_demonstrations(program, r)]
     if len(rows) < config.train_rows:
         raise ConfigError(f"{config.data}: only {len(rows)} training rows have neighbours, fewer than train_rows="
                           f"{config.train_rows}; query more with `adaptrec index neighbors --splits train "
@@ -159,7 +159,7 @@ def _base_model(config: SFTExperiment, out: Path, sample: list[str]) -> tuple[st
 def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, rows_file: Path, out: Path) -> dict:
     from trl import ModelConfig, SFTConfig
 
-    from adaptrec_prompts.training import AdaptRecSFTArguments, train
+    from adaptrec_prompts.training import LORA_TARGETS, AdaptRecSFTArguments, train
 
     steps = max(1, round(config.epochs * config.train_rows / (config.batch_size * config.grad_accum)))
     folder = out / "train" / variant
@@ -173,9 +173,6 @@ def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, r
                                   prompt_format=prompt_format, selection_refresh_steps=config.refresh_steps,
                                   selection_refresh_window=config.refresh_window,
                                   checkpoint_minutes=config.checkpoint_minutes)
-    targets = {"all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-               "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
-               "mlp": ["gate_proj", "up_proj", "down_proj"]}[config.lora_targets]
     training = SFTConfig(output_dir=str(folder), per_device_train_batch_size=config.batch_size,
                          gradient_accumulation_steps=config.grad_accum, learning_rate=config.learning_rate,
                          lr_scheduler_type="cosine", warmup_steps=0.05, max_steps=steps, logging_steps=1,
@@ -183,7 +180,7 @@ def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, r
                          report_to="none", seed=config.seed, bf16=False, max_length=None, disable_tqdm=True,
                          use_cpu=config.device == "cpu")
     model = ModelConfig(model_name_or_path=base, use_peft=True, lora_r=config.lora_r, lora_alpha=2 * config.lora_r,
-                        lora_dropout=0.05, lora_target_modules=targets, dtype="float32")
+                        lora_dropout=0.05, lora_target_modules=LORA_TARGETS[config.lora_targets], dtype="float32")
     started = time.perf_counter()
     result = train(script, training, model)
     print(f"trained {variant}: {result['steps']} steps in {time.perf_counter() - started:.0f} s -> {folder}",

@@ -25,6 +25,20 @@ from transformers import TrainerCallback
 from adaptrec_prompts.errors import ConfigError
 
 
+# LoRA placements compared by `adaptrec bench sft` and used by `adaptrec sft-experiment` (Llama/Gemma names).
+LORA_TARGETS = {"all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                "attention": ["q_proj", "k_proj", "v_proj", "o_proj"], "mlp": ["gate_proj", "up_proj", "down_proj"]}
+
+
+def has_demonstrations(program, row: dict) -> bool:
+    """Whether `program` has users to show as demonstrations for `row` (always true for zero-shot)."""
+    from adaptrec_prompts.modules import example_inputs
+
+    x = example_inputs(row)
+    return program.selection == "none" or bool(program.demonstration_pool(x["neighbors"], x["random_users"],
+                                                                           required=False))
+
+
 def tokenize_fn(model, tokenizer, prompt_format: str = "auto") -> Callable[[dict], dict]:
     """A function mapping a conversational prompt-completion row to {"input_ids", "labels"}: the prompt as
     `HFEngine.prompt_ids` renders it (chat template with generation prompt, or the plain rendering for base
@@ -290,13 +304,7 @@ class SelfAdaptiveSelection(TrainerCallback):
 
 def split_rows_with_demonstrations(program, rows: list[dict]) -> tuple[list[dict], int]:
     """(rows whose demonstration pool is not empty, how many were left out); every row for zero-shot."""
-    from adaptrec_prompts.modules import example_inputs
-
-    if program.selection == "none":
-        return rows, 0
-    kept = [r for r in rows if program.demonstration_pool(**{k: v for k, v in example_inputs(r).items()
-                                                              if k in ("neighbors", "random_users")},
-                                                           required=False)]
+    kept = [r for r in rows if has_demonstrations(program, r)]
     return kept, len(rows) - len(kept)
 
 

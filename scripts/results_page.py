@@ -150,14 +150,7 @@ def sft_summary() -> str:
 
 
 def section(title: str, folder: str, note: str) -> str:
-    table = (DOCS / "results" / folder / "table.md").read_text().split("\n", 2)[2]
-    table = table.replace("](bars.png)", f"](results/{folder}/bars.png)").replace(
-        "](sweep.png)", f"](results/{folder}/sweep.png)")
-    return f"## {title}\n\n{note}\n\n{table}\n"
-
-
-def gemma_section(title: str, folder: str, note: str) -> str:
-    """An `adaptrec experiment` report: its table, claims, sweep and paired tests, plots re-linked."""
+    """A report folder's table.md (table, claims, sweep, paired tests) under a heading, plots re-linked."""
     text = (DOCS / "results" / folder / "table.md").read_text().split("\n", 2)[2]
     for png in ("bars", "sweep"):
         text = text.replace(f"]({png}.png)", f"](results/{folder}/{png}.png)")
@@ -168,7 +161,7 @@ def main() -> None:
     parts = [INTRO, summary(), CHANGED]
     for title, folder, note in GEMMA:
         if (DOCS / "results" / folder / "table.md").is_file():
-            parts.append(gemma_section(title, folder, note))
+            parts.append(section(title, folder, note))
     parts.append(PUBLISHED)
     parts.append(section("ML-100K, classical baselines (LLaRA-compatible test)", "ml-100k-baselines-test",
                          "UserKNN is the no-LLM version of AdaptRec's collaborative signal: the 10 Stage-1 "
@@ -203,7 +196,7 @@ def main() -> None:
                      "position-balanced rows (`adaptrec sft-experiment`), and the choice is to be re-measured on the "
                      "fine-tuned model's histogram.\n")
         for m in modes:
-            parts.append(gemma_section(f"--mode {m}", f"score-modes-{m}", "").replace("## --mode", "### --mode"))
+            parts.append(section(f"--mode {m}", f"score-modes-{m}", "").replace("## --mode", "### --mode"))
     sft_bench = DOCS / "results" / "bench-sft.txt"
     if sft_bench.is_file():
         parts.append("## Cost of a training step on this CPU (`adaptrec bench sft`)\n\n```\n"

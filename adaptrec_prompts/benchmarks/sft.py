@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from adaptrec_prompts.errors import ConfigError
+from adaptrec_prompts.training import LORA_TARGETS
 
 
 def _model_dir(model: str, data_dir: Path, template, rows: list[dict], work: Path) -> tuple[Path, str]:
@@ -33,10 +34,6 @@ def _model_dir(model: str, data_dir: Path, template, rows: list[dict], work: Pat
                          size="small", vocab_size=2000, chat_template=True)
         return out, "auto"
     return Path(model), "auto"
-
-
-LORA_TARGETS = {"all": "all-linear", "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
-                "mlp": ["gate_proj", "up_proj", "down_proj"]}
 
 
 def run(data_dir: str | Path, model: str = "gemma-3-270m", rows: int = 6, selection: str = "static", m: int = 5,
