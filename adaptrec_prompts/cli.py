@@ -242,6 +242,9 @@ def make_parser() -> argparse.ArgumentParser:
     fx.add_argument("--limit", type=positive_int, help="evaluate the first N rows of --split")
     fx.add_argument("--mode", default="score", choices=["score", "score-calibrated", "score-permuted"])
     fx.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    fx.add_argument("--gradient-checkpointing", action="store_true",
+                    help="recompute activations in the backward pass (TRL's default; off here: slower on CPU)")
+    fx.add_argument("--train-only", action="store_true", help="train the variants, skip evaluation")
     fx.add_argument("--device", default="cpu")
     fx.add_argument("--report", help="report folder (default OUT/report)")
     fx.add_argument("--title")

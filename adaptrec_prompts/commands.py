@@ -388,9 +388,10 @@ def cmd_sft_experiment(args: argparse.Namespace) -> None:
         grad_accum=args.grad_accum, learning_rate=args.learning_rate, lora_r=args.lora_r,
         lora_targets=args.lora_targets, prompt=args.prompt, demo_items=args.demo_items or None, n=args.n, m=args.m,
         split=args.split, limit=args.limit, mode=args.mode, checkpoint_minutes=args.checkpoint_minutes,
-        device=args.device, report=args.report, title=args.title)
+        device=args.device, report=args.report, title=args.title,
+        gradient_checkpointing=args.gradient_checkpointing, train_only=args.train_only)
     report = run(config, "adaptrec sft-experiment " + shlex.join(sys.argv[2:]))
-    print(f"report: {report / 'table.md'}")
+    print(f"trained: {report / 'train'}" if config.train_only else f"report: {report / 'table.md'}")
 
 
 def cmd_experiment(args: argparse.Namespace) -> None:

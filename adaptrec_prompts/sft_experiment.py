@@ -44,6 +44,9 @@ class SFTExperiment:
         epochs: passes over the sample (steps = epochs * train_rows / (batch_size * grad_accum)).
         prompt, demo_items: the prompt style shared by training and evaluation (`AdaptRec`).
         split, limit: the evaluation rows (the first `limit` of the split).
+        gradient_checkpointing: TRL turns it on by default; off, a CPU step skips the recomputed forward pass
+            (memory is not the limit for a 270M model on one example).
+        train_only: train the variants and stop (to train variants in parallel processes, then evaluate in one).
     """
 
     data: str
@@ -72,6 +75,8 @@ class SFTExperiment:
     report: str | None = None
     title: str | None = None
     device: str = "cpu"
+    gradient_checkpointing: bool = False
+    train_only: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.variants) - set(VARIANTS)
@@ -178,7 +183,7 @@ def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, r
                          lr_scheduler_type="cosine", warmup_steps=0.05, max_steps=steps, logging_steps=1,
                          save_strategy="steps", save_steps=max(1, steps // 10), save_total_limit=2,
                          report_to="none", seed=config.seed, bf16=False, max_length=None, disable_tqdm=True,
-                         use_cpu=config.device == "cpu")
+                         use_cpu=config.device == "cpu", gradient_checkpointing=config.gradient_checkpointing)
     model = ModelConfig(model_name_or_path=base, use_peft=True, lora_r=config.lora_r, lora_alpha=2 * config.lora_r,
                         lora_dropout=0.05, lora_target_modules=LORA_TARGETS[config.lora_targets], dtype="float32")
     started = time.perf_counter()
@@ -207,6 +212,8 @@ def run(config: SFTExperiment, command: str = "") -> Path:
     rows_file.write_text(json.dumps(sample))
     base, prompt_format = _base_model(config, out, sample)
     trained = {v: _train(config, v, base, prompt_format, rows_file, out) for v in config.variants}
+    if config.train_only:
+        return out
     manifest = load_manifest(config.data)
     ddict = load_prepared(config.data)
     split = ddict[config.split]
