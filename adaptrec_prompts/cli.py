@@ -121,6 +121,8 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("--selection", default="static", choices=["none", "random", "random-retrieved", "static"])
     pr.add_argument("--prompt", default="full", choices=["full", "compact"])
     pr.add_argument("--demo-items", type=int, help="show each similar user's last N items only")
+    pr.add_argument("--labels", default="numbers", choices=["numbers", "letters"],
+                    help="Stage-3 candidate labels: letters are one token in any tokenizer (API score mode)")
     pr.add_argument("--n", type=int, default=10)
     pr.add_argument("--m", type=int, default=5)
     pr.add_argument("--template", help="domain name or .toml path (default: the folder's domain)")
@@ -141,6 +143,8 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompt", default="full", choices=["full", "compact"],
                     help="full: DSPy's ChatAdapter; compact: instructions-only system message (match the SFT rows)")
     ev.add_argument("--demo-items", type=int, help="show each similar user's last N items only")
+    ev.add_argument("--labels", default="numbers", choices=["numbers", "letters"],
+                    help="Stage-3 candidate labels: letters are one token in any tokenizer (API score mode)")
     ev.add_argument("--n", type=int, default=10, help="n_retrieve (N)")
     ev.add_argument("--m", type=int, default=5, help="m_select (M)")
     ev.add_argument("--seed", type=int, default=0)
@@ -236,6 +240,8 @@ def make_parser() -> argparse.ArgumentParser:
     fx.add_argument("--lora-targets", default="all", choices=["all", "attention", "mlp"])
     fx.add_argument("--prompt", default="compact", choices=["full", "compact"])
     fx.add_argument("--demo-items", type=int, default=5, help="each similar user's last N items (0: all)")
+    fx.add_argument("--labels", default="numbers", choices=["numbers", "letters"],
+                    help="Stage-3 candidate labels: letters are one token in any tokenizer (API score mode)")
     fx.add_argument("--m", type=int, default=5)
     fx.add_argument("--n", type=int, default=10)
     fx.add_argument("--split", default="test", choices=SPLITS)

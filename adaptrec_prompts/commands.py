@@ -172,7 +172,7 @@ def cmd_prompt(args: argparse.Namespace) -> None:
     row = load_prepared(args.data)[args.split][args.index]
     template = load_template(args.template) if args.template else manifest_template(load_manifest(args.data))
     program = AdaptRec(template, selection=args.selection, n_retrieve=args.n, m_select=args.m, prompt=args.prompt,
-                       demo_items=args.demo_items)
+                       demo_items=args.demo_items, labels=args.labels)
     messages = stage3_row(program, row)["prompt"]  # the inference messages (tested byte-identical)
     print(f"<!-- adaptrec prompt --data {args.data} --split {args.split} --index {args.index} "
           f"--selection {args.selection} --m {args.m} (dspy {dspy.__version__}, ChatAdapter) -->")
@@ -187,7 +187,7 @@ PROGRAM_CHOICES = ("none|random|random-retrieved|static|adaptive (AdaptRec selec
 
 def build_program(spec: str, data_dir: str, *, n: int = 10, m: int = 5, mode: str = "score", seed: int = 0,
                   template: str | None = None, mode_given: bool = True, prompt: str = "full",
-                  demo_items: int | None = None):
+                  demo_items: int | None = None, labels: str = "numbers"):
     """A program (AdaptRec variant, saved program or baseline) from a command-line spec."""
     from adaptrec_prompts.embed import training_sequences
     from adaptrec_prompts.errors import ConfigError
@@ -198,7 +198,7 @@ def build_program(spec: str, data_dir: str, *, n: int = 10, m: int = 5, mode: st
     if spec in SELECTIONS:
         tmpl = load_template(template) if template else manifest_template(load_manifest(data_dir))
         return AdaptRec(tmpl, selection=spec, n_retrieve=n, m_select=m, mode=mode, seed=seed, prompt=prompt,
-                        demo_items=demo_items)
+                        demo_items=demo_items, labels=labels)
     if spec.endswith(".json"):
         return load_program(spec, **({"mode": mode} if mode_given else {}))
     name = spec.removeprefix("baseline:")
@@ -234,7 +234,8 @@ def cmd_eval(args: argparse.Namespace, lm=None) -> dict:
         split = split.select(range(min(args.limit, split.num_rows)))
     program = build_program(args.program, args.data, n=args.n, m=args.m, mode=args.mode or "score", seed=args.seed,
                             template=args.template, mode_given=args.mode is not None,
-                            prompt=getattr(args, "prompt", "full"), demo_items=getattr(args, "demo_items", None))
+                            prompt=getattr(args, "prompt", "full"), demo_items=getattr(args, "demo_items", None),
+                            labels=getattr(args, "labels", "numbers"))
     persisted = (manifest.get("neighbors") or {}).get("n")
     uses_neighbors = isinstance(program, AdaptRec) and program.selection != "none" or args.program == "baseline:userknn"
     if uses_neighbors and persisted is not None and args.n > persisted:
@@ -386,7 +387,8 @@ def cmd_sft_experiment(args: argparse.Namespace) -> None:
         data=args.data, out=args.out, model=args.model, variants=tuple(v for v in args.variants.split(",") if v),
         train_rows=args.train_rows, sample_seed=args.sample_seed, epochs=args.epochs, batch_size=args.batch_size,
         grad_accum=args.grad_accum, learning_rate=args.learning_rate, lora_r=args.lora_r,
-        lora_targets=args.lora_targets, prompt=args.prompt, demo_items=args.demo_items or None, n=args.n, m=args.m,
+        lora_targets=args.lora_targets, prompt=args.prompt, demo_items=args.demo_items or None, labels=args.labels,
+        n=args.n, m=args.m,
         split=args.split, limit=args.limit, mode=args.mode, checkpoint_minutes=args.checkpoint_minutes,
         device=args.device, report=args.report, title=args.title,
         gradient_checkpointing=args.gradient_checkpointing, train_only=args.train_only)

@@ -20,9 +20,9 @@ from adaptrec_prompts.adapters import PROMPTS, adapter_for, eval_adapter  # noqa
 from adaptrec_prompts.errors import ConfigError
 from adaptrec_prompts.parsing import parse_choice, parse_selection, ranking_from_scores
 from adaptrec_prompts.protocol import example_rng
-from adaptrec_prompts.render import Template, load_template
+from adaptrec_prompts.render import LABELS, Template, candidate_label, load_template
 from adaptrec_prompts.scoring import score_completions
-from adaptrec_prompts.signatures import RecommendNextItem, RecommendNextItemZeroShot, SelectSimilarUsers
+from adaptrec_prompts.signatures import RecommendNextItem, RecommendNextItemZeroShot, SelectSimilarUsers, lettered
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,10 @@ class UserSelector(dspy.Module):
 
 
 class NextItemRecommender(dspy.Module):
-    """Stage 3: pick the next item among K numbered candidates, with or without similar users.
+    """Stage 3: pick the next item among K labelled candidates, with or without similar users.
+
+    labels="numbers" lists them as "1. <title>" .. "20. <title>"; labels="letters" as "A. <title>" ..
+    "T. <title>" (one token each in every common tokenizer: what API score mode needs, see scoring.py).
 
     mode="generate": the LM writes an answer, parsed exactly (parsing.parse_choice).
     mode="score": every candidate's answer (the answer field "<number>. <title>" and its newline) is
@@ -144,8 +147,10 @@ class NextItemRecommender(dspy.Module):
     """
 
     def __init__(self, template: Template, mode: str = "generate", zero_shot: bool = False,
-                 orders: int = SCORE_ORDERS, prompt: str = "full"):
+                 orders: int = SCORE_ORDERS, prompt: str = "full", labels: str = "numbers"):
         super().__init__()
+        if labels not in LABELS:
+            raise ConfigError(f"labels must be one of {LABELS}, got {labels!r}")
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
         if orders < 1:
@@ -155,7 +160,11 @@ class NextItemRecommender(dspy.Module):
         self.orders = orders
         self.prompt = _check_prompt(prompt)
         self.zero_shot = zero_shot
-        self.recommend = dspy.Predict(RecommendNextItemZeroShot if zero_shot else RecommendNextItem)
+        self.labels = labels
+        signature = RecommendNextItemZeroShot if zero_shot else RecommendNextItem
+        self.recommend = dspy.Predict(lettered(signature) if labels == "letters" else signature)
+        # the content-free prompt of score-calibrated mode, labelled like the real one
+        self.null_signature = lettered(RecommendNextItemZeroShot) if labels == "letters" else RecommendNextItemZeroShot
 
     def adapter(self) -> dspy.ChatAdapter:
         """The adapter this module renders through (`adapters.adapter_for`)."""
@@ -165,14 +174,18 @@ class NextItemRecommender(dspy.Module):
                similar_users: Sequence[tuple[Sequence[str], str]] = ()) -> dict[str, str]:
         """The signature's input values, rendered with the template."""
         values = {"user_history": self.template.render_history(history_titles),
-                  "candidates": self.template.render_candidates(candidate_titles)}
+                  "candidates": self.template.render_candidates(candidate_titles, self.labels)}
         if not self.zero_shot:
             values["similar_users"] = self.template.render_similar_users(similar_users)
         return values
 
     def answer_text(self, number: int, title: str) -> str:
-        """The answer a candidate would be, as the signature asks for it."""
-        return self.template.render_candidate(number, title)
+        """The answer the `number`-th candidate (1-based) would be, as the signature asks for it."""
+        return self.template.render_candidate(number, title, self.labels)
+
+    def candidate_labels(self, k: int) -> list[str]:
+        """The labels of K candidates, in list order ("1".."K" or "A"..)."""
+        return [candidate_label(i, self.labels) for i in range(1, k + 1)]
 
     def completions(self, adapter, candidate_titles: Sequence[str]) -> list[str]:
         """What score mode scores for each candidate, in list order (see `answer_block`)."""
@@ -191,7 +204,8 @@ class NextItemRecommender(dspy.Module):
             titles = [candidate_titles[i] for i in order]
             messages = adapter.format(signature=self.recommend.signature, demos=self.recommend.demos,
                                       inputs=self.inputs(history_titles, titles, similar_users))
-            for j, score in enumerate(score_completions(dspy.settings.lm, messages, self.completions(adapter, titles))):
+            for j, score in enumerate(score_completions(dspy.settings.lm, messages, self.completions(adapter, titles),
+                                                        labels=self.candidate_labels(k))):
                 totals[order[j]] += score
         return [t / self.orders for t in totals]
 
@@ -203,17 +217,18 @@ class NextItemRecommender(dspy.Module):
             signature = self.recommend.signature
             messages = adapter.format(signature=signature, demos=self.recommend.demos, inputs=inputs)
             completions = self.completions(adapter, candidate_titles)
-            scores = score_completions(dspy.settings.lm, messages, completions)
+            labels = self.candidate_labels(len(candidate_titles))
+            scores = score_completions(dspy.settings.lm, messages, completions, labels=labels)
             if self.mode == "score-permuted":
                 scores = self.permuted_scores(adapter, scores, history_titles, candidate_titles, similar_users)
             if self.mode == "score-calibrated":
-                null = adapter.format(signature=RecommendNextItemZeroShot, demos=[], inputs={
+                null = adapter.format(signature=self.null_signature, demos=[], inputs={
                     "user_history": NULL_HISTORY, "candidates": inputs["candidates"]})
-                scores = [s - b for s, b in zip(scores, score_completions(dspy.settings.lm, null, completions),
-                                                strict=True)]
+                scores = [s - b for s, b in zip(scores, score_completions(dspy.settings.lm, null, completions,
+                                                                          labels=labels), strict=True)]
             if all(s == float("-inf") for s in scores):
                 return dspy.Prediction(answer=None, raw=None, scores=scores, valid=False, ranking=[],
-                                       reason="no candidate number found in the answer's token logprobs")
+                                       reason="no candidate label found in the answer's token logprobs")
             result = ranking_from_scores(scores, candidate_ids)
             return dspy.Prediction(answer=None, raw=None, scores=scores, valid=True, ranking=result.ranking, reason="")
         raw = answer = None
@@ -223,7 +238,7 @@ class NextItemRecommender(dspy.Module):
             raw = answer
         except AdapterParseError as exc:
             raw = exc.lm_response
-        result = parse_choice(answer, candidate_ids, candidate_titles)
+        result = parse_choice(answer, candidate_ids, candidate_titles, self.labels)
         if answer is None:
             result = type(result)(False, [], f"adapter could not parse the answer: {str(raw)[:200]!r}")
         return dspy.Prediction(answer=answer, raw=raw, scores=None, valid=result.valid, ranking=result.ranking,
@@ -247,6 +262,7 @@ class AdaptRec(dspy.Module):
         prompt: "full" (DSPy's ChatAdapter) or "compact" (`adapters.CompactAdapter`: the instructions as the
             system message, no field boilerplate; for base models and cheap fine-tuning).
         demo_items: show only each similar user's last `demo_items` history items (None: all of them).
+        labels: "numbers" or "letters", how Stage-3 candidates are labelled (see `NextItemRecommender`).
         seed: seed of the random selection.
         stage2: how the adaptive selection asks the LM: "generate" (it writes the list), "score" (top M
             by the likelihood of opening the list; local engines) or "auto" (score when `mode` is "score"
@@ -259,7 +275,7 @@ class AdaptRec(dspy.Module):
 
     def __init__(self, template: Template, selection: str = "static", n_retrieve: int = 10, m_select: int = 5,
                  mode: str = "generate", seed: int = 0, stage2: str = "auto", orders: int = SCORE_ORDERS,
-                 prompt: str = "full", demo_items: int | None = None):
+                 prompt: str = "full", demo_items: int | None = None, labels: str = "numbers"):
         super().__init__()
         if selection not in SELECTIONS:
             raise ConfigError(f"selection must be one of {SELECTIONS}, got {selection!r}")
@@ -283,7 +299,8 @@ class AdaptRec(dspy.Module):
         self.selector = UserSelector(template, m_select, prompt=prompt,
                                      mode="generate" if stage2 == "auto" and mode == "generate" else stage2)
         self.recommender = NextItemRecommender(template, mode=mode, zero_shot=selection == "none", orders=orders,
-                                               prompt=prompt)
+                                               prompt=prompt, labels=labels)
+        self.labels = labels
 
     def config(self) -> dict:
         config = {"template": self.template.model_dump(), "selection": self.selection, "n_retrieve": self.n_retrieve,
@@ -296,6 +313,8 @@ class AdaptRec(dspy.Module):
             config["prompt"] = self.prompt
         if self.demo_items is not None:
             config["demo_items"] = self.demo_items
+        if self.labels != "numbers":  # numbered programs keep the identity they had before labels existed
+            config["labels"] = self.labels
         if self.selection == "adaptive":  # only adaptive runs Stage 2 (other programs' hashes stay as they were)
             config["stage2"] = self.stage2
         return config

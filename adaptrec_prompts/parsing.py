@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 _NUMBERED = re.compile(r"^#?(?P<number>\d+)\s*(?:[.):\-]\s*(?P<title>.*))?$", re.DOTALL)
+_LETTERED = re.compile(r"^(?P<letter>[a-z])\s*(?:[.):\-]\s*(?P<title>.*))?$", re.DOTALL)  # after normalize()
 _STRIP = "\"'`*“”‘’ \t\n"
 
 
@@ -51,11 +52,15 @@ def normalize(text: str) -> str:
     return text.casefold()
 
 
-def parse_choice(answer: str | None, candidate_ids: Sequence[int], candidate_titles: Sequence[str]) -> ParseResult:
-    """Parse a generated Stage-3 answer against the numbered candidate list.
+def parse_choice(answer: str | None, candidate_ids: Sequence[int], candidate_titles: Sequence[str],
+                 labels: str = "numbers") -> ParseResult:
+    """Parse a generated Stage-3 answer against the candidate list, labelled with `labels` ("numbers" or
+    "letters", see render.LABELS).
 
     Example:
         >>> parse_choice("2. Aliens", [10, 20], ["Alien", "Aliens"]).ranking
+        [20]
+        >>> parse_choice("B. Aliens", [10, 20], ["Alien", "Aliens"], labels="letters").ranking
         [20]
         >>> parse_choice("Alien", [10, 20], ["Aliens", "Predator"]).valid
         False
@@ -69,15 +74,19 @@ def parse_choice(answer: str | None, candidate_ids: Sequence[int], candidate_tit
         return ParseResult(True, [candidate_ids[by_title[0]]])
     if len(by_title) > 1:
         return ParseResult(False, reason=f"title {text!r} matches {len(by_title)} candidates")
-    match = _NUMBERED.match(text)
+    kind = "letter" if labels == "letters" else "number"
+    match = (_LETTERED if labels == "letters" else _NUMBERED).match(text)
     if not match:
-        return ParseResult(False, reason=f"{text[:80]!r} is neither a candidate number nor a candidate title")
-    number = int(match["number"])
+        return ParseResult(False, reason=f"{text[:80]!r} is neither a candidate {kind} nor a candidate title")
+    number = ord(match["letter"]) - ord("a") + 1 if labels == "letters" else int(match["number"])
+    label = match["letter"].upper() if labels == "letters" else str(number)
     if not 1 <= number <= len(candidate_ids):
-        return ParseResult(False, reason=f"candidate number {number} is outside 1..{len(candidate_ids)}")
+        last = chr(ord("A") + len(candidate_ids) - 1) if labels == "letters" else str(len(candidate_ids))
+        first = "A" if labels == "letters" else "1"
+        return ParseResult(False, reason=f"candidate {kind} {label} is outside {first}..{last}")
     title = normalize(match["title"] or "")
     if title and title != titles[number - 1]:
-        return ParseResult(False, reason=f"number {number} is {candidate_titles[number - 1]!r} but the title says "
+        return ParseResult(False, reason=f"{kind} {label} is {candidate_titles[number - 1]!r} but the title says "
                                          f"{title[:80]!r}")
     return ParseResult(True, [candidate_ids[number - 1]])
 

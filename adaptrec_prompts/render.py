@@ -17,6 +17,25 @@ from adaptrec_prompts.errors import ConfigError
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 DATASET_DOMAINS = {"ml-100k": "movies", "lastfm": "music", "goodreads": "books"}
+# How Stage-3 candidates are labelled: "numbers" (1..K) or "letters" (A..Z). A letter is one token in every
+# common tokenizer; "10".."20" are two tokens wherever digits are split (Llama, Mistral, Gemma), which an API
+# score mode that reads one token's logprobs cannot tell apart from "1" and "2" (see scoring.py).
+LABELS = ("numbers", "letters")
+
+
+def candidate_label(number: int, labels: str = "numbers") -> str:
+    """The label of the `number`-th candidate (1-based): "7" or "G".
+
+    Raises:
+        ConfigError: unknown `labels`, or more than 26 candidates with letters.
+    """
+    if labels == "numbers":
+        return str(number)
+    if labels != "letters":
+        raise ConfigError(f"labels must be one of {LABELS}, got {labels!r}")
+    if not 1 <= number <= 26:
+        raise ConfigError(f"labels='letters' can label 26 candidates, not {number}: use labels='numbers'")
+    return chr(ord("A") + number - 1)
 
 
 class Template(BaseModel):
@@ -57,11 +76,12 @@ class Template(BaseModel):
             for i, hist in enumerate(histories, start=1)
         )
 
-    def render_candidate(self, number: int, title: str) -> str:
-        return self._fill(self.candidate, number=number, title=title)
+    def render_candidate(self, number: int, title: str, labels: str = "numbers") -> str:
+        """The `number`-th candidate (1-based) as listed and as answered: "3. Alien (1979)" or "C. Alien (1979)"."""
+        return self._fill(self.candidate, number=candidate_label(number, labels), title=title)
 
-    def render_candidates(self, titles: Sequence[str]) -> str:
-        return "\n".join(self.render_candidate(i, t) for i, t in enumerate(titles, start=1))
+    def render_candidates(self, titles: Sequence[str], labels: str = "numbers") -> str:
+        return "\n".join(self.render_candidate(i, t, labels) for i, t in enumerate(titles, start=1))
 
 
 def load_template(name_or_path: str | Path) -> Template:

@@ -1,12 +1,19 @@
 """Score mode: log-likelihood of each candidate answer after the same prompt, from the LM's backend.
 
 - A local backend scores when its engine has `score(messages, completions) -> list[float]` (the Hugging
-  Face engine does: one prefill, cache reused for all completions).
+  Face engine does: one prefill, cache reused for all completions). Exact for any tokenizer.
 - An API backend that returns token logprobs (OpenAI and compatible servers) is asked once for its
   answer with `logprobs=True, top_logprobs=20`; the candidates are scored by the log-probability of their
-  number at the first token of the answer field. Numbers absent from the top 20 score -inf (ranked last,
-  in list order): the ranking below the top-20 is not informative, and the answer is invalid when the
-  answer field or a number token cannot be found.
+  label at the first token of the answer field. Labels absent from the top 20 score -inf (ranked last,
+  in list order): the ranking below the top 20 is not informative, and the answer is invalid when the
+  answer field or a label token cannot be found.
+
+  One token must name one candidate. Letters ("A".."T", `labels="letters"`) are single tokens in every
+  common tokenizer. Numbers are not: where the tokenizer splits digits (Llama, Mistral, Gemma: what vLLM
+  and llama.cpp serve), "12" starts with the token "1", so "1" carries candidates 1 and 10-19 and
+  "10".."20" never appear. With numbered labels above 9, the scores are refused (ConfigError naming
+  `labels="letters"`) unless the server's top logprobs show multi-digit number tokens (OpenAI's
+  tokenizers have them), which proves that a single-digit token means that single digit.
 """
 
 from __future__ import annotations
@@ -18,11 +25,14 @@ from adaptrec_prompts import timing
 from adaptrec_prompts.errors import ConfigError
 
 
-def score_completions(lm, messages: list[dict], completions: Sequence[str]) -> list[float]:
-    """Sum of token log-probabilities of each completion after `messages`, from `lm`'s engine.
+def score_completions(lm, messages: list[dict], completions: Sequence[str],
+                      labels: Sequence[str] | None = None) -> list[float]:
+    """Sum of token log-probabilities of each completion after `messages`, from `lm`'s engine; over an API,
+    the log-probability of each completion's label (`labels`, in the same order) opening the answer.
 
     Raises:
-        ConfigError: no LM is configured, or its backend cannot score.
+        ConfigError: no LM is configured, its backend cannot score, or (API) the labels cannot be scored
+            with the server's tokenizer.
     """
     if lm is None:
         raise ConfigError("no LM is configured: call dspy.configure(lm=...) (e.g. adaptrec_prompts.backends.hf_lm(path))")
@@ -30,7 +40,10 @@ def score_completions(lm, messages: list[dict], completions: Sequence[str]) -> l
     score = getattr(engine, "score", None)
     if score is None:
         started = time.perf_counter()
-        scores = api_number_scores(lm, messages, len(completions))
+        if labels is None or len(labels) != len(completions):
+            raise ConfigError(f"{getattr(lm, 'model', lm)!r} is an API model: score mode needs one label per "
+                              "candidate (the Stage-3 recommender passes them)")
+        scores = api_label_scores(lm, messages, labels)
         timing.add(time.perf_counter() - started)
         return scores
     started = time.perf_counter()
@@ -43,12 +56,32 @@ def score_completions(lm, messages: list[dict], completions: Sequence[str]) -> l
     return list(scores)
 
 
-def api_number_scores(lm, messages: list[dict], k: int, top_logprobs: int = 20) -> list[float]:
-    """First-token logprobs of the candidate numbers 1..k at the start of the answer field.
+def _openai_tokenizer(lm) -> bool:
+    """OpenAI's own GPT / o-series models (no other server): tiktoken keeps numbers below 1000 whole."""
+    import os
+    import re
+
+    model = str(getattr(lm, "model", ""))
+    custom = (getattr(lm, "kwargs", {}) or {}).get("api_base") or os.environ.get("OPENAI_BASE_URL") or \
+        os.environ.get("OPENAI_API_BASE")
+    return not custom and re.match(r"^(openai/)?(gpt-[345]|o\d)", model) is not None
+
+
+def _label_of(token: str) -> str:
+    """A token as a candidate label: "A", " A", "A." and "A)" all name A."""
+    return token.strip().rstrip(".):").strip()
+
+
+def api_label_scores(lm, messages: list[dict], labels: Sequence[str], top_logprobs: int = 20) -> list[float]:
+    """Log-probabilities of the candidate labels at the first token of the answer field (see the module
+    docstring). Tokens naming the same label ("A" and " A") are summed as probabilities.
 
     Raises:
-        ConfigError: the backend returned no logprobs (it cannot score; use generate mode).
+        ConfigError: the backend returned no logprobs (it cannot score; use generate mode), or numbered
+            labels above 9 whose first token cannot be told apart (a digit-splitting tokenizer).
     """
+    import math
+
     try:
         output = lm(messages=messages, logprobs=True, top_logprobs=top_logprobs)[0]
     except Exception as exc:  # providers without logprobs refuse the request
@@ -61,8 +94,21 @@ def api_number_scores(lm, messages: list[dict], k: int, top_logprobs: int = 20) 
     for position in content:
         token = position["token"]
         if "## answer ## ]]" in text and text.rstrip(" ").endswith("\n") and token.strip():
-            tops = {t["token"].strip(): t["logprob"] for t in position.get("top_logprobs") or []}
-            tops.setdefault(token.strip(), position["logprob"])
-            return [tops.get(str(i), float("-inf")) for i in range(1, k + 1)]
+            tops = [(t["token"], t["logprob"]) for t in position.get("top_logprobs") or []]
+            if token not in {t for t, _ in tops}:
+                tops.append((token, position["logprob"]))
+            multi_digit = [t for t, _ in tops if _label_of(t).isdigit() and len(_label_of(t)) > 1]
+            if (any(len(label) > 1 and label.isdigit() for label in labels) and not multi_digit
+                    and not _openai_tokenizer(lm)):
+                raise ConfigError(
+                    f"{getattr(lm, 'model', lm)!r}: candidates are numbered up to {labels[-1]}, but the server's "
+                    "top logprobs show no multi-digit number token: its tokenizer splits digits, so the token "
+                    "'1' cannot tell candidate 1 from 10-19. Label the candidates with letters (labels='letters',"
+                    " --labels letters), or use mode='generate'")
+            probability = dict.fromkeys(labels, 0.0)
+            for t, logprob in tops:
+                if _label_of(t) in probability:
+                    probability[_label_of(t)] += math.exp(logprob)
+            return [math.log(p) if p > 0 else float("-inf") for p in probability.values()]
         text += token
-    return [float("-inf")] * k
+    return [float("-inf")] * len(labels)

@@ -42,7 +42,7 @@ class SFTExperiment:
         variants: which of none / static / adaptive to train.
         train_rows: size of the shared training sample; sample_seed: its seed.
         epochs: passes over the sample (steps = epochs * train_rows / (batch_size * grad_accum)).
-        prompt, demo_items: the prompt style shared by training and evaluation (`AdaptRec`).
+        prompt, demo_items, labels: the prompt style shared by training and evaluation (`AdaptRec`).
         split, limit: the evaluation rows (the first `limit` of the split).
         gradient_checkpointing: TRL turns it on by default; off, a CPU step skips the recomputed forward pass
             (memory is not the limit for a 270M model on one example).
@@ -63,6 +63,7 @@ class SFTExperiment:
     lora_targets: str = "all"
     prompt: str = "compact"
     demo_items: int | None = 5
+    labels: str = "numbers"
     n: int = 10
     m: int = 5
     refresh_steps: int = 10
@@ -152,7 +153,8 @@ def _base_model(config: SFTExperiment, out: Path, sample: list[str]) -> tuple[st
         from adaptrec_prompts.sft_data import stage3_row
 
         program = AdaptRec(manifest_template(load_manifest(config.data)), selection="static",
-                           n_retrieve=config.n, m_select=config.m, prompt=config.prompt, demo_items=config.demo_items)
+                           n_retrieve=config.n, m_select=config.m, prompt=config.prompt, demo_items=config.demo_items,
+                           labels=config.labels)
         train = load_prepared(config.data)["train"]
         position = {e: k for k, e in enumerate(train["example_id"])}
         texts = ["\n\n".join(m["content"] for m in r["prompt"] + r["completion"])
@@ -175,6 +177,7 @@ def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, r
             return done
     script = AdaptRecSFTArguments(data=config.data, selection=variant, n_retrieve=config.n, m_select=config.m,
                                   rows_file=str(rows_file), prompt=config.prompt, demo_items=config.demo_items,
+                                  labels=config.labels,
                                   prompt_format=prompt_format, selection_refresh_steps=config.refresh_steps,
                                   selection_refresh_window=config.refresh_window,
                                   checkpoint_minutes=config.checkpoint_minutes)
@@ -236,7 +239,7 @@ def run(config: SFTExperiment, command: str = "") -> Path:
             lm = hf_lm(base, adapter=adapter, prompt_format=prompt_format, device=config.device)
         for variant in (("none", "static") if adapter is None else (label,)):
             program = AdaptRec(template, selection=variant, n_retrieve=config.n, m_select=config.m, mode=config.mode,
-                               prompt=config.prompt, demo_items=config.demo_items)
+                               prompt=config.prompt, demo_items=config.demo_items, labels=config.labels)
             name = f"{'untuned' if adapter is None else 'tuned'}-{'zero-shot' if variant == 'none' else variant}"
             evaluate(program, rows, out / "runs" / name,
                      {**base_config, "program": variant, "lm": config.model, "adapter": adapter},

@@ -45,3 +45,25 @@ class RecommendNextItemZeroShot(dspy.Signature):
     user_history: str = dspy.InputField(desc="the target user's history, oldest first")
     candidates: str = dspy.InputField(desc="numbered candidate items; exactly one is the answer")
     answer: str = dspy.OutputField(desc="the chosen candidate as '<number>. <title>'")
+
+
+# (numbered wording, lettered wording) in the Stage-3 instructions and field descriptions
+_LETTERED = (("numbered candidate", "lettered candidate"), ("its number and title", "its letter and title"),
+             ("'<number>. <title>'", "'<letter>. <title>'"))
+
+
+def lettered(signature: type[dspy.Signature]) -> type[dspy.Signature]:
+    """A Stage-3 signature whose candidates are labelled with letters (labels="letters") instead of numbers:
+    the same instructions and fields with "number" wording replaced by "letter"."""
+
+    def swap(text: str) -> str:
+        for old, new in _LETTERED:
+            text = text.replace(old, new)
+        return text
+
+    out = signature.with_instructions(swap(signature.instructions))
+    for name, field in signature.fields.items():
+        desc = field.json_schema_extra.get("desc")
+        if desc and swap(desc) != desc:
+            out = out.with_updated_fields(name, desc=swap(desc))
+    return out

@@ -1,7 +1,8 @@
 """A scripted OpenAI-compatible chat server on 127.0.0.1, for offline tests of the API request path.
 
 It answers POST /v1/chat/completions like an OpenAI server would. `script` decides each response from
-the request number and body: return ("ok", text), ("429", None), ("sleep", seconds) or ("500", None).
+the request number and body: return ("ok", text), ("logprobs", (text, content)) (an answer with OpenAI's
+`logprobs.content` list, see `logprobs_content`), ("429", None), ("sleep", seconds) or ("500", None).
 """
 
 from __future__ import annotations
@@ -13,10 +14,44 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def chat_response(text: str, model: str = "mock") -> dict:
-    return {"id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+def chat_response(text: str, model: str = "mock", logprobs: list[dict] | None = None) -> dict:
+    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+    if logprobs is not None:
+        choice["logprobs"] = {"content": logprobs}
+    return {"id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model, "choices": [choice],
             "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}}
+
+
+def logprobs_content(text: str, alternatives: dict[str, float], split_digits: bool) -> list[dict]:
+    """OpenAI's `logprobs.content` for `text`, tokenized by a real pre-tokenizer (Hugging Face `tokenizers`:
+    whitespace/punctuation splits, and with `split_digits` every digit its own token, as Llama, Mistral
+    and Gemma tokenize). The first token of the answer field's value gets `alternatives` ({token: logprob})
+    as its top logprobs; every other token is certain."""
+    from tokenizers import pre_tokenizers
+
+    steps = [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    if split_digits:
+        steps.append(pre_tokenizers.Digits(individual_digits=True))
+    split = pre_tokenizers.Sequence(steps)
+
+    def tokens(part: str) -> list[str]:
+        out = []
+        for line_no, line in enumerate(part.split("\n")):
+            out += ["\n"] if line_no else []
+            start = 0  # each token carries the spaces before it, so the tokens join back into the text
+            for _, (_, end) in split.pre_tokenize_str(line):
+                out.append(line[start:end])
+                start = end
+        return out
+
+    header = "[[ ## answer ## ]]\n"
+    head, _, value = text.partition(header)
+    content = [{"token": t, "logprob": 0.0, "top_logprobs": [{"token": t, "logprob": 0.0}]}
+               for t in tokens(head + header)]
+    for i, t in enumerate(tokens(value)):
+        tops = [{"token": a, "logprob": lp} for a, lp in alternatives.items()] if i == 0 else [{"token": t, "logprob": 0.0}]
+        content.append({"token": t, "logprob": alternatives.get(t, 0.0) if i == 0 else 0.0, "top_logprobs": tops})
+    return content
 
 
 class MockOpenAIServer:
@@ -45,6 +80,9 @@ class MockOpenAIServer:
                     kind, value = "ok", "[[ ## answer ## ]]\nlate\n\n[[ ## completed ## ]]"
                 if kind == "ok":
                     payload, status = chat_response(str(value), body.get("model", "mock")), 200
+                elif kind == "logprobs":
+                    text, content = value
+                    payload, status = chat_response(str(text), body.get("model", "mock"), content), 200
                 elif kind == "429":
                     payload, status = {"error": {"message": "Rate limit reached", "type": "rate_limit_error",
                                                  "code": "rate_limit_exceeded"}}, 429

@@ -160,6 +160,8 @@ class AdaptRecSFTArguments:
     prompt: str = field(default="full", metadata={
         "help": "full (DSPy ChatAdapter) | compact (instructions only as system message; evaluate with the same)"})
     demo_items: int | None = field(default=None, metadata={"help": "show each similar user's last N items only"})
+    labels: str = field(default="numbers", metadata={
+        "help": "numbers | letters: Stage-3 candidate labels (evaluate with the same)"})
     train_stage2: bool = field(default=False, metadata={"help": "add Stage-2 rows (sft_data.stage2_label)"})
     selection_refresh_steps: int = field(default=50, metadata={"help": "adaptive: re-select every N steps"})
     selection_refresh_window: int = field(default=64, metadata={"help": "adaptive: upcoming rows re-selected"})
@@ -186,7 +188,7 @@ def _program(script_args: AdaptRecSFTArguments, manifest: dict):
         return load_program(script_args.program)
     return AdaptRec(manifest_template(manifest), selection=script_args.selection,
                     n_retrieve=script_args.n_retrieve, m_select=script_args.m_select, mode="score",
-                    prompt=script_args.prompt, demo_items=script_args.demo_items)
+                    prompt=script_args.prompt, demo_items=script_args.demo_items, labels=script_args.labels)
 
 
 def _base_model(script_args, model_args, training_args, program, rows) -> str:

@@ -37,6 +37,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-base", help="OpenAI-compatible server URL; no key needed then")
     p.add_argument("--limit", type=positive_int, default=100, help="first N examples (the paper used ~100 test users)")
     p.add_argument("--variants", default="adaptive,static,none")
+    p.add_argument("--mode", default="generate", choices=["generate", "score"],
+                   help="Stage 3: the model writes its answer, or all K candidates are ranked by the logprob of "
+                        "their label (needs a server that returns logprobs)")
+    p.add_argument("--labels", default="numbers", choices=["numbers", "letters"],
+                   help="candidate labels; score mode on a server whose tokenizer splits digits (Llama, Mistral, "
+                        "Gemma) needs letters")
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--m", type=int, default=5)
     p.add_argument("--threads", type=int, default=8)
@@ -113,16 +119,19 @@ def main(args: argparse.Namespace) -> int:
                 timeout=args.timeout, cache=True)
     runs, failed = {}, {}
     for variant in variants:
-        program = AdaptRec(template, selection=variant, n_retrieve=args.n, m_select=args.m, mode="generate")
+        variant_out = out / variant if args.mode == "generate" and args.labels == "numbers" else \
+            out / f"{variant}-{args.mode}-{args.labels}"
+        program = AdaptRec(template, selection=variant, n_retrieve=args.n, m_select=args.m, mode=args.mode,
+                           labels=args.labels)
         config = {"script": "eval/fewshot_gpt4.py", "data": args.data, "data_hash": manifest.get("data_hash"),
                   "split": args.split, "limit": args.limit, "program": variant, "lm": args.model,
                   "api_base": args.api_base, "max_tokens": args.max_tokens}
-        results = evaluate(program, rows, out / variant, config, lm=lm, threads=args.threads,
+        results = evaluate(program, rows, variant_out, config, lm=lm, threads=args.threads,
                            data_manifest=manifest)
-        runs[variant] = out / variant
+        runs[variant] = variant_out
         if results["errors"]:
             failed[variant] = results["errors"]
-        print(f"{VARIANTS.get(variant, variant)}: " + format_results(str(out / variant), results))
+        print(f"{VARIANTS.get(variant, variant)}: " + format_results(str(variant_out), results))
         print(f"  tokens: prompt {results['prompt_tokens']:,}, completion {results['completion_tokens']:,}, "
               f"cost {results['cost_usd']}")
     if "none" in runs:

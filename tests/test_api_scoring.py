@@ -1,0 +1,135 @@
+"""API score mode for any tokenizer: candidate labels (numbers or letters) read from a server's top logprobs.
+
+The server is the local OpenAI-compatible test server; its token logprobs come from a real Hugging Face
+pre-tokenizer, with digits split one per token (Llama, Mistral, Gemma) or kept whole (OpenAI's).
+"""
+
+import dspy
+import pytest
+
+from adaptrec_prompts import testing
+from adaptrec_prompts.backends import api_lm
+from adaptrec_prompts.errors import ConfigError
+from adaptrec_prompts.modules import AdaptRec, example_inputs
+from adaptrec_prompts.parsing import parse_choice
+from adaptrec_prompts.render import candidate_label, load_template
+from adaptrec_prompts.scoring import _openai_tokenizer
+
+MOVIES = load_template("movies")
+K = 20
+# the model's belief over candidates (1-based list positions), most likely first: 12 then 3, 17, ...
+BELIEF = [12, 3, 17, 1, 20, 5, 9, 14, 2, 19, 7, 11, 6, 16, 10, 4, 18, 8, 15, 13]
+
+
+def _server_script(labels: str, split_digits: bool):
+    """A server answering with the top candidate and top-20 logprobs at the answer's first token, as a model
+    with BELIEF would give them under this tokenizer."""
+    def script(i, body):
+        label = [candidate_label(p, labels) for p in BELIEF]
+        if labels == "numbers" and split_digits:  # only the first digit is a token: "12" -> "1", "2"
+            alternatives: dict[str, float] = {}
+            for rank, text in enumerate(label):
+                alternatives.setdefault(text[0], -0.5 - rank)
+            alternatives.update({w: -30.0 - j for j, w in enumerate(("The", "I", "Based", "**", "Candidate"))})
+        else:
+            alternatives = {text: -0.5 - rank for rank, text in enumerate(label)}
+        title = "Some Title"
+        text = f"[[ ## answer ## ]]\n{label[0]}. {title}\n\n[[ ## completed ## ]]"
+        return "logprobs", (text, testing.logprobs_content(text, alternatives, split_digits))
+    return script
+
+
+def _rank(row, labels: str, split_digits: bool, model="openai/local-model"):
+    with testing.MockOpenAIServer(_server_script(labels, split_digits)) as server:
+        lm = api_lm(model, api_base=server.url, cache=False)
+        with dspy.context(lm=lm):
+            pred = AdaptRec(MOVIES, selection="none", mode="score", labels=labels)(**example_inputs(row))
+        return pred, server.requests
+
+
+def test_letters_score_every_candidate_with_a_digit_splitting_tokenizer(ml100k, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    row = ml100k["test"][0]
+    pred, requests = _rank(row, "letters", split_digits=True)
+    assert all(s > float("-inf") for s in pred.scores) and len(pred.scores) == K
+    ids = row["candidate_item_ids"]
+    assert pred.ranking == [ids[p - 1] for p in BELIEF]
+    user = requests[0]["messages"][-1]["content"]
+    assert "\nL. " + row["candidate_titles"][11] in user and "\n12. " not in user  # the list is lettered
+    assert "lettered candidate" in requests[0]["messages"][0]["content"]
+
+
+def test_numbers_with_a_digit_splitting_tokenizer_are_refused_not_misread(ml100k, monkeypatch):
+    """Before: '1' (which also starts 10-19) scored candidate 1 and 10-20 scored -inf, silently."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    with pytest.raises(ConfigError, match=r"splits digits.*labels='letters'"):
+        _rank(ml100k["test"][0], "numbers", split_digits=True, model="openai/gpt-4o-mini")
+
+
+def test_numbers_with_whole_number_tokens_score_all_candidates(ml100k, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    row = ml100k["test"][0]
+    pred, _ = _rank(row, "numbers", split_digits=False)
+    assert all(s > float("-inf") for s in pred.scores)
+    assert pred.ranking == [row["candidate_item_ids"][p - 1] for p in BELIEF]
+
+
+def test_label_variants_of_one_token_add_up():
+    """'A' and ' A' name the same candidate: their probabilities are summed, not the larger one kept."""
+    import math
+
+    from adaptrec_prompts.scoring import api_label_scores
+
+    text = "[[ ## answer ## ]]\nA. X\n\n[[ ## completed ## ]]"
+    content = testing.logprobs_content(text, {"A": math.log(0.3), " A": math.log(0.2), "B": math.log(0.4)}, True)
+
+    def lm(messages, **kwargs):
+        return [{"text": text, "logprobs": {"content": content}}]
+
+    scores = api_label_scores(lm, [], ["A", "B", "C"])
+    assert scores[0] == pytest.approx(math.log(0.5)) and scores[1] == pytest.approx(math.log(0.4))
+    assert scores[2] == float("-inf")
+
+
+def test_openai_tokenizer_is_assumed_only_for_openai_itself(monkeypatch):
+    for var in ("OPENAI_BASE_URL", "OPENAI_API_BASE"):
+        monkeypatch.delenv(var, raising=False)
+    assert _openai_tokenizer(dspy.LM("openai/gpt-4o-mini"))
+    assert not _openai_tokenizer(dspy.LM("openai/gpt-4o-mini", api_base="http://127.0.0.1:8000/v1"))
+    assert not _openai_tokenizer(dspy.LM("openai/llama-3-8b"))
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
+    assert not _openai_tokenizer(dspy.LM("openai/gpt-4o-mini"))
+
+
+def test_letters_in_generate_mode_and_parsing(ml100k):
+    row = ml100k["test"][0]
+    titles = row["candidate_titles"]
+    assert parse_choice(f"C. {titles[2]}", row["candidate_item_ids"], titles, "letters").ranking == \
+        [row["candidate_item_ids"][2]]
+    assert not parse_choice(f"C. {titles[3]}", row["candidate_item_ids"], titles, "letters").valid
+    assert "outside A..T" in parse_choice("Z", row["candidate_item_ids"], titles, "letters").reason
+    program = AdaptRec(MOVIES, selection="none", mode="generate", labels="letters")
+    with dspy.context(lm=dspy.utils.DummyLM([{"answer": f"D. {titles[3]}"}])):
+        pred = program(**example_inputs(row))
+    assert pred.valid and pred.ranking == [row["candidate_item_ids"][3]]
+    assert program.config()["labels"] == "letters"
+    assert "labels" not in AdaptRec(MOVIES, selection="none").config()  # numbered programs keep their identity
+    with pytest.raises(ConfigError, match="labels must be one of"):
+        AdaptRec(MOVIES, labels="roman")
+    with pytest.raises(ConfigError, match="26 candidates"):
+        candidate_label(27, "letters")
+
+
+def test_sft_rows_and_local_scoring_use_the_same_letters(ml100k, tiny_model):
+    """Training rows answer with the target's letter; the local engine scores lettered answers."""
+    from adaptrec_prompts.backends.hf import hf_lm
+    from adaptrec_prompts.sft_data import stage3_row
+
+    row = ml100k["test"][1]
+    program = AdaptRec(MOVIES, selection="none", mode="score", labels="letters", prompt="compact")
+    sft = stage3_row(program, row)
+    position = row["candidate_item_ids"].index(row["target_item_id"])
+    assert sft["completion"][-1]["content"].startswith(f"[[ ## answer ## ]]\n{chr(65 + position)}. ")
+    with dspy.context(lm=hf_lm(str(tiny_model))):
+        pred = program(**example_inputs(row))
+    assert pred.valid and len(pred.scores) == K and all(s > float("-inf") for s in pred.scores)
