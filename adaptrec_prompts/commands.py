@@ -254,7 +254,9 @@ def cmd_eval(args: argparse.Namespace, lm=None) -> dict:
               "limit": args.limit, "examples": split.num_rows, "program": args.program,
               "program_config": program.config(), "lm": args.lm, "adapter": args.adapter, "api_base": args.api_base,
               "max_new_tokens": args.max_new_tokens, "seed": args.seed,
-              **({"device": device} if device != "cpu" else {})}
+              **({"device": device} if device != "cpu" else {}),
+              **({} if is_local(args.lm or "hf:") else {"timeout": getattr(args, "timeout", 120.0), "num_retries":
+                  getattr(args, "num_retries", 3), "retries": getattr(args, "retries", 2), "threads": args.threads})}
     results = evaluate(program, split.to_list(), args.out, config, lm=lm, threads=args.threads,
                        progress=not args.no_progress, data_manifest=manifest, retries=getattr(args, "retries", 2))
     print(format_results(args.out, results))

@@ -348,12 +348,13 @@ def _evaluate(program, rows: list, out: Path, config: dict, lm, threads: int, pr
 
 # Keys that select which frozen examples run, not how each one is predicted: a run may grow or shrink
 # along them (--limit 20, then --limit 95 resumes and runs the other 75).
-ROW_SELECTION_KEYS = ("limit", "examples")
+# config keys that do not change any prediction: which rows, and how requests are sent (a rerun may change them)
+NON_IDENTITY_KEYS = ("limit", "examples", "timeout", "num_retries", "retries", "threads")
 
 
 def run_identity(config: dict) -> str:
     """Hash of the parts of a run config that change per-example predictions."""
-    return _sha({k: v for k, v in config.items() if k not in ROW_SELECTION_KEYS})
+    return _sha({k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS})
 
 
 def _write_json(path: Path, payload: dict) -> None:

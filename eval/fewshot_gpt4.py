@@ -125,7 +125,8 @@ def main(args: argparse.Namespace) -> int:
                            labels=args.labels)
         config = {"script": "eval/fewshot_gpt4.py", "data": args.data, "data_hash": manifest.get("data_hash"),
                   "split": args.split, "limit": args.limit, "program": variant, "lm": args.model,
-                  "api_base": args.api_base, "max_tokens": args.max_tokens}
+                  "api_base": args.api_base, "max_tokens": args.max_tokens, "mode": args.mode, "labels": args.labels,
+                  "timeout": args.timeout, "num_retries": args.num_retries, "threads": args.threads}
         results = evaluate(program, rows, variant_out, config, lm=lm, threads=args.threads,
                            data_manifest=manifest)
         runs[variant] = variant_out
