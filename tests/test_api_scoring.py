@@ -133,3 +133,20 @@ def test_sft_rows_and_local_scoring_use_the_same_letters(ml100k, tiny_model):
     with dspy.context(lm=hf_lm(str(tiny_model))):
         pred = program(**example_inputs(row))
     assert pred.valid and len(pred.scores) == K and all(s > float("-inf") for s in pred.scores)
+
+
+def test_plain_chat_template_renders_what_the_local_engine_sends(ml100k, tiny_model):
+    """templates/plain-chat.jinja (for `vllm serve --chat-template`) gives a server the in-process plain prompt."""
+    from pathlib import Path
+
+    from adaptrec_prompts.backends.hf import HFEngine
+
+    engine = HFEngine.load(str(tiny_model), prompt_format="plain")
+    program = AdaptRec(MOVIES, selection="none", mode="score", prompt="compact")
+    rec, row = program.recommender, ml100k["test"][0]
+    messages = rec.adapter().format(rec.recommend.signature, [], rec.inputs(row["history_titles"],
+                                                                            row["candidate_titles"]))
+    jinja = (Path(__file__).resolve().parents[1] / "templates" / "plain-chat.jinja").read_text()
+    served = engine.tokenizer.apply_chat_template(messages, chat_template=jinja, tokenize=False)
+    assert served == engine.tokenizer.bos_token + engine.render(messages)
+    assert engine.tokenizer(served, add_special_tokens=False)["input_ids"] == engine.prompt_ids(messages)
