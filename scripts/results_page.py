@@ -74,7 +74,7 @@ def summary() -> str:
              "Generated from the Gemma reports below (each claim a paired comparison on the same examples; score "
              "mode, N = 10, M = 5).\n"]
     found = False
-    for title, folder, _note in GEMMA:
+    for title, folder, _note in FINETUNED + GEMMA:
         claims, runs = _load(folder, "claims.json"), _load(folder, "runs.json")
         if not claims or not runs:
             continue
@@ -90,10 +90,10 @@ def summary() -> str:
             parts.append(f"- Where the model's first choice sits in the candidate list (most common position, share; "
                          f"chance is 5%): {positions}.")
         if any((r.get("top1_position") or {}).get("flag") for r in lm_runs):
-            parts.append("- A row whose first choice is one list position on most examples measures how often the "
-                         "target happens to be listed there, not the model's reading of the user: these comparisons "
-                         "cannot separate the claims until the position is out of the answer (see \"Which score mode "
-                         "reads the user\" below, and the fine-tuning work in progress).")
+            flagged = [r["name"] for r in lm_runs if (r.get("top1_position") or {}).get("flag")]
+            parts.append(f"- Flagged ({', '.join(flagged)}): a row whose first choice is one list position on most "
+                         "examples measures how often the target happens to be listed there, not the model's reading "
+                         "of the user; comparisons involving it cannot separate the claims.")
         refs = {r["name"]: r["metrics"]["HR@1"] for r in runs if r["name"] in ("popularity", "userknn")}
         if refs:
             parts.append("- Without an LLM, on the same examples: " + ", ".join(
@@ -102,10 +102,21 @@ def summary() -> str:
         parts.append("")
     if not found:
         return ""
-    parts.append("What this does not test: a fine-tuned model (the paper's main setting), a larger model, or "
-                 "generate mode with an API model (`eval/fewshot_gpt4.py`).\n")
+    parts.append("What this does not test: a larger model, a longer fine-tune, or generate mode with a GPT-class "
+                 "API model (`eval/fewshot_gpt4.py`).\n")
     return "\n".join(parts)
 
+
+FINETUNED = [
+    ("Fine-tuned Gemma 3 270M on ML-100K: LoRA with and without demonstrations (95 test users)", "sft-ml-100k",
+     "`adaptrec sft-experiment` (command below): one seeded, position-balanced sample of leak-free training "
+     "windows; a LoRA adapter trained on it with zero-shot prompts (`none`, LLaRA's text-only setting) and one "
+     "with AdaptRec prompts (`static`: the M = 5 retrieved users, their last 5 items each), the same rows, "
+     "order and steps; each evaluated with its own prompt style in score mode on the 95 test users, next to "
+     "the untuned model and the baselines on the same examples."),
+    ("Fine-tuned Gemma 3 270M on LLaRA's LastFM: LoRA with and without demonstrations (122 test users)",
+     "sft-llara-lastfm", "The same experiment on LLaRA's LastFM (training windows re-linked to users)."),
+]
 
 GEMMA = [
     ("Gemma 3 270M on ML-100K: zero-shot vs random vs retrieved users (95 test users)", "gemma-ml-100k",
@@ -151,15 +162,16 @@ def sft_summary() -> str:
 
 def section(title: str, folder: str, note: str) -> str:
     """A report folder's table.md (table, claims, sweep, paired tests) under a heading, plots re-linked."""
+    import re
+
     text = (DOCS / "results" / folder / "table.md").read_text().split("\n", 2)[2]
-    for png in ("bars", "sweep"):
-        text = text.replace(f"]({png}.png)", f"](results/{folder}/{png}.png)")
+    text = re.sub(r"\]\(([\w.-]+\.png)\)", rf"](results/{folder}/\1)", text)
     return f"## {title}\n\n{note}\n\n{text}\n"
 
 
 def main() -> None:
     parts = [INTRO, summary(), CHANGED]
-    for title, folder, note in GEMMA:
+    for title, folder, note in FINETUNED + GEMMA:
         if (DOCS / "results" / folder / "table.md").is_file():
             parts.append(section(title, folder, note))
     parts.append(PUBLISHED)
