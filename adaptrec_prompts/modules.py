@@ -398,6 +398,7 @@ def load_program(path: str | Path, **overrides) -> AdaptRec:
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
         config = {**payload["config"], **overrides}
+        config.pop("random_from", None)  # an identity marker of config(), not a constructor argument
         template = config.pop("template")
         program = AdaptRec(load_template_obj(template), **config)
         program.load_state(payload["state"])
