@@ -58,14 +58,14 @@ def cmd_compare_llara(args: argparse.Namespace) -> None:
 
 
 def index_parts(args: argparse.Namespace):
-    from adaptrec_prompts.neighbors import make_embedder, open_index
-    from adaptrec_prompts.retriever import make_client
+    """(embedder, index) from the index options: `UserIndex.open`, the code path the Python API uses too."""
+    from adaptrec_prompts.retriever import UserIndex
 
-    embedder = make_embedder(args.embedder, args.data, args.embed_model)
-    client = make_client(path=None if args.chroma_url else args.chroma_path, url=args.chroma_url)
     hnsw = {"ef_search": args.ef_search, "ef_construction": args.ef_construction, "max_neighbors": args.max_neighbors}
-    return embedder, open_index(args.data, embedder, client, hnsw=hnsw, pool_size=args.pool_size,
-                                pool_seed=args.pool_seed)
+    index = UserIndex.open(args.chroma_path, data=args.data, url=args.chroma_url, embedder=args.embedder,
+                           embed_model=args.embed_model, hnsw=hnsw, pool_size=args.pool_size,
+                           pool_seed=args.pool_seed)
+    return index.embedder, index
 
 
 def cmd_index_build(args: argparse.Namespace) -> None:
