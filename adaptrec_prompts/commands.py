@@ -12,17 +12,16 @@ from pathlib import Path
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from adaptrec_prompts.data.download import download
-    from adaptrec_prompts.prepare import build, save
+    from adaptrec_prompts.prepare import load_manifest, prepare_dataset
     from adaptrec_prompts.protocol import ProtocolConfig
 
     config = ProtocolConfig(
         history_len=args.history_len, min_history=args.min_history, k_candidates=args.k_candidates,
         seed=args.seed, extended_seeds=args.extended_seeds,
     )
-    raw_dir = args.raw_dir or download(args.dataset, args.cache_dir)
-    ddict, titles, manifest = build(args.dataset, raw_dir, config, items_file=args.items_file, domain=args.domain)
-    out = save(ddict, titles, manifest, args.out, overwrite=args.overwrite)
+    out = prepare_dataset(args.dataset, args.out, raw_dir=args.raw_dir, config=config, items_file=args.items_file,
+                          domain=args.domain, overwrite=args.overwrite, cache_dir=args.cache_dir)
+    manifest = load_manifest(out)
     counts = ", ".join(f"{s}={n}" for s, n in manifest["counts"]["examples"].items())
     print(f"wrote {out} ({args.dataset}, seed {args.seed}): {counts}")
 
