@@ -1,20 +1,71 @@
 """adaptrec-prompts: AdaptRec (arXiv 2504.08786) on DSPy, Chroma and TRL.
 
-`import adaptrec_prompts` stays light: it never imports torch, chromadb or trl. Heavy parts live in
-their own modules and are imported where they are used.
+`import adaptrec_prompts` stays light: it never imports torch, chromadb or trl. The public names below
+are resolved on first use (PEP 562 `__getattr__`), each from the module that defines it, so that
+`from adaptrec_prompts import AdaptRec` imports DSPy but not Chroma, and `UserIndex.open` imports
+chromadb only when it opens a client.
+
+    from adaptrec_prompts import AdaptRec, UserIndex, make_lm, prepare_dataset
+    prepare_dataset("ml-100k", "artifacts/ml-100k", raw_dir="../shared/data/ml-100k")
+    index = UserIndex.open("artifacts/chroma", data="artifacts/ml-100k")
+    program = AdaptRec.from_index(index, template="movies", selection="static", m_select=5, mode="score")
+    with dspy.context(lm=make_lm("hf:artifacts/models/tiny")):
+        program(history_titles=[...], candidate_titles=[...]).ranked_titles
+
+(examples/quickstart.py runs this end to end.)
 """
 
-from adaptrec_prompts.errors import (AdaptRecError, ConfigError, DataError, LeakageError, OutputExistsError,
+from __future__ import annotations
+
+import importlib
+
+from adaptrec_prompts.errors import (AdaptRecError, ConfigError, DataError, DownloadError, IncompleteRunError,
+                                     Interrupted, LeakageError, OutputExistsError, RunInUseError, UnknownItemError,
                                      UnsafePickleError)
 
 __version__ = "0.1.0"
 
+# public name -> the module that defines it (imported on first access)
+_LAZY = {
+    "prepare_dataset": "adaptrec_prompts.prepare",
+    "load_prepared": "adaptrec_prompts.prepare",
+    "UserIndex": "adaptrec_prompts.retriever",
+    "NEW_USER": "adaptrec_prompts.retriever",
+    "UserRetriever": "adaptrec_prompts.live",
+    "AdaptRec": "adaptrec_prompts.modules",
+    "UserSelector": "adaptrec_prompts.modules",
+    "NextItemRecommender": "adaptrec_prompts.modules",
+    "save_program": "adaptrec_prompts.modules",
+    "load_program": "adaptrec_prompts.modules",
+    "make_lm": "adaptrec_prompts.backends.api",
+    "evaluate": "adaptrec_prompts.evaluation",
+}
+
 __all__ = [
+    *_LAZY,
     "AdaptRecError",
     "ConfigError",
     "DataError",
+    "DownloadError",
+    "IncompleteRunError",
+    "Interrupted",
     "LeakageError",
     "OutputExistsError",
+    "RunInUseError",
+    "UnknownItemError",
     "UnsafePickleError",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'adaptrec_prompts' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

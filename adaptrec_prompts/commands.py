@@ -12,17 +12,16 @@ from pathlib import Path
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from adaptrec_prompts.data.download import download
-    from adaptrec_prompts.prepare import build, save
+    from adaptrec_prompts.prepare import load_manifest, prepare_dataset
     from adaptrec_prompts.protocol import ProtocolConfig
 
     config = ProtocolConfig(
         history_len=args.history_len, min_history=args.min_history, k_candidates=args.k_candidates,
         seed=args.seed, extended_seeds=args.extended_seeds,
     )
-    raw_dir = args.raw_dir or download(args.dataset, args.cache_dir)
-    ddict, titles, manifest = build(args.dataset, raw_dir, config, items_file=args.items_file, domain=args.domain)
-    out = save(ddict, titles, manifest, args.out, overwrite=args.overwrite)
+    out = prepare_dataset(args.dataset, args.out, raw_dir=args.raw_dir, config=config, items_file=args.items_file,
+                          domain=args.domain, overwrite=args.overwrite, cache_dir=args.cache_dir)
+    manifest = load_manifest(out)
     counts = ", ".join(f"{s}={n}" for s, n in manifest["counts"]["examples"].items())
     print(f"wrote {out} ({args.dataset}, seed {args.seed}): {counts}")
 
@@ -58,14 +57,14 @@ def cmd_compare_llara(args: argparse.Namespace) -> None:
 
 
 def index_parts(args: argparse.Namespace):
-    from adaptrec_prompts.neighbors import make_embedder, open_index
-    from adaptrec_prompts.retriever import make_client
+    """(embedder, index) from the index options: `UserIndex.open`, the code path the Python API uses too."""
+    from adaptrec_prompts.retriever import UserIndex
 
-    embedder = make_embedder(args.embedder, args.data, args.embed_model)
-    client = make_client(path=None if args.chroma_url else args.chroma_path, url=args.chroma_url)
     hnsw = {"ef_search": args.ef_search, "ef_construction": args.ef_construction, "max_neighbors": args.max_neighbors}
-    return embedder, open_index(args.data, embedder, client, hnsw=hnsw, pool_size=args.pool_size,
-                                pool_seed=args.pool_seed)
+    index = UserIndex.open(args.chroma_path, data=args.data, url=args.chroma_url, embedder=args.embedder,
+                           embed_model=args.embed_model, hnsw=hnsw, pool_size=args.pool_size,
+                           pool_seed=args.pool_seed)
+    return index.embedder, index
 
 
 def cmd_index_build(args: argparse.Namespace) -> None:

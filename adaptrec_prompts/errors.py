@@ -17,6 +17,11 @@ class ConfigError(AdaptRecError, ValueError):
     """An option has a value that cannot work; the message lists the valid values."""
 
 
+class UnknownItemError(AdaptRecError, ValueError):
+    """A title or item id given to a live program is not in the prepared folder's item table; the message
+    names it, the table and the closest known titles."""
+
+
 class OutputExistsError(AdaptRecError, FileExistsError):
     """An output folder exists already; finished work is never overwritten silently."""
 

@@ -36,7 +36,7 @@ from dspy.utils.usage_tracker import track_usage
 from adaptrec_prompts import timing
 from adaptrec_prompts.errors import ConfigError, Interrupted, RunInUseError
 from adaptrec_prompts.metrics import RESULTS_SCHEMA_VERSION, aggregate, example_metrics
-from adaptrec_prompts.modules import AdaptRec, eval_adapter, example_inputs
+from adaptrec_prompts.modules import AdaptRec, eval_adapter
 
 logger = logging.getLogger(__name__)
 PACKAGES = ("adaptrec-prompts", "dspy", "datasets", "transformers", "torch", "peft", "trl", "chromadb", "litellm")
@@ -68,7 +68,10 @@ def git_commit() -> str | None:
 def program_state(program) -> dict:
     """A JSON description of a program (config + DSPy state for AdaptRec; config for baselines)."""
     if isinstance(program, AdaptRec):
-        return {"class": "AdaptRec", "config": program.config(), "state": program.dump_state()}
+        state = {"class": "AdaptRec", "config": program.config(), "state": program.dump_state()}
+        if getattr(program, "retriever", None) is not None:  # live Stage 1 (AdaptRec.from_index)
+            state["retriever"] = program.retriever.describe()
+        return state
     return {"class": type(program).__name__, "config": program.config()}
 
 
@@ -79,9 +82,12 @@ def _sha(payload: object) -> str:
 def predict_row(program, row: dict) -> dict:
     """Run one program on one prepared row; the uniform output the harness logs."""
     if isinstance(program, AdaptRec):
-        pred = program(**example_inputs(row))
-        return {"raw": pred.raw, "answer": pred.answer, "ranking": list(pred.ranking), "valid": bool(pred.valid),
-                "reason": pred.reason, "selection": pred.selection}
+        pred = program(**program.row_inputs(row))
+        out = {"raw": pred.raw, "answer": pred.answer, "ranking": list(pred.ranking), "valid": bool(pred.valid),
+               "reason": pred.reason, "selection": pred.selection}
+        if getattr(program, "retriever", None) is not None:  # live Stage 1: log the neighbours it retrieved
+            out["neighbor_example_ids"] = list(pred.neighbor_example_ids)
+        return out
     out = program.predict_row(row)
     if sorted(out["ranking"]) != sorted(row["candidate_item_ids"]):  # a baseline ranks every candidate once
         raise ValueError(f"{type(program).__name__} returned a ranking of {len(out['ranking'])} items for example "
@@ -194,7 +200,7 @@ def _run_one(program, row: dict, lm, callbacks, retries: int = 2, backoff: float
     return record
 
 
-def evaluate(program, rows, out_dir: str | Path, config: dict, lm=None, threads: int = 1,
+def evaluate(program, rows, out_dir: str | Path, config: dict | None = None, lm=None, threads: int = 1,
              progress: bool = True, data_manifest: dict | None = None, retries: int = 2,
              backoff: float = 1.0) -> dict:
     """Run `program` on every row (a datasets split or list of dicts), resuming from `out_dir`.
@@ -203,7 +209,8 @@ def evaluate(program, rows, out_dir: str | Path, config: dict, lm=None, threads:
         program: an AdaptRec or a baseline (anything with `predict_row(row)` and `config()`).
         rows: the frozen examples.
         out_dir: run folder (created; reused for resume when its manifest config matches).
-        config: the resolved run configuration to record (no secrets).
+        config: the resolved run configuration to record (no secrets); its identity keys must match when a
+            run is resumed. None records none (the program's config and state are recorded anyway).
         lm: the dspy LM (None for baselines).
         threads: parallel examples (for API backends; keep 1 for a local model).
         retries: retries of an example after a transport error (with `backoff` * 2^k seconds between).
@@ -212,6 +219,7 @@ def evaluate(program, rows, out_dir: str | Path, config: dict, lm=None, threads:
         The results dict also written to `out_dir/results.json`.
     """
     out = Path(out_dir)
+    config = {} if config is None else config
     rows = list(rows)
     if not rows:
         raise ConfigError(f"no examples to evaluate for {out}: the split (after --limit) has 0 rows; check --split, "

@@ -3,7 +3,9 @@
 Modules hold predictors and plain config only (a `Template`, strings, ints): no clients, models or
 files, so DSPy optimizers can deep-copy them. Stage-1 neighbours arrive as inputs, in embedding order.
 Programs are saved as JSON (`save_program` / `load_program`): the config plus DSPy's state
-(instructions, demos); never a pickle, never an LM endpoint or key.
+(instructions, demos); never a pickle, never an LM endpoint or key. The one exception to "neighbours
+arrive as inputs" is `AdaptRec.from_index` (live.py): a program that retrieves them per call holds the
+retriever as a non-parameter attribute that deep copies share, and saves exactly like the plain program.
 """
 
 from __future__ import annotations
@@ -302,6 +304,48 @@ class AdaptRec(dspy.Module):
                                                prompt=prompt, labels=labels)
         self.labels = labels
 
+    @classmethod
+    def from_index(cls, index, template: Template | str | None = None, *, program: AdaptRec | None = None,
+                   overfetch: int = 3, random_seed: int = 0, **config) -> AdaptRec:
+        """A program that retrieves its Stage-1 neighbours live from `index`, then runs Stages 2 and 3.
+
+        Args:
+            index: a `UserIndex` from `UserIndex.open(path, data=FOLDER)` (it knows its embedder and pool).
+            template: a `Template` or a domain name/TOML path ("movies"); default: the folder's domain.
+            program: an AdaptRec (e.g. `load_program(path)`, a compiled program) whose configuration and
+                DSPy state (instructions, demos) the live program takes; keyword arguments override its
+                configuration.
+            overfetch, random_seed: as `adaptrec index neighbors --overfetch/--random-seed`.
+            **config: AdaptRec's arguments (selection, n_retrieve, m_select, mode, seed, prompt, labels...).
+
+        Returns:
+            A `live.LiveAdaptRec`: call it with `history_titles` (or `history_item_ids`) and
+            `candidate_titles` (or `candidate_ids`); titles map to ids through the folder's items.jsonl.
+            A history from outside the dataset needs nothing else (its user is `NEW_USER`: nothing of
+            theirs is in the pool); a dataset row passes its `user_id`, `timestamp` and `example_id` and gets
+            the neighbours `adaptrec index neighbors` persists for it. `save_program` on it writes the plain
+            program (config and DSPy state), never the index or its client; deep copies share the index.
+
+        Example:
+            >>> index = UserIndex.open("artifacts/chroma", data="artifacts/ml-100k")  # doctest: +SKIP
+            >>> program = AdaptRec.from_index(index, template="movies", selection="static", m_select=5)  # doctest: +SKIP
+            >>> with dspy.context(lm=make_lm("hf:artifacts/models/tiny")):  # doctest: +SKIP
+            ...     program(history_titles=["Star Wars (1977)"], candidate_titles=["Fargo (1996)", "Heat (1995)"])
+        """
+        from adaptrec_prompts.live import from_index
+
+        return from_index(index, template, program=program, overfetch=overfetch, random_seed=random_seed, **config)
+
+    def init_config(self) -> dict:
+        """Every constructor argument, as given (`config()` leaves defaults out and adds identity markers)."""
+        return {"template": self.template, "selection": self.selection, "n_retrieve": self.n_retrieve,
+                "m_select": self.m_select, "mode": self.mode, "seed": self.seed, "stage2": self.stage2,
+                "orders": self.orders, "prompt": self.prompt, "demo_items": self.demo_items, "labels": self.labels}
+
+    def row_inputs(self, row: dict) -> dict:
+        """This program's inputs for a prepared row (what the evaluation harness passes): `example_inputs`."""
+        return example_inputs(row)
+
     def config(self) -> dict:
         config = {"template": self.template.model_dump(), "selection": self.selection, "n_retrieve": self.n_retrieve,
                   "m_select": self.m_select, "mode": self.mode, "seed": self.seed}
@@ -398,6 +442,7 @@ def load_program(path: str | Path, **overrides) -> AdaptRec:
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
         config = {**payload["config"], **overrides}
+        config.pop("random_from", None)  # an identity marker of config(), not a constructor argument
         template = config.pop("template")
         program = AdaptRec(load_template_obj(template), **config)
         program.load_state(payload["state"])

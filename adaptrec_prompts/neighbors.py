@@ -118,6 +118,8 @@ def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | No
                pool_size: int | None = None, pool_seed: int = 0) -> UserIndex:
     """The Chroma collection for (dataset, embedder, data, pool); built from the train pool if empty.
 
+    The index returned carries `embedder` and `data` (this folder), so it can serve live queries.
+
     Args:
         pool_size: index a seeded sample of this many training examples instead of all of them.
         pool_seed: the sample's seed.
@@ -157,6 +159,7 @@ def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | No
         vectors = embedder.embed(_take((histories,), rows)[0] if sampled else histories)
         index.build(ids, vectors, users, nexts, times)
         logger.info("built %s: %d vectors in %.1fs", name, len(rows), time.perf_counter() - started)
+    index.embedder, index.data = embedder, Path(data_dir)  # what a live retriever needs (live.UserRetriever)
     return index
 
 

@@ -116,6 +116,36 @@ def build(dataset: str, raw_dir: str | Path, config: ProtocolConfig, items_file:
     return ddict, titles, manifest
 
 
+def prepare_dataset(dataset: str, out: str | Path, raw_dir: str | Path | None = None,
+                    config: ProtocolConfig | None = None, *, items_file: str | Path | None = None,
+                    domain: str | None = None, overwrite: bool = False,
+                    cache_dir: str | Path = "artifacts/raw") -> Path:
+    """`adaptrec data prepare` as a function: build the frozen splits and write the prepared folder `out`.
+
+    Named `prepare_dataset`, not `prepare`, because `adaptrec_prompts.prepare` is this module: a package
+    attribute of that name would be replaced by the module as soon as anything imports it.
+
+    Args:
+        raw_dir: the unpacked raw files (e.g. ../shared/data/ml-100k); None downloads them into `cache_dir`
+            (ml-100k, lastfm; needs the network).
+        config: the protocol (history length, K candidates, seed, ...); default `ProtocolConfig()`.
+
+    Returns:
+        `out`, which `load_prepared(out)` opens.
+
+    Raises:
+        OutputExistsError: `out` exists and `overwrite` is false.
+        ConfigError, DataError: as `build`.
+    """
+    if raw_dir is None:
+        from adaptrec_prompts.data.download import download
+
+        raw_dir = download(dataset, cache_dir)
+    ddict, titles, manifest = build(dataset, raw_dir, config or ProtocolConfig(), items_file=items_file,
+                                    domain=domain)
+    return save(ddict, titles, manifest, out, overwrite=overwrite)
+
+
 def _fingerprinted(ds: datasets.Dataset) -> datasets.Dataset:
     """Give a split a fingerprint derived from its content, so state.json is reproducible."""
     digest = hashlib.sha256()

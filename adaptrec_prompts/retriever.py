@@ -12,7 +12,10 @@ item is the query's target), and nothing at or after the query's timestamp when 
 neighbour is a *user*: each user appears once, with their most similar allowed window (`distinct_users`).
 When the over-fetch leaves fewer than N, the query is re-issued with a larger k, and the event is counted
 (`QueryStats.refetched`). Pool and query rows must carry user ids: `query` refuses rows without one,
-since the same-user rule could not be applied to them.
+since the same-user rule could not be applied to them. A history from outside the dataset (a new user,
+served live) says so explicitly with the user id `NEW_USER`: nothing of that user is in the pool, so no
+window is excluded as theirs. `NEW_USER` is an object, not a string, so it never equals a pool user and
+never comes out of a dataset column (whose missing user ids are None and stay refused).
 """
 
 from __future__ import annotations
@@ -33,6 +36,19 @@ logger = logging.getLogger(__name__)
 # gave recall@50 of 0.49 on random 64-d vectors; these reach >= 0.99 recall@10 on the real embeddings.
 DEFAULT_HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 400, "max_neighbors": 32}
 NO_TIME = -1
+
+
+class NewUser:
+    """The type of `NEW_USER`: a query's user id meaning "not a user of this dataset" (module docstring)."""
+
+    def __repr__(self) -> str:
+        return "NEW_USER"
+
+    def __reduce__(self) -> str:  # copies and pickles are the module's one instance
+        return "NEW_USER"
+
+
+NEW_USER = NewUser()
 
 
 @dataclass(frozen=True)
@@ -110,10 +126,45 @@ class UserIndex:
         """
         self.client = client
         self.lookup = lookup
+        # set by `UserIndex.open` / `neighbors.open_index`: what a live retriever needs to embed and render
+        self.embedder = None  # the Embedder whose vectors the collection holds
+        self.data: Path | None = None  # the prepared folder the pool comes from
+        self.pool: dict | None = None  # {"size", "train_rows", "seed"} of the indexed training examples
         self.name = name
         self.hnsw = {**DEFAULT_HNSW, **(hnsw or {})}
         self.collection = client.get_or_create_collection(name, configuration={"hnsw": self.hnsw},
                                                           metadata=metadata or None)
+
+    @classmethod
+    def open(cls, path: str | Path | None = None, *, data: str | Path, url: str | None = None,
+             embedder="collab", embed_model: str | Path | None = None, hnsw: dict | None = None,
+             pool_size: int | None = None, pool_seed: int = 0) -> UserIndex:
+        """The collection of a prepared folder's training pool, as `adaptrec index build/neighbors` open it.
+
+        The same code path as the CLI (`neighbors.make_embedder` + `make_client` + `neighbors.open_index`):
+        the collection name derives from the dataset, the embedder and the data hash, so this finds the one
+        `adaptrec index build --data DATA --chroma-path PATH` made, and builds it (idempotently) if it is not
+        there yet. The returned index carries its `embedder` and `data` folder, which a live retriever
+        (`live.UserRetriever`, `AdaptRec.from_index`) needs.
+
+        Args:
+            path: embedded Chroma folder (`--chroma-path`); ignored when `url` is given.
+            data: the prepared folder (`adaptrec data prepare`; a copy with neighbour columns works too,
+                it has the same training split but another data hash, hence its own collection).
+            url: a Chroma server, e.g. "http://127.0.0.1:8000" (`--chroma-url`).
+            embedder: "collab", "lm", "text" (`--embedder`), or an already built `Embedder`.
+            embed_model: model folder of the lm/text embedders (`--embed-model`).
+            hnsw, pool_size, pool_seed: as `--ef-search/--ef-construction/--max-neighbors`, `--pool-size`,
+                `--pool-seed` (a sampled pool is its own collection).
+
+        Example:
+            >>> index = UserIndex.open("artifacts/chroma", data="artifacts/ml-100k")  # doctest: +SKIP
+        """
+        from adaptrec_prompts.neighbors import make_embedder, open_index
+
+        emb = make_embedder(embedder, data, embed_model) if isinstance(embedder, str) else embedder
+        client = make_client(path=None if url else path, url=url)
+        return open_index(data, emb, client, hnsw=hnsw, pool_size=pool_size, pool_seed=pool_seed)
 
     def count(self) -> int:
         return self.collection.count()
@@ -155,6 +206,9 @@ class UserIndex:
         """Top-n neighbours per query vector after the exclusion rules (module docstring).
 
         Args:
+            user_ids: the queries' user ids; `NEW_USER` for a history from outside the dataset (no window
+                is excluded as its user's). None or "" is refused.
+            timestamps: the queries' times (nothing at or after one is returned); None when unknown.
             example_ids: the queries' own example ids (a query from the pool never gets itself back).
             distinct_users: keep each user's most similar allowed window only (N neighbours = N people).
 
