@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from adaptrec_prompts.backends.presets import GEMMA_PRESET
 from adaptrec_prompts.errors import ConfigError
 
 VARIANTS = ("none", "static", "adaptive")
@@ -138,7 +139,7 @@ def _sample(config: SFTExperiment, out: Path) -> list[str]:
 
 def _base_model(config: SFTExperiment, out: Path, sample: list[str]) -> tuple[str, str]:
     """(base model folder, prompt format) shared by every variant."""
-    if config.model == "gemma-3-270m":
+    if config.model == GEMMA_PRESET:
         from adaptrec_prompts.backends.gemma import gemma_270m_dir
 
         return str(gemma_270m_dir()), "plain"
@@ -233,7 +234,7 @@ def run(config: SFTExperiment, command: str = "") -> Path:
         runs.append(name)
     lms = {"untuned": None, **{v: str(out / "train" / v) for v in trained}}
     for label, adapter in lms.items():
-        if config.model == "gemma-3-270m":
+        if config.model == GEMMA_PRESET:
             lm = gemma_lm(adapter=adapter, device=config.device)
         else:
             lm = hf_lm(base, adapter=adapter, prompt_format=prompt_format, device=config.device)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from adaptrec_prompts.backends.presets import GEMMA_PRESET
 from adaptrec_prompts.errors import ConfigError
 
 
@@ -193,7 +194,7 @@ def _program(script_args: AdaptRecSFTArguments, manifest: dict):
 
 def _base_model(script_args, model_args, training_args, program, rows) -> str:
     """The base model folder: model_name_or_path, or a tiny Llama built from the data when it is 'tiny'."""
-    if model_args.model_name_or_path == "gemma-3-270m":  # the preset's dense local copy (extra .[gemma])
+    if model_args.model_name_or_path == GEMMA_PRESET:  # the preset's dense local copy (extra .[gemma])
         from adaptrec_prompts.backends.gemma import gemma_270m_dir
 
         return str(gemma_270m_dir())

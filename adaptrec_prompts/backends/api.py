@@ -10,6 +10,7 @@ import os
 
 import dspy
 
+from adaptrec_prompts.backends.presets import GEMMA_PRESET
 from adaptrec_prompts.errors import ConfigError
 
 
@@ -34,7 +35,6 @@ def api_lm(model: str, api_base: str | None = None, temperature: float = 0.0, ma
                    **kwargs)
 
 
-GEMMA_PRESET = "gemma-3-270m"
 # Environment variables through which OpenAI clients (and litellm) pick another server than the provider's.
 BASE_URL_VARIABLES = ("OPENAI_BASE_URL", "OPENAI_API_BASE")
 

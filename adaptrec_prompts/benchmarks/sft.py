@@ -16,13 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from adaptrec_prompts.backends.presets import GEMMA_PRESET
 from adaptrec_prompts.errors import ConfigError
 from adaptrec_prompts.training import LORA_TARGETS
 
 
 def _model_dir(model: str, data_dir: Path, template, rows: list[dict], work: Path) -> tuple[Path, str]:
     """(model folder, prompt format): the Gemma preset, a tiny Llama built from the data, or a folder."""
-    if model == "gemma-3-270m":
+    if model == GEMMA_PRESET:
         from adaptrec_prompts.backends.gemma import gemma_270m_dir
 
         return gemma_270m_dir(), "plain"
