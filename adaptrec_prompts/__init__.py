@@ -5,14 +5,17 @@ are resolved on first use (PEP 562 `__getattr__`), each from the module that def
 `from adaptrec_prompts import AdaptRec` imports DSPy but not Chroma, and `UserIndex.open` imports
 chromadb only when it opens a client.
 
-    from adaptrec_prompts import AdaptRec, UserIndex, make_lm, prepare_dataset
+    from adaptrec_prompts import AdaptRec, RunConfig, UserIndex, make_lm, prepare_dataset, run_eval
     prepare_dataset("ml-100k", "artifacts/ml-100k", raw_dir="../shared/data/ml-100k")
     index = UserIndex.open("artifacts/chroma", data="artifacts/ml-100k")
     program = AdaptRec.from_index(index, template="movies", selection="static", m_select=5, mode="score")
     with dspy.context(lm=make_lm("hf:artifacts/models/tiny")):
         program(history_titles=[...], candidate_titles=[...]).ranked_titles
+    results = run_eval(RunConfig(data="artifacts/ml-100k-nb", out="runs/static", program="static",
+                                 lm="hf:artifacts/models/tiny", limit=20))  # = adaptrec eval
+    results.metrics["HR@1"], results.to_pandas()
 
-(examples/quickstart.py runs this end to end.)
+(examples/quickstart.py runs the program part end to end; `run_eval` is `adaptrec eval` as a call.)
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ _LAZY = {
     "load_program": "adaptrec_prompts.modules",
     "make_lm": "adaptrec_prompts.backends.api",
     "evaluate": "adaptrec_prompts.evaluation",
+    "RunConfig": "adaptrec_prompts.runs",
+    "run_eval": "adaptrec_prompts.runs",
+    "Results": "adaptrec_prompts.runs",
 }
 
 __all__ = [

@@ -10,6 +10,9 @@ import json
 import sys
 from pathlib import Path
 
+# light (no torch/DSPy at import); build_program and format_results stay importable from here
+from adaptrec_prompts.runs import PROGRAM_CHOICES, Results, build_program, format_results  # noqa: F401
+
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from adaptrec_prompts.prepare import load_manifest, prepare_dataset
@@ -180,99 +183,21 @@ def cmd_prompt(args: argparse.Namespace) -> None:
     print(f"Target: {row['target_title']} (candidate {row['candidate_item_ids'].index(row['target_item_id']) + 1})")
 
 
-PROGRAM_CHOICES = ("none|random|random-retrieved|static|adaptive (AdaptRec selection), "
-                   "baseline:random|popularity|userknn|sasrec, or a .json")
+def cmd_eval(args: argparse.Namespace, lm=None) -> Results:
+    """`adaptrec eval`: the options are RunConfig's fields (`run_eval` does the work); `lm` reuses an already
+    loaded LM (it must be the one `args.lm` names)."""
+    from adaptrec_prompts.errors import IncompleteRunError
+    from adaptrec_prompts.runs import RunConfig, config_fields, run_eval
 
-
-def build_program(spec: str, data_dir: str, *, n: int = 10, m: int = 5, mode: str = "score", seed: int = 0,
-                  template: str | None = None, mode_given: bool = True, prompt: str = "full",
-                  demo_items: int | None = None, labels: str = "numbers"):
-    """A program (AdaptRec variant, saved program or baseline) from a command-line spec."""
-    from adaptrec_prompts.embed import training_sequences
-    from adaptrec_prompts.errors import ConfigError
-    from adaptrec_prompts.modules import SELECTIONS, AdaptRec, load_program
-    from adaptrec_prompts.prepare import load_manifest, load_prepared
-    from adaptrec_prompts.render import load_template, manifest_template
-
-    if spec in SELECTIONS:
-        tmpl = load_template(template) if template else manifest_template(load_manifest(data_dir))
-        return AdaptRec(tmpl, selection=spec, n_retrieve=n, m_select=m, mode=mode, seed=seed, prompt=prompt,
-                        demo_items=demo_items, labels=labels)
-    if spec.endswith(".json"):
-        return load_program(spec, **({"mode": mode} if mode_given else {}))
-    name = spec.removeprefix("baseline:")
-    train = load_prepared(data_dir)["train"]
-    if name == "random":
-        from adaptrec_prompts.baselines import RandomBaseline
-
-        return RandomBaseline(seed)
-    if name in ("popularity", "userknn"):
-        from adaptrec_prompts.baselines import PopularityBaseline, UserKNNBaseline
-
-        seqs = training_sequences(train)
-        return PopularityBaseline(seqs) if name == "popularity" else UserKNNBaseline(seqs, n_retrieve=n)
-    if name == "sasrec":
-        from adaptrec_prompts.baselines.sasrec import SASRecBaseline
-
-        return SASRecBaseline(train, seed=seed)
-    raise ConfigError(f"unknown program {spec!r}; use {PROGRAM_CHOICES}")
-
-
-def cmd_eval(args: argparse.Namespace, lm=None) -> dict:
-    """`adaptrec eval`; `lm` reuses an already loaded LM (it must be the one `args.lm` names)."""
-    from adaptrec_prompts.backends.api import is_local, make_lm
-    from adaptrec_prompts.errors import ConfigError, IncompleteRunError
-    from adaptrec_prompts.evaluation import evaluate
-    from adaptrec_prompts.modules import AdaptRec
-    from adaptrec_prompts.prepare import load_manifest, load_prepared
-
-    manifest = load_manifest(args.data)
-    split = load_prepared(args.data)[args.split]
-    device = getattr(args, "device", "cpu")
-    if args.limit:
-        split = split.select(range(min(args.limit, split.num_rows)))
-    program = build_program(args.program, args.data, n=args.n, m=args.m, mode=args.mode or "score", seed=args.seed,
-                            template=args.template, mode_given=args.mode is not None,
-                            prompt=getattr(args, "prompt", "full"), demo_items=getattr(args, "demo_items", None),
-                            labels=getattr(args, "labels", "numbers"))
-    persisted = (manifest.get("neighbors") or {}).get("n")
-    uses_neighbors = isinstance(program, AdaptRec) and program.selection != "none" or args.program == "baseline:userknn"
-    if uses_neighbors and persisted is not None and args.n > persisted:
-        raise ConfigError(f"--n {args.n}: {args.data} holds {persisted} neighbours per row; use --n {persisted} or "
-                          f"less, or rebuild with `adaptrec index neighbors --n {args.n}`")
-    if not isinstance(program, AdaptRec):
-        lm = None
-    elif not args.lm:
-        raise ConfigError("this program needs an LM: pass --lm hf:PATH (local) or e.g. --lm openai/gpt-4o")
-    elif lm is None:
-        lm = make_lm(args.lm, adapter=args.adapter, api_base=args.api_base,
-                     **({"max_new_tokens": args.max_new_tokens, "device": device} if is_local(args.lm) else
-                        {"max_tokens": args.max_new_tokens, "num_retries": getattr(args, "num_retries", 3),
-                         "timeout": getattr(args, "timeout", 120.0)}))
-    config = {"data": str(args.data), "data_hash": manifest.get("data_hash"), "split": args.split,
-              "limit": args.limit, "examples": split.num_rows, "program": args.program,
-              "program_config": program.config(), "lm": args.lm, "adapter": args.adapter, "api_base": args.api_base,
-              "max_new_tokens": args.max_new_tokens, "seed": args.seed,
-              **({"device": device} if device != "cpu" else {}),
-              **({} if is_local(args.lm or "hf:") else {"timeout": getattr(args, "timeout", 120.0), "num_retries":
-                  getattr(args, "num_retries", 3), "retries": getattr(args, "retries", 2), "threads": args.threads})}
-    results = evaluate(program, split.to_list(), args.out, config, lm=lm, threads=args.threads,
-                       progress=not args.no_progress, data_manifest=manifest, retries=getattr(args, "retries", 2))
-    print(format_results(args.out, results))
-    if results["errors"]:  # the metrics cover only what was scored: not a finished run
-        raise IncompleteRunError(f"{results['errors']} of {results['n'] + results['errors']} examples failed with "
-                                 f"provider/transport errors (kept out of the metrics above); run the same command "
-                                 f"again to retry them (finished examples in {args.out} are kept)")
+    config = RunConfig(**{name: getattr(args, name) for name in config_fields()})
+    try:
+        results = run_eval(config, lm=lm, progress=not args.no_progress, config_file=getattr(args, "config", None))
+    except IncompleteRunError as exc:  # print what was scored, then say how to finish
+        if exc.results is not None:
+            print(format_results(str(config.out), exc.results))
+        raise
+    print(format_results(str(config.out), results))
     return results
-
-
-def format_results(name: str, results: dict) -> str:
-    parts = [f"{name}: n={results['n']} errors={results['errors']}"]
-    for key, m in results["metrics"].items():
-        parts.append(f"{key}={m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
-    if results.get("overhead_share") is not None:
-        parts.append(f"overhead={100 * results['overhead_share']:.1f}% of {results['total_seconds']:.1f}s")
-    return " ".join(parts)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -397,12 +322,27 @@ def cmd_sft_experiment(args: argparse.Namespace) -> None:
     print(f"trained: {report / 'train'}" if config.train_only else f"report: {report / 'table.md'}")
 
 
-def cmd_experiment(args: argparse.Namespace) -> None:
-    from adaptrec_prompts.experiments import run_experiment
+def _names(text: str | None) -> tuple[str, ...]:
+    """A comma-separated option as a tuple, empty items dropped ("" and None: none)."""
+    return tuple(x for x in (text or "").split(",") if x)
 
+
+def cmd_experiment(args: argparse.Namespace) -> None:
     import shlex
 
-    run_experiment(args, "adaptrec experiment " + shlex.join(sys.argv[2:]))
+    from adaptrec_prompts.errors import ConfigError
+    from adaptrec_prompts.experiments import Experiment, run_experiment
+
+    try:
+        m_values = tuple(int(x) for x in _names(args.m_values))
+    except ValueError:
+        raise ConfigError(f"--m-values {args.m_values!r}: expected comma-separated whole numbers, e.g. 1,3,5") from None
+    config = Experiment(
+        data=args.data, lm=args.lm, out=args.out, split=args.split, limit=args.limit, chunk=args.chunk,
+        variants=_names(args.variants), m=args.m, m_values=m_values, n=args.n, embedders=_names(args.embedders),
+        prepared=args.prepared, pool_size=args.pool_size, embed_model=args.embed_model, mode=args.mode,
+        max_new_tokens=args.max_new_tokens, seed=args.seed, report=args.report, title=args.title)
+    run_experiment(config, "adaptrec experiment " + shlex.join(sys.argv[2:]), config_file=getattr(args, "config", None))
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:

@@ -202,7 +202,7 @@ def _run_one(program, row: dict, lm, callbacks, retries: int = 2, backoff: float
 
 def evaluate(program, rows, out_dir: str | Path, config: dict | None = None, lm=None, threads: int = 1,
              progress: bool = True, data_manifest: dict | None = None, retries: int = 2,
-             backoff: float = 1.0) -> dict:
+             backoff: float = 1.0, extra: dict | None = None) -> dict:
     """Run `program` on every row (a datasets split or list of dicts), resuming from `out_dir`.
 
     Args:
@@ -214,6 +214,8 @@ def evaluate(program, rows, out_dir: str | Path, config: dict | None = None, lm=
         lm: the dspy LM (None for baselines).
         threads: parallel examples (for API backends; keep 1 for a local model).
         retries: retries of an example after a transport error (with `backoff` * 2^k seconds between).
+        extra: more manifest entries that describe the run without identifying it (`run_eval` records every
+            resolved setting and the config file); a rerun that changes them records the latest.
 
     Returns:
         The results dict also written to `out_dir/results.json`.
@@ -226,7 +228,8 @@ def evaluate(program, rows, out_dir: str | Path, config: dict | None = None, lm=
                           "--limit and that the prepared folder holds data")
     out.mkdir(parents=True, exist_ok=True)
     with _RunLock(out):
-        return _evaluate(program, rows, out, config, lm, threads, progress, data_manifest, retries, backoff)
+        return _evaluate(program, rows, out, config, lm, threads, progress, data_manifest, retries, backoff,
+                         json.loads(json.dumps(extra or {}, default=str)))
 
 
 class _RunLock:
@@ -262,7 +265,7 @@ class _RunLock:
 
 
 def _evaluate(program, rows: list, out: Path, config: dict, lm, threads: int, progress: bool,
-              data_manifest: dict | None, retries: int, backoff: float) -> dict:
+              data_manifest: dict | None, retries: int, backoff: float, extra: dict) -> dict:
     manifest = {
         "results_schema_version": RESULTS_SCHEMA_VERSION,
         "config": config,
@@ -275,14 +278,18 @@ def _evaluate(program, rows: list, out: Path, config: dict, lm, threads: int, pr
         "versions": package_versions(),
         "git_commit": git_commit(),
     }
+    if set(extra) & set(manifest):
+        raise ValueError(f"extra manifest entries {sorted(set(extra) & set(manifest))} would replace the harness's own")
+    manifest.update(extra)
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text(encoding="utf-8"))
         if (run_identity(old["config"]), old["program_hash"]) != (run_identity(config), manifest["program_hash"]):
             raise ConfigError(f"{out} holds a run with a different config or program; resume only the same run, "
                               "or choose another --out")
-        if old["config_hash"] != manifest["config_hash"]:  # same run, another example limit: record the latest
-            old.update(config=config, config_hash=manifest["config_hash"])
+        # same run, another example limit (or other non-identifying settings): record the latest
+        if old["config_hash"] != manifest["config_hash"] or any(old.get(k) != v for k, v in extra.items()):
+            old.update(config=config, config_hash=manifest["config_hash"], **extra)
             _write_json(manifest_path, old)
     else:
         _write_json(manifest_path, manifest)

@@ -15,20 +15,79 @@ Runs grow in rounds of `chunk` examples (every variant at 20, then at 40, ...), 
 leaves every variant on the same examples; rerunning resumes (finished examples are never recomputed, see
 `evaluation.run_identity`). After every round the report folder is rewritten: table.md (metrics with 95%
 CIs), compare.md (paired tests against zero-shot), bars.png and sweep.png.
+
+    from adaptrec_prompts.experiments import Experiment, run_experiment
+    run_experiment(Experiment(data="artifacts/ml-100k-nb", lm="gemma-3-270m", out="runs/exp/ml-100k", limit=95))
+
+Every run goes through `runs.run_eval`, so each run folder is exactly what `adaptrec eval` writes.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from adaptrec_prompts.errors import ConfigError, IncompleteRunError
 
 BASELINES = ("random", "popularity", "userknn")
 VARIANTS = ("none", "random", "random-retrieved", "static", "adaptive")
+SCORE_MODES = ("score", "score-calibrated", "score-permuted")
+
+
+@dataclass
+class Experiment:
+    """One dataset's experiment (see the module docstring); the fields are `adaptrec experiment`'s options.
+
+    Attributes:
+        data: a prepared folder with neighbour columns for `split`.
+        lm: "gemma-3-270m", "hf:PATH" or a provider/model (`RunConfig.lm`).
+        out: the experiment folder (one run folder per variant, stage1/, report/).
+        split: the frozen split every variant is scored on.
+        limit: examples per variant (None: the whole split).
+        chunk: examples added to every variant per round.
+        variants: AdaptRec selections run at `m` (none is the zero-shot row).
+        m: M for the variants (the paper's 5); m_values: the static-selection M sweep (empty: none).
+        n: N retrieved users.
+        embedders: Stage-1 comparison (e.g. ("collab", "lm")), each over the same seeded sample of
+            `pool_size` training examples of `prepared` (the folder without neighbours).
+        embed_model: the lm embedder's model folder (None: the `lm` model's folder).
+        mode: Stage-3 scoring mode.
+        report: the report folder (None: out/report); title: its title (None: dataset and split).
+    """
+
+    data: str
+    lm: str
+    out: str
+    split: str = "test"
+    limit: int | None = None
+    chunk: int = 20
+    variants: tuple[str, ...] = ("none", "random", "static", "adaptive")
+    m: int = 5
+    m_values: tuple[int, ...] = (1, 3, 5, 7, 9)
+    n: int = 10
+    embedders: tuple[str, ...] = ()
+    prepared: str | None = None
+    pool_size: int = 3000
+    embed_model: str | None = None
+    mode: str = "score"
+    max_new_tokens: int = 64
+    seed: int = 0
+    report: str | None = None
+    title: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.variants) - set(VARIANTS)
+        if unknown:
+            raise ConfigError(f"unknown variants {sorted(unknown)}; valid: {', '.join(VARIANTS)}")
+        if self.mode not in SCORE_MODES:
+            raise ConfigError(f"Experiment.mode={self.mode!r} is not valid; use one of {', '.join(SCORE_MODES)}")
+        for name in ("chunk", "limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"Experiment.{name} must be >= 1, got {value}")
 
 
 @dataclass
@@ -165,56 +224,69 @@ def claims_section(out: Path, runs: list[Run], done: dict, m: int, ids: set[str]
     return text, data
 
 
-def run_experiment(args: argparse.Namespace, command: str) -> None:
-    from adaptrec_prompts.backends.api import is_local, local_model_dir, make_lm
-    from adaptrec_prompts.commands import cmd_eval
+def run_experiment(config: Experiment, command: str | None = None, *, config_file: str | Path | None = None) -> None:
+    """Run (or resume) the experiment in rounds of `config.chunk` examples, rewriting the report after each.
+
+    Args:
+        config: the experiment.
+        command: how it was started, quoted in the report (default: a Python call).
+        config_file: the file the settings were read from (`--config`), recorded in experiment.json.
+
+    Raises:
+        IncompleteRunError: some variants ended with provider errors (the others finished; rerun to retry).
+    """
+    from adaptrec_prompts.backends.api import local_model_dir
     from adaptrec_prompts.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.runs import RunConfig, format_results, load_lm, run_eval
     from adaptrec_prompts.schema import column
 
-    out = Path(args.out)
+    command = command or "adaptrec_prompts.experiments.run_experiment(...) (experiment.json holds the config)"
+    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = load_manifest(args.data)
+    manifest = load_manifest(config.data)
     if "neighbors" not in manifest:
-        raise ConfigError(f"{args.data} has no neighbour columns; build them first: adaptrec index neighbors "
-                          f"--data PREPARED --out {args.data} --splits {args.split}")
-    example_ids = column(load_prepared(args.data)[args.split], "example_id")
+        raise ConfigError(f"{config.data} has no neighbour columns; build them first: adaptrec index neighbors "
+                          f"--data PREPARED --out {config.data} --splits {config.split}")
+    example_ids = column(load_prepared(config.data)[config.split], "example_id")
     rows = len(example_ids)
-    limit = min(args.limit or rows, rows)
-    embedders = [e for e in (args.embedders or "").split(",") if e]
+    limit = min(config.limit or rows, rows)
+    embedders = list(config.embedders)
     stage1 = {}
-    embed_model = args.embed_model
+    embed_model = config.embed_model
     if embedders:
-        if not args.prepared:
+        if not config.prepared:
             raise ConfigError("--embedders needs --prepared DIR (the folder without neighbours that "
-                              f"{args.data} was built from)")
+                              f"{config.data} was built from)")
         if embed_model is None and any(e != "collab" for e in embedders):
-            embed_model = local_model_dir(args.lm)  # the lm embedder reads the --lm model's folder
-        stage1 = stage1_folders(args.prepared, out, embedders, args.pool_size, args.split, args.n, embed_model)
-    m_values = [int(x) for x in args.m_values.split(",") if x] if args.m_values else []
-    runs = plan(args.data, args.variants.split(","), args.m, m_values, stage1)
-    report_dir = Path(args.report) if args.report else out / "report"
-    (out / "experiment.json").write_text(json.dumps({"command": command, "runs": [r.__dict__ for r in runs],
-                                                     "limit": limit, "chunk": args.chunk}, indent=2) + "\n")
+            embed_model = local_model_dir(config.lm)  # the lm embedder reads the --lm model's folder
+        stage1 = stage1_folders(config.prepared, out, embedders, config.pool_size, config.split, config.n,
+                                embed_model)
+    runs = plan(config.data, list(config.variants), config.m, list(config.m_values), stage1)
+    report_dir = Path(config.report) if config.report else out / "report"
+    (out / "experiment.json").write_text(json.dumps(
+        {"command": command, "runs": [r.__dict__ for r in runs], "limit": limit, "chunk": config.chunk,
+         "config": asdict(config), "config_file": os.fspath(config_file) if config_file is not None else None},
+        indent=2, default=str) + "\n")
     lm = None
-    print(f"experiment: {len(runs)} runs x {limit} examples of {args.data} [{args.split}] in rounds of "
-          f"{args.chunk}; report -> {report_dir}", flush=True)
+    print(f"experiment: {len(runs)} runs x {limit} examples of {config.data} [{config.split}] in rounds of "
+          f"{config.chunk}; report -> {report_dir}", flush=True)
     incomplete: dict[str, str] = {}
-    for stop in list(range(args.chunk, limit, args.chunk)) + [limit]:
+    for stop in list(range(config.chunk, limit, config.chunk)) + [limit]:
         started = time.perf_counter()
         for run in runs:
+            run_config = RunConfig(data=run.data, out=str(out / run.name), split=config.split, program=run.program,
+                                   lm=config.lm if run.uses_lm else None, mode=config.mode, n=config.n, m=run.m,
+                                   seed=config.seed, limit=stop, max_new_tokens=config.max_new_tokens)
             if run.uses_lm and lm is None:
-                lm = make_lm(args.lm, **({"max_new_tokens": args.max_new_tokens} if is_local(args.lm) else
-                                         {"max_tokens": args.max_new_tokens, "timeout": 120.0, "num_retries": 3}))
-            ns = argparse.Namespace(data=run.data, split=args.split, program=run.program, lm=args.lm if run.uses_lm
-                                    else None, adapter=None, api_base=None, mode=args.mode, n=args.n, m=run.m,
-                                    seed=args.seed, limit=stop, threads=1, max_new_tokens=args.max_new_tokens,
-                                    template=None, out=str(out / run.name), no_progress=True)
+                lm = load_lm(run_config)  # one model for every variant
             try:
-                cmd_eval(ns, lm=lm if run.uses_lm else None)
+                results = run_eval(run_config, lm=lm if run.uses_lm else None, progress=False)
             except IncompleteRunError as exc:  # keep the other variants going; the report shows `errors`
                 incomplete[run.name] = str(exc)
-        write_report(out, runs, report_dir, args.title or f"{manifest['dataset']} {args.split}", command, args.m,
-                     set(example_ids[:stop]))
+                results = exc.results
+            print(format_results(str(run_config.out), results), flush=True)
+        write_report(out, runs, report_dir, config.title or f"{manifest['dataset']} {config.split}", command,
+                     config.m, set(example_ids[:stop]))
         print(f"round to {stop} examples: {time.perf_counter() - started:.0f} s; report {report_dir / 'table.md'}",
               flush=True)
     if incomplete:

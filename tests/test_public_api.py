@@ -47,3 +47,13 @@ def test_errors_are_one_family_and_unknown_names_fail_normally():
     from adaptrec_prompts import AdaptRec, UserIndex, prepare_dataset  # the README's imports
 
     assert AdaptRec.from_index and UserIndex.open and callable(prepare_dataset)
+
+
+def test_runs_are_part_of_the_public_api():
+    """`adaptrec eval` as a call: RunConfig, run_eval and Results come from the package, resolved from runs."""
+    from adaptrec_prompts import Results, RunConfig, run_eval
+    from adaptrec_prompts import runs
+
+    assert {"RunConfig", "run_eval", "Results"} <= set(adaptrec_prompts.__all__)
+    assert (RunConfig, run_eval, Results) == (runs.RunConfig, runs.run_eval, runs.Results)
+    assert RunConfig(data="d", out="o").to_dict()["program"] == "static"  # adaptrec eval's defaults

@@ -1,0 +1,302 @@
+"""One evaluation run as a library call: `run_eval(RunConfig(...))` is `adaptrec eval`.
+
+`RunConfig` holds every setting of a run, with the defaults of `adaptrec eval`; `run_eval` checks it against
+the data, builds the program (an AdaptRec variant, a saved program or a baseline) and the LM, and evaluates
+it with the harness (`evaluation.evaluate`: resumable run folder, manifest, predictions log, metrics with
+CIs). `adaptrec eval`, `adaptrec experiment` and `adaptrec pipeline` all run through here, so a notebook,
+a script and the command line produce the same run folder for the same settings.
+
+    from adaptrec_prompts import RunConfig, run_eval
+    results = run_eval(RunConfig(data="artifacts/ml-100k-nb", out="runs/static", program="static",
+                                 lm="hf:artifacts/models/tiny", limit=20))
+    results.metrics["HR@1"]["value"], results.to_pandas()[["example_id", "hit1"]]
+
+This module imports nothing heavy at import time (the public API resolves its names lazily and stays light).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from adaptrec_prompts.errors import ConfigError, IncompleteRunError
+
+PROGRAM_CHOICES = ("none|random|random-retrieved|static|adaptive (AdaptRec selection), "
+                   "baseline:random|popularity|userknn|sasrec, or a .json")
+NEEDS_LM = "this program needs an LM: pass --lm hf:PATH (local) or e.g. --lm openai/gpt-4o"
+
+
+@dataclass
+class RunConfig:
+    """Everything one evaluation run needs; the fields are `adaptrec eval`'s options, with its defaults.
+
+    Attributes:
+        data: a prepared folder (with neighbour columns for AdaptRec variants and UserKNN).
+        out: the run folder (results.json, manifest.json, predictions.jsonl); rerunning into it resumes.
+        split: which frozen split to score.
+        program: an AdaptRec selection (none, random, random-retrieved, static, adaptive), a baseline
+            (baseline:random, baseline:popularity, baseline:userknn, baseline:sasrec) or a saved program (.json).
+        lm: "hf:PATH" for a local model, the "gemma-3-270m" preset, or a provider/model for `dspy.LM`
+            (e.g. "openai/gpt-4o"). Only AdaptRec programs use it.
+        adapter: a peft LoRA adapter folder for local models.
+        api_base: an OpenAI-compatible server URL (vLLM, llama.cpp).
+        mode: Stage-3 mode (generate, score, score-calibrated, score-permuted). None means "score" for a new
+            program and the saved mode for a .json program (a saved program keeps its own unless told).
+        retries: harness retries of an example after a provider/transport error.
+        timeout: API models: seconds before a request is abandoned.
+        num_retries: API models: `dspy.LM`'s own retries per request.
+        prompt: "full" (DSPy's ChatAdapter) or "compact" (instructions-only system message, as the SFT rows).
+        demo_items: show each similar user's last N items only (None: whole histories).
+        labels: candidate labels, "numbers" or "letters" (one token in any tokenizer).
+        n: N, the retrieved users a program (and UserKNN) may use; at most what the data holds.
+        m: M, the users shown as demonstrations.
+        seed: program seed (random selection, random baseline, SASRec).
+        limit: score the first `limit` examples of the split only (None: all of them).
+        threads: examples in parallel (API backends; keep 1 for a local model).
+        max_new_tokens: generation budget (max_tokens for API models).
+        device: local models: "cpu", "cuda", "cuda:N" or "auto".
+        template: a domain name or .toml path (None: the data's domain).
+    """
+
+    data: str | Path
+    out: str | Path
+    split: str = "test"
+    program: str = "static"
+    lm: str | None = None
+    adapter: str | None = None
+    api_base: str | None = None
+    mode: str | None = None
+    retries: int = 2
+    timeout: float = 120.0
+    num_retries: int = 3
+    prompt: str = "full"
+    demo_items: int | None = None
+    labels: str = "numbers"
+    n: int = 10
+    m: int = 5
+    seed: int = 0
+    limit: int | None = None
+    threads: int = 1
+    max_new_tokens: int = 64
+    device: str = "cpu"
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        # the same choices the command line offers, checked here for Python callers (and config files)
+        from adaptrec_prompts.modules import MODES, PROMPTS
+        from adaptrec_prompts.render import LABELS
+        from adaptrec_prompts.schema import SPLITS
+
+        for name, value, valid in (("split", self.split, SPLITS), ("prompt", self.prompt, PROMPTS),
+                                   ("labels", self.labels, LABELS), ("mode", self.mode, (None, *MODES))):
+            if value not in valid:
+                raise ConfigError(f"RunConfig.{name}={value!r} is not valid; use one of "
+                                  f"{', '.join(v for v in valid if v is not None)}")
+        for name in ("limit", "threads", "max_new_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"RunConfig.{name} must be >= 1, got {value}"
+                                  + (" (None scores the whole split)" if name == "limit" else ""))
+
+    def to_dict(self) -> dict:
+        """The settings as JSON values (paths as strings), as recorded in the run manifest."""
+        return {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in asdict(self).items()}
+
+
+def config_fields() -> tuple[str, ...]:
+    """RunConfig's field names: the options a config file or a command line may set for a run."""
+    return tuple(f.name for f in fields(RunConfig))
+
+
+class Results(Mapping):
+    """What a run scored: `.metrics`, `.n`, `.errors`, `.path`, `.to_pandas()`.
+
+    It is also a read-only mapping over the results.json dict (`results["metrics"]`, `.raw` for the dict
+    itself), so code written against the dict `adaptrec eval` used to return keeps working.
+
+    Attributes:
+        path: the run folder.
+        raw: the results dict, as written to results.json.
+        example_ids: the examples this call covered, in split order (None: every example in the log).
+    """
+
+    def __init__(self, path: str | Path, raw: dict, example_ids: tuple[str, ...] | None = None):
+        self.path = Path(path)
+        self.raw = raw
+        self.example_ids = example_ids
+
+    @classmethod
+    def load(cls, path: str | Path) -> Results:
+        """The results of a finished run folder (its results.json; every example of its log)."""
+        file = Path(path) / "results.json"
+        if not file.is_file():
+            raise ConfigError(f"{file} not found: {path} is not a finished run folder (adaptrec eval --out)")
+        return cls(path, json.loads(file.read_text(encoding="utf-8")))
+
+    @property
+    def metrics(self) -> dict:
+        """Metric name -> {"value", "ci_low", "ci_high"} (95% bootstrap CIs), over the scored examples."""
+        return self.raw["metrics"]
+
+    @property
+    def n(self) -> int:
+        """Examples scored (errored examples are not)."""
+        return self.raw["n"]
+
+    @property
+    def errors(self) -> int:
+        """Examples that failed on provider/transport errors (left out of the metrics; a rerun retries them)."""
+        return self.raw["errors"]
+
+    def to_pandas(self):
+        """One row per example from predictions.jsonl (its last record): ids, raw output, ranking, valid,
+        error, tokens, latency and the per-example metrics (hit1, ndcg5, ...). Errored examples are
+        included, with their `error`; the metrics leave them out."""
+        import pandas as pd
+
+        from adaptrec_prompts.evaluation import read_log
+
+        records = read_log(self.path / "predictions.jsonl")
+        ids = list(records) if self.example_ids is None else [i for i in self.example_ids if i in records]
+        return pd.DataFrame([records[i] for i in ids])
+
+    def __getitem__(self, key: str):
+        return self.raw[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __repr__(self) -> str:
+        return f"Results({format_results(str(self.path), self)!r})"
+
+
+def format_results(name: str, results: Mapping) -> str:
+    """One line: n, errors, every metric with its CI, and the harness overhead."""
+    parts = [f"{name}: n={results['n']} errors={results['errors']}"]
+    for key, m in results["metrics"].items():
+        parts.append(f"{key}={m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
+    if results.get("overhead_share") is not None:
+        parts.append(f"overhead={100 * results['overhead_share']:.1f}% of {results['total_seconds']:.1f}s")
+    return " ".join(parts)
+
+
+def build_program(spec: str, data_dir: str | Path, *, n: int = 10, m: int = 5, mode: str = "score", seed: int = 0,
+                  template: str | None = None, mode_given: bool = True, prompt: str = "full",
+                  demo_items: int | None = None, labels: str = "numbers"):
+    """A program (AdaptRec variant, saved program or baseline) from a spec (`RunConfig.program`)."""
+    from adaptrec_prompts.embed import training_sequences
+    from adaptrec_prompts.modules import SELECTIONS, AdaptRec, load_program
+    from adaptrec_prompts.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.render import load_template, manifest_template
+
+    if spec in SELECTIONS:
+        tmpl = load_template(template) if template else manifest_template(load_manifest(data_dir))
+        return AdaptRec(tmpl, selection=spec, n_retrieve=n, m_select=m, mode=mode, seed=seed, prompt=prompt,
+                        demo_items=demo_items, labels=labels)
+    if spec.endswith(".json"):
+        return load_program(spec, **({"mode": mode} if mode_given else {}))
+    name = spec.removeprefix("baseline:")
+    train = load_prepared(data_dir)["train"]
+    if name == "random":
+        from adaptrec_prompts.baselines import RandomBaseline
+
+        return RandomBaseline(seed)
+    if name in ("popularity", "userknn"):
+        from adaptrec_prompts.baselines import PopularityBaseline, UserKNNBaseline
+
+        seqs = training_sequences(train)
+        return PopularityBaseline(seqs) if name == "popularity" else UserKNNBaseline(seqs, n_retrieve=n)
+    if name == "sasrec":
+        from adaptrec_prompts.baselines.sasrec import SASRecBaseline
+
+        return SASRecBaseline(train, seed=seed)
+    raise ConfigError(f"unknown program {spec!r}; use {PROGRAM_CHOICES}")
+
+
+def load_lm(config: RunConfig):
+    """The `dspy.LM` a run's config names (`make_lm` with the run's budget, device and API settings): load it
+    once and pass it to several `run_eval` calls that use the same `lm`."""
+    from adaptrec_prompts.backends.api import is_local, make_lm
+
+    if not config.lm:
+        raise ConfigError(NEEDS_LM)
+    return make_lm(config.lm, adapter=config.adapter, api_base=config.api_base,
+                   **({"max_new_tokens": config.max_new_tokens, "device": config.device} if is_local(config.lm) else
+                      {"max_tokens": config.max_new_tokens, "num_retries": config.num_retries,
+                       "timeout": config.timeout}))
+
+
+def run_eval(config: RunConfig, lm=None, progress: bool = True, *, config_file: str | Path | None = None) -> Results:
+    """Score `config.program` on `config.split` of `config.data` into the run folder `config.out`
+    (resumable: finished examples are never recomputed; `adaptrec eval` is this call).
+
+    Args:
+        config: the run's settings.
+        lm: an already loaded LM to reuse (`load_lm`); it must be the one `config.lm` names. None loads it
+            when the program needs one (baselines never do).
+        progress: show a progress bar.
+        config_file: the file the settings were read from (`--config`), recorded in the manifest.
+
+    Returns:
+        The results, also in `config.out`/results.json.
+
+    Raises:
+        ConfigError: the settings do not fit the data (more neighbours than it holds, no LM for a program
+            that needs one, an unknown program, a run folder that holds another run).
+        IncompleteRunError: examples failed on provider/transport errors; `.results` has what was scored, and
+            rerunning retries only the failed examples.
+    """
+    from adaptrec_prompts.backends.api import is_local
+    from adaptrec_prompts.evaluation import evaluate
+    from adaptrec_prompts.modules import AdaptRec
+    from adaptrec_prompts.prepare import load_manifest, load_prepared
+
+    manifest = load_manifest(config.data)
+    split = load_prepared(config.data)[config.split]
+    if config.limit:
+        split = split.select(range(min(config.limit, split.num_rows)))
+    program = build_program(config.program, config.data, n=config.n, m=config.m, mode=config.mode or "score",
+                            seed=config.seed, template=config.template, mode_given=config.mode is not None,
+                            prompt=config.prompt, demo_items=config.demo_items, labels=config.labels)
+    persisted = (manifest.get("neighbors") or {}).get("n")
+    uses_neighbors = (isinstance(program, AdaptRec) and program.selection != "none"
+                      or config.program == "baseline:userknn")
+    if uses_neighbors and persisted is not None and config.n > persisted:
+        raise ConfigError(f"--n {config.n}: {config.data} holds {persisted} neighbours per row; use --n {persisted} "
+                          f"or less, or rebuild with `adaptrec index neighbors --n {config.n}`")
+    if not isinstance(program, AdaptRec):
+        lm = None
+    elif not config.lm:  # also with an `lm` passed in: the manifest must name the model the run used
+        raise ConfigError(NEEDS_LM)
+    elif lm is None:
+        lm = load_lm(config)
+    local = is_local(config.lm or "hf:")
+    # what identifies the run (evaluation.run_identity) and what it was run with; unchanged since before
+    # RunConfig existed, so older run folders still resume
+    recorded = {"data": str(config.data), "data_hash": manifest.get("data_hash"), "split": config.split,
+                "limit": config.limit, "examples": split.num_rows, "program": config.program,
+                "program_config": program.config(), "lm": config.lm, "adapter": config.adapter,
+                "api_base": config.api_base, "max_new_tokens": config.max_new_tokens, "seed": config.seed,
+                **({"device": config.device} if config.device != "cpu" else {}),
+                **({} if local else {"timeout": config.timeout, "num_retries": config.num_retries,
+                                     "retries": config.retries, "threads": config.threads})}
+    # every setting as resolved (command line, config file, defaults) and where a config file came from;
+    # `out` is left out: it is the folder the manifest is in
+    settings = {k: v for k, v in config.to_dict().items() if k != "out"}
+    extra = {"run_config": settings, "config_file": os.fspath(config_file) if config_file is not None else None}
+    rows = split.to_list()
+    raw = evaluate(program, rows, config.out, recorded, lm=lm, threads=config.threads, progress=progress,
+                   data_manifest=manifest, retries=config.retries, extra=extra)
+    results = Results(config.out, raw, tuple(row["example_id"] for row in rows))
+    if results.errors:  # the metrics cover only what was scored: not a finished run
+        raise IncompleteRunError(f"{results.errors} of {results.n + results.errors} examples failed with "
+                                 f"provider/transport errors (kept out of the metrics above); run the same command "
+                                 f"again to retry them (finished examples in {config.out} are kept)",
+                                 results=results)
+    return results
