@@ -349,39 +349,11 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     """prepare -> Stage-1 neighbours -> baselines -> AdaptRec (static M) and zero-shot with an LM -> one table."""
     import time
 
-    from adaptrec_prompts.cli import main as cli
+    from adaptrec_prompts.pipeline import main_job, table
 
-    started, out = time.perf_counter(), Path(args.out)
-    data, nb, runs = out / "ml-100k", out / "ml-100k-nb", out / "runs"
-    raw = ["--raw-dir", args.raw_dir] if args.raw_dir else []
-
-    def run(*argv: str) -> None:
-        if cli(list(argv)) != 0:
-            raise SystemExit(f"error: step failed: adaptrec {' '.join(argv)}")
-
-    if not (data / "manifest.json").is_file():
-        run("data", "prepare", "--dataset", "ml-100k", *raw, "--out", str(data), "--cache-dir", str(out / "raw"))
-    if not (nb / "manifest.json").is_file():
-        run("index", "neighbors", "--data", str(data), "--out", str(nb), "--n", str(args.n), "--splits", "test",
-            "--chroma-path", str(out / "chroma"))
-    names = []
-    for baseline in ("random", "popularity", "userknn"):
-        names.append(baseline)
-        if not (runs / baseline / "results.json").is_file():
-            run("eval", "--data", str(nb), "--program", f"baseline:{baseline}", "--out", str(runs / baseline),
-                "--no-progress")
-    for program in ("none", "static"):
-        name = f"{args.lm.removeprefix('hf:').rsplit('/', 1)[-1]}-{'zero-shot' if program == 'none' else 'static'}"
-        names.append(name)
-        run("eval", "--data", str(nb), "--program", program, "--m", str(args.m), "--lm", args.lm, "--mode", "score",
-            "--limit", str(args.limit), "--out", str(runs / name), "--no-progress")
-    print(f"\nML-100K test (LLaRA-compatible held-out users), K=20, score mode, M={args.m}, N={args.n}; "
-          f"LLM rows on the first {args.limit} users; 95% bootstrap CIs")
-    print(f"{'run':<26}{'n':>5}  {'HR@1':<22}{'NDCG@5':<22}{'ValidRatio':>10}")
-    for name in names:
-        r = json.loads((runs / name / "results.json").read_text())
-        m = r["metrics"]
-        cell = lambda k: f"{m[k]['value']:.3f} [{m[k]['ci_low']:.3f}, {m[k]['ci_high']:.3f}]"  # noqa: E731
-        print(f"{name:<26}{r['n']:>5}  {cell('HR@1'):<22}{cell('NDCG@5'):<22}{m['ValidRatio']['value']:>10.3f}")
+    started = time.perf_counter()
+    results = main_job(args.out, raw_dir=args.raw_dir, lm=args.lm, limit=args.limit, n=args.n, m=args.m)
+    print("\n" + table(results, limit=args.limit, n=args.n, m=args.m))
+    zero_shot, static = (results[name].path for name in list(results)[-2:])
     print(f"\ntotal {time.perf_counter() - started:.0f} s. Full test set: --limit 95; paired test: adaptrec compare "
-          f"{runs / names[3]} {runs / names[4]}")
+          f"{zero_shot} {static}")

@@ -1,0 +1,82 @@
+"""`adaptrec pipeline`: the README's main job as one resumable function.
+
+ML-100K is prepared (or reused), Stage-1 neighbours are written for its test split with the collab embedder
+in an embedded Chroma folder, the classical baselines score the whole test split, and an LM runs AdaptRec
+(static selection, M users) and zero-shot on the first `limit` test users in score mode. Every step is the
+library call its own command makes (`prepare_dataset`, `UserIndex.open` + `add_neighbors`, `run_eval`), so
+rerunning reuses the data, the neighbours and every finished example.
+
+    from adaptrec_prompts.pipeline import main_job, table
+    runs = main_job("artifacts/main", raw_dir="../shared/data/ml-100k", lm="hf:artifacts/models/tiny", limit=3)
+    print(table(runs))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adaptrec_prompts.runs import Results, RunConfig, format_results, load_lm, run_eval
+
+BASELINES = ("random", "popularity", "userknn")
+
+
+def lm_run_name(lm: str, program: str) -> str:
+    """The run folder of an LM row: the model's folder name plus zero-shot or static."""
+    return f"{lm.removeprefix('hf:').rsplit('/', 1)[-1]}-{'zero-shot' if program == 'none' else 'static'}"
+
+
+def main_job(out: str | Path = "artifacts/main", *, raw_dir: str | Path | None = None, lm: str = "gemma-3-270m",
+             limit: int = 40, n: int = 10, m: int = 5) -> dict[str, Results]:
+    """Run (or resume) the main job under `out`; run name -> its results, baselines first.
+
+    Args:
+        out: the job folder: ml-100k (prepared), ml-100k-nb (with neighbours), chroma, raw, runs/<name>.
+        raw_dir: the ml-100k raw folder (None downloads it from GroupLens into out/raw).
+        lm: the LM for the AdaptRec and zero-shot rows (`RunConfig.lm`).
+        limit: test users for the LM rows (95 is the whole split).
+        n: neighbours per example (N); m: demonstrations (M).
+    """
+    from adaptrec_prompts.neighbors import add_neighbors
+    from adaptrec_prompts.prepare import load_manifest, prepare_dataset
+    from adaptrec_prompts.retriever import UserIndex
+
+    out = Path(out)
+    data, nb, runs = out / "ml-100k", out / "ml-100k-nb", out / "runs"
+    if not (data / "manifest.json").is_file():
+        prepare_dataset("ml-100k", data, raw_dir=raw_dir, cache_dir=out / "raw")
+        counts = ", ".join(f"{s}={c}" for s, c in load_manifest(data)["counts"]["examples"].items())
+        print(f"wrote {data} (ml-100k, seed 0): {counts}", flush=True)
+    if not (nb / "manifest.json").is_file():
+        index = UserIndex.open(out / "chroma", data=data)
+        add_neighbors(data, nb, index, index.embedder, n=n, splits=["test"])
+        print(f"wrote {nb}: top-{n} neighbours from {index.name}", flush=True)
+    results: dict[str, Results] = {}
+    for baseline in BASELINES:
+        folder = runs / baseline
+        if (folder / "results.json").is_file():  # a finished full-split run: nothing to resume
+            results[baseline] = Results.load(folder)
+            continue
+        results[baseline] = run_eval(RunConfig(data=nb, out=folder, program=f"baseline:{baseline}", n=n),
+                                     progress=False)
+        print(format_results(str(folder), results[baseline]), flush=True)
+    model = None
+    for program in ("none", "static"):
+        name = lm_run_name(lm, program)
+        config = RunConfig(data=nb, out=runs / name, program=program, lm=lm, mode="score", n=n, m=m, limit=limit)
+        model = model or load_lm(config)  # one model for both rows
+        results[name] = run_eval(config, lm=model, progress=False)
+        print(format_results(str(config.out), results[name]), flush=True)
+    return results
+
+
+def table(results: dict[str, Results], *, limit: int = 40, n: int = 10, m: int = 5) -> str:
+    """The job's table: every run's n, HR@1 and NDCG@5 with 95% CIs, and ValidRatio."""
+    lines = [f"ML-100K test (LLaRA-compatible held-out users), K=20, score mode, M={m}, N={n}; "
+             f"LLM rows on the first {limit} users; 95% bootstrap CIs",
+             f"{'run':<26}{'n':>5}  {'HR@1':<22}{'NDCG@5':<22}{'ValidRatio':>10}"]
+    for name, r in results.items():
+        cells = {k: f"{r.metrics[k]['value']:.3f} [{r.metrics[k]['ci_low']:.3f}, {r.metrics[k]['ci_high']:.3f}]"
+                 for k in ("HR@1", "NDCG@5")}
+        lines.append(f"{name:<26}{r.n:>5}  {cells['HR@1']:<22}{cells['NDCG@5']:<22}"
+                     f"{r.metrics['ValidRatio']['value']:>10.3f}")
+    return "\n".join(lines)
