@@ -8,6 +8,7 @@ import sys
 
 from adaptrec_prompts import commands
 from adaptrec_prompts.commands import PROGRAM_CHOICES
+from adaptrec_prompts.config_file import ConfigFileParser, add_config_option
 from adaptrec_prompts.errors import AdaptRecError, Interrupted
 
 SPLITS = ("train", "valid", "test", "test_extended")  # schema.SPLITS, without importing datasets here
@@ -29,7 +30,7 @@ def _add_index_options(p: argparse.ArgumentParser) -> None:
 def make_parser() -> argparse.ArgumentParser:
     from adaptrec_prompts.data import DATASET_NAMES
 
-    parser = argparse.ArgumentParser(prog="adaptrec", description=__doc__)
+    parser = ConfigFileParser(prog="adaptrec", description=__doc__)  # --config FILE where a command offers it
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     groups = parser.add_subparsers(dest="group", required=True)
 
@@ -155,6 +156,7 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--template", help="domain name or .toml path (default: the data's domain)")
     ev.add_argument("--out", required=True, help="run folder: results.json, manifest.json, predictions.jsonl")
     ev.add_argument("--no-progress", action="store_true")
+    add_config_option(ev)
     ev.set_defaults(func=commands.cmd_eval)
 
     cmp2 = groups.add_parser("compare", help="paired comparison of two runs on the same examples")
@@ -222,6 +224,7 @@ def make_parser() -> argparse.ArgumentParser:
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--report", help="report folder (default OUT/report)")
     ex.add_argument("--title")
+    add_config_option(ex)
     ex.set_defaults(func=commands.cmd_experiment)
 
     fx = groups.add_parser("sft-experiment", help="the paper's main setting: LoRA-fine-tuned zero-shot vs AdaptRec "

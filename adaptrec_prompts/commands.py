@@ -191,7 +191,7 @@ def cmd_eval(args: argparse.Namespace, lm=None) -> Results:
 
     config = RunConfig(**{name: getattr(args, name) for name in config_fields()})
     try:
-        results = run_eval(config, lm=lm, progress=not args.no_progress, config_file=getattr(args, "config", None))
+        results = run_eval(config, lm=lm, progress=not args.no_progress, config_file=args.config)
     except IncompleteRunError as exc:  # print what was scored, then say how to finish
         if exc.results is not None:
             print(format_results(str(config.out), exc.results))
@@ -342,7 +342,7 @@ def cmd_experiment(args: argparse.Namespace) -> None:
         variants=_names(args.variants), m=args.m, m_values=m_values, n=args.n, embedders=_names(args.embedders),
         prepared=args.prepared, pool_size=args.pool_size, embed_model=args.embed_model, mode=args.mode,
         max_new_tokens=args.max_new_tokens, seed=args.seed, report=args.report, title=args.title)
-    run_experiment(config, "adaptrec experiment " + shlex.join(sys.argv[2:]), config_file=getattr(args, "config", None))
+    run_experiment(config, "adaptrec experiment " + shlex.join(sys.argv[2:]), config_file=args.config)
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:

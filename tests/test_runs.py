@@ -1,4 +1,4 @@
-"""`run_eval(RunConfig)`, the library call behind `adaptrec eval`."""
+"""`run_eval(RunConfig)`, the library call behind `adaptrec eval`, and `--config FILE` (YAML) on the commands."""
 
 import json
 
@@ -24,7 +24,7 @@ def _subparser(name):
 
 
 def test_the_eval_options_are_the_run_config_fields():
-    dests = {a.dest for a in _subparser("eval")._actions} - {"help", "no_progress"}
+    dests = {a.dest for a in _subparser("eval")._actions} - {"help", "config", "no_progress"}
     assert dests == set(config_fields())
 
 
@@ -74,3 +74,72 @@ def test_an_incomplete_run_raises_with_what_was_scored(ml100k_prepared, tmp_path
             run_eval(config, progress=False)
     assert caught.value.results.errors == 2 and caught.value.results.n == 0
     assert caught.value.results.to_pandas()["error"].notna().all()
+
+
+def _yaml(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_yaml_run_equals_the_flag_run(ml100k_prepared, tmp_path):
+    flags = ["--data", str(ml100k_prepared), "--program", "baseline:popularity", "--limit", "15", "--seed", "3",
+             "--max-new-tokens", "32"]
+    assert main(["eval", *flags, "--out", str(tmp_path / "flags"), "--no-progress"]) == 0
+    config = _yaml(tmp_path / "run.yaml", f"data: {ml100k_prepared}\nprogram: baseline:popularity\nlimit: 15\n"
+                   f"seed: 3\nmax-new-tokens: 32\nno_progress: true\nout: {tmp_path / 'yaml'}\nadapter: null\n")
+    assert main(["eval", "--config", config]) == 0
+    by_flags, by_yaml = _manifest(tmp_path / "flags"), _manifest(tmp_path / "yaml")
+    assert by_yaml["config"] == by_flags["config"] and by_yaml["run_config"] == by_flags["run_config"]
+    assert by_yaml["run_config"]["seed"] == 3 and by_yaml["run_config"]["max_new_tokens"] == 32
+    assert (by_yaml["config_file"], by_flags["config_file"]) == (config, None)
+    assert _rankings(tmp_path / "yaml") == _rankings(tmp_path / "flags")
+    assert by_yaml["config_hash"] == by_flags["config_hash"]
+
+
+def test_a_command_line_flag_overrides_the_file(ml100k_prepared, tmp_path):
+    config = _yaml(tmp_path / "run.yaml", f"data: {ml100k_prepared}\nprogram: baseline:random\nlimit: 30\n"
+                   f"out: {tmp_path / 'run'}\n")
+    assert main(["eval", "--limit", "4", "--config", config, "--no-progress"]) == 0
+    manifest = _manifest(tmp_path / "run")
+    assert manifest["config"]["limit"] == 4 and manifest["run_config"]["limit"] == 4
+    assert len(read_log(tmp_path / "run" / "predictions.jsonl")) == 4
+    assert manifest["run_config"]["program"] == "baseline:random"  # the rest still from the file
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("limt: 5\n", "run.yaml: unknown key 'limt'; valid keys: adapter, api-base, data, demo-items, device, labels, "
+                  "limit, lm, m, max-new-tokens, mode, n, no-progress, num-retries, out, program, prompt, retries, "
+                  "seed, split, template, threads, timeout"),
+    ("limit: -1\n", "run.yaml: limit: must be >= 1, got -1"),
+    ("split: nope\n", "run.yaml: split: 'nope' is not one of train, valid, test, test_extended"),
+    ("no_progress: 1\n", "run.yaml: no_progress: a flag takes true or false, got 1"),
+    ("lm: on\n", "run.yaml: lm: got the boolean True; quote the value if you mean text"),
+    ("m: [1, 2]\n", "run.yaml: m: expected one value as on the command line"),
+    ("- data\n", "run.yaml: expected a mapping of option names to values"),
+    ("data: [unclosed\n", "run.yaml: not valid YAML"),
+])
+def test_a_bad_config_file_is_an_error_that_names_the_file_and_the_key(tmp_path, capsys, text, message):
+    config = _yaml(tmp_path / "run.yaml", text)
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--config", config, "--data", "d", "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_config_file_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--config", str(tmp_path / "nope.yaml")])
+    assert f"--config {tmp_path / 'nope.yaml'}: no such file" in capsys.readouterr().err
+
+
+def test_an_experiment_reads_its_options_from_a_file(ml100k_prepared, tmp_path, capsys):
+    # required --data/--lm/--out come from the file; the experiment then checks the data (no neighbours here)
+    config = _yaml(tmp_path / "exp.yaml", f"data: {ml100k_prepared}\nlm: hf:unused\nout: {tmp_path / 'exp'}\n"
+                   "m_values: '1,3'\nchunk: 5\n")
+    assert main(["experiment", "--config", config]) == 2
+    assert f"{ml100k_prepared} has no neighbour columns" in capsys.readouterr().err
+    bad = _yaml(tmp_path / "bad.yaml", "variants: none\nthreads: 2\n")
+    with pytest.raises(SystemExit):
+        main(["experiment", "--config", bad])
+    assert "bad.yaml: unknown key 'threads'; valid keys: chunk, data, embed-model, embedders" in capsys.readouterr().err
