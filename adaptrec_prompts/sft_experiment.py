@@ -272,16 +272,30 @@ def write_report(config: SFTExperiment, out: Path, runs: list[str], command: str
     sample = json.loads((out / "sample.json").read_text())
     text += (f"\nTraining sample: {sample['train_rows']} windows (seed {sample['seed']}), target list positions "
              f"{sample['target_positions']}.\n")
+    train_seconds, resumed = 0.0, False
     for variant in config.variants:
         manifest = out / "train" / variant / "adaptrec_manifest.json"
         if manifest.is_file():
             m = json.loads(manifest.read_text())
             losses = [e["loss"] for e in m["log_history"] if "loss" in e]
-            text += (f"- `{variant}`: {m['steps']} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
-                     f"{m.get('train_seconds_this_invocation') or 0:.0f} s in the last invocation\n")
+            seconds = m.get("train_seconds_this_invocation") or 0.0
+            examples = m["steps"] * config.batch_size * config.grad_accum
+            if m.get("resumed_from") is None:  # one invocation did every step: its time is the training time
+                timing = (f"{seconds:.0f} s of training ({seconds / examples:.1f} s/example, "
+                          f"{seconds / 3600:.2f} h)")
+                train_seconds += seconds
+            else:
+                timing = f"{seconds:.0f} s in the last invocation (resumed from {m['resumed_from']})"
+                resumed = True
+            text += (f"- `{variant}`: {m['steps']} steps of {config.batch_size * config.grad_accum} examples, loss "
+                     f"(first -> last logged step) {losses[0]:.3f} -> {losses[-1]:.3f}, {timing}\n")
             png = out / "train" / variant / "loss.png"
             if png.is_file():
                 (report / f"loss-{variant}.png").write_bytes(png.read_bytes())
                 text += f"\n![loss {variant}](loss-{variant}.png)\n"
+    lm_seconds = sum(r["results"].get("lm_seconds") or 0.0 for r in loaded)
+    text += (f"\nCPU time: training {train_seconds / 3600:.2f} h{' (+ resumed runs, see above)' if resumed else ''}, "
+             f"LM evaluation {lm_seconds / 3600:.2f} h (`LM s` above), fp32, {config.device}, LoRA r={config.lora_r} on "
+             f"`{config.lora_targets}`, activation checkpointing {'on' if config.gradient_checkpointing else 'off'}.\n")
     (report / "table.md").write_text(text)
     return report

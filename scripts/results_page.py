@@ -94,6 +94,8 @@ def summary() -> str:
             parts.append(f"- Flagged ({', '.join(flagged)}): a row whose first choice is one list position on most "
                          "examples measures how often the target happens to be listed there, not the model's reading "
                          "of the user; comparisons involving it cannot separate the claims.")
+        if folder in PUBLISHED_HR1:
+            parts.append(finetuned_verdict(claims, runs, folder))
         refs = {r["name"]: r["metrics"]["HR@1"] for r in runs if r["name"] in ("popularity", "userknn")}
         if refs:
             parts.append("- Without an LLM, on the same examples: " + ", ".join(
@@ -105,6 +107,34 @@ def summary() -> str:
     parts.append("What this does not test: a larger model, a longer fine-tune, or generate mode with a GPT-class "
                  "API model (`eval/fewshot_gpt4.py`).\n")
     return "\n".join(parts)
+
+
+# LLaRA (arXiv 2312.02445, SIGIR 2024), Llama-2-7B fine-tuned with LoRA on the same MovieLens / LastFM splits
+PUBLISHED_HR1 = {"sft-ml-100k": ("MovieLens", 0.4526), "sft-llara-lastfm": ("LastFM", 0.5246)}
+
+
+def finetuned_verdict(claims: list[dict], runs: list[dict], folder: str) -> str:
+    """The fine-tuning targets, read off claims.json / runs.json: (b) beats (a) at p < 0.05, both beat
+    Popularity, and where the tuned rows sit next to LLaRA's published HR@1."""
+    by_claim = {c["claim"]: c for c in claims}
+    hr1 = {r["name"]: r["metrics"]["HR@1"]["value"] for r in runs}
+
+    def verdict(name: str) -> str:
+        c = by_claim.get(name)
+        if c is None:
+            return "not run"
+        h = c["HR@1"]
+        won = h["p_value"] < 0.05 and h["diff"] > 0
+        return f"{'met' if won else 'missed'} (HR@1 {h['a']:.3f} -> {h['b']:.3f}, p = {h['p_value']:.3f})"
+
+    dataset, published = PUBLISHED_HR1[folder]
+    tuned = {n: v for n, v in hr1.items() if n.startswith("tuned-")}
+    return ("- Targets: fine-tuned AdaptRec beats the fine-tuned zero-shot model at p < 0.05: "
+            + verdict("fine-tuned AdaptRec beats fine-tuned zero-shot") + "; beats Popularity: "
+            + verdict("tuned-static vs Popularity") + "; the fine-tuned zero-shot model beats Popularity: "
+            + verdict("tuned-zero-shot vs Popularity") + f". LLaRA's published HR@1 on {dataset} (Llama-2-7B, "
+            f"LoRA, the same split) is {published:.4f}; the tuned rows here: "
+            + ", ".join(f"{n} {v:.3f}" for n, v in tuned.items()) + ".")
 
 
 FINETUNED = [

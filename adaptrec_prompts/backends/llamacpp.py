@@ -43,12 +43,16 @@ class LlamaCppServer:
         chat_format: "adaptrec-plain" (the in-process plain rendering) or None (the GGUF's template).
         alias: the model name the server answers to (`openai/<alias>` in dspy.LM).
         startup_timeout: seconds to wait for the model to load.
+        logits_all: keep the logits of every position, which llama-cpp-python needs to return logprobs (score
+            mode). It is expensive for a large vocabulary (Gemma: 262k entries, the LM head computed at every
+            prompt position); generate-only use should turn it off.
     """
 
     def __init__(self, gguf: str | Path, threads: int = 2, n_ctx: int = 4096, chat_format: str | None = PLAIN_FORMAT,
-                 alias: str = "gemma-3-270m", startup_timeout: float = 180.0, log: str | Path | None = None):
+                 alias: str = "gemma-3-270m", startup_timeout: float = 180.0, log: str | Path | None = None,
+                 logits_all: bool = True):
         self.gguf, self.threads, self.n_ctx, self.chat_format = Path(gguf), threads, n_ctx, chat_format
-        self.alias, self.startup_timeout, self.log = alias, startup_timeout, log
+        self.alias, self.startup_timeout, self.log, self.logits_all = alias, startup_timeout, log, logits_all
         self.port = _free_port()
         self.process: subprocess.Popen | None = None
 
@@ -67,6 +71,8 @@ class LlamaCppServer:
                    "--threads", str(self.threads), "--n-ctx", str(self.n_ctx), "--alias", self.alias]
         if self.chat_format:
             command += ["--chat-format", self.chat_format]
+        if not self.logits_all:
+            command.append("--no-logits-all")
         out = open(self.log, "w") if self.log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout
@@ -116,10 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-ctx", type=int, default=4096)
     p.add_argument("--alias", default="gemma-3-270m")
     p.add_argument("--chat-format")
+    p.add_argument("--no-logits-all", action="store_true", help="no logprobs (generate only; much faster)")
     args = p.parse_args(argv)
     _register_plain_format()
     model = ModelSettings(model=args.gguf, model_alias=args.alias, n_threads=args.threads,
-                          n_threads_batch=args.threads, n_ctx=args.n_ctx, logits_all=True,
+                          n_threads_batch=args.threads, n_ctx=args.n_ctx, logits_all=not args.no_logits_all,
                           chat_format=args.chat_format, verbose=False)
     app = create_app(server_settings=ServerSettings(host="127.0.0.1", port=args.port), model_settings=[model])
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
