@@ -40,6 +40,30 @@ def _short_hash(payload: object) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def embed_all(embedder: Embedder, histories: Sequence[Sequence[int]], *, desc: str = "embed",
+              progress: bool = False) -> np.ndarray:
+    """`embedder.embed(histories)` in chunks behind a progress bar (`progress.bar`: histories, rate, time left).
+
+    Any `Embedder` works (only `embed` is called). The chunks are the embedder's own batches
+    (`batch_size`, when it has one) or 1,024 histories, and they are the same whether or not a bar shows,
+    so the vectors never depend on the terminal: exactly those of one call for the collab embedder
+    (each history on its own) and the lm embedder (the same batches); a sentence-transformers model pads
+    each chunk on its own, which changes its vectors within float rounding only.
+    """
+    from adaptrec_prompts.progress import bar
+
+    if not len(histories):
+        return embedder.embed(histories)
+    size = int(getattr(embedder, "batch_size", 0) or 1024)
+    parts = []
+    with bar(desc=desc, total=len(histories), unit="history", progress=progress) as shown:
+        for start in range(0, len(histories), size):
+            chunk = histories[start : start + size]
+            parts.append(embedder.embed(chunk))
+            shown.update(len(chunk))
+    return np.concatenate(parts)
+
+
 def training_sequences(train) -> list[list[int]]:
     """Training sequences from a prepared train split.
 
