@@ -12,6 +12,7 @@ from adaptrec_prompts.config_file import ConfigFileParser, add_config_option
 from adaptrec_prompts.errors import AdaptRecError, Interrupted
 
 SPLITS = ("train", "valid", "test", "test_extended")  # schema.SPLITS, without importing datasets here
+NO_PROGRESS = "no progress bars (they show only when stderr is a terminal and CI is not set)"
 
 
 def _add_index_options(p: argparse.ArgumentParser) -> None:
@@ -25,6 +26,7 @@ def _add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-neighbors", type=int, default=32)
     p.add_argument("--pool-size", type=int, help="index a seeded sample of this many training examples (default all)")
     p.add_argument("--pool-seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -155,7 +157,7 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu", help="local models: cpu, cuda, cuda:N or auto")
     ev.add_argument("--template", help="domain name or .toml path (default: the data's domain)")
     ev.add_argument("--out", required=True, help="run folder: results.json, manifest.json, predictions.jsonl")
-    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     add_config_option(ev)
     ev.set_defaults(func=commands.cmd_eval)
 
@@ -199,6 +201,7 @@ def make_parser() -> argparse.ArgumentParser:
     comp.add_argument("--name", help="file name under programs/<dataset>/ (default: PROGRAM-OPTIMIZER)")
     comp.add_argument("--programs-dir", default="programs")
     comp.add_argument("--runs-dir", default="runs/compile")
+    comp.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     comp.set_defaults(func=commands.cmd_compile)
 
     ex = groups.add_parser("experiment", help="the paper's claims on one dataset: zero-shot vs random vs static vs "
@@ -224,6 +227,7 @@ def make_parser() -> argparse.ArgumentParser:
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--report", help="report folder (default OUT/report)")
     ex.add_argument("--title")
+    ex.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     add_config_option(ex)
     ex.set_defaults(func=commands.cmd_experiment)
 
@@ -257,6 +261,7 @@ def make_parser() -> argparse.ArgumentParser:
     fx.add_argument("--device", default="cpu")
     fx.add_argument("--report", help="report folder (default OUT/report)")
     fx.add_argument("--title")
+    fx.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     fx.set_defaults(func=commands.cmd_sft_experiment)
 
     pipe = groups.add_parser("pipeline", help="the main job: ML-100K -> Stage 1 -> baselines -> AdaptRec vs "
@@ -267,6 +272,7 @@ def make_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--limit", type=positive_int, default=40, help="test users for the LLM rows (95 = all)")
     pipe.add_argument("--n", type=int, default=10)
     pipe.add_argument("--m", type=int, default=5)
+    pipe.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     pipe.set_defaults(func=commands.cmd_pipeline)
 
     progs = groups.add_parser("programs", help="saved program states").add_subparsers(dest="command", required=True)

@@ -66,7 +66,7 @@ def index_parts(args: argparse.Namespace):
     hnsw = {"ef_search": args.ef_search, "ef_construction": args.ef_construction, "max_neighbors": args.max_neighbors}
     index = UserIndex.open(args.chroma_path, data=args.data, url=args.chroma_url, embedder=args.embedder,
                            embed_model=args.embed_model, hnsw=hnsw, pool_size=args.pool_size,
-                           pool_seed=args.pool_seed)
+                           pool_seed=args.pool_seed, progress=not args.no_progress)
     return index.embedder, index
 
 
@@ -81,7 +81,8 @@ def cmd_index_neighbors(args: argparse.Namespace) -> None:
     embedder, index = index_parts(args)
     section = add_neighbors(args.data, args.out, index, embedder, n=args.n, splits=args.splits.split(","),
                             overfetch=args.overfetch, overwrite=args.overwrite, train_sample=args.train_sample,
-                            train_sample_seed=args.train_sample_seed, random_seed=args.random_seed)
+                            train_sample_seed=args.train_sample_seed, random_seed=args.random_seed,
+                            progress=not args.no_progress)
     print(f"wrote {args.out}: top-{args.n} neighbours from {index.name}")
     for split, st in section["splits"].items():
         ex = st["excluded"]
@@ -267,15 +268,16 @@ def cmd_compile(args: argparse.Namespace) -> None:
     run_cfg = {"data": args.data, "data_hash": manifest.get("data_hash"), "split": "valid", "lm": args.lm,
                "examples": valid.num_rows, "purpose": "compile validation"}
     rows = valid.to_list()
-    before = evaluate(program, rows, runs / "before", {**run_cfg, "program": "base"}, lm=lm, progress=False,
+    progress = not args.no_progress
+    before = evaluate(program, rows, runs / "before", {**run_cfg, "program": "base"}, lm=lm, progress=progress,
                       data_manifest=manifest)
     with dspy_context(lm):
         compiled = compile_program(program, to_examples(train), to_examples(valid), args.optimizer, args.metric,
                                    num_trials=args.num_trials, num_candidates=args.num_candidates,
                                    max_demos=args.max_demos, prompt_lm=prompt_lm, seed=args.seed)
     save_program(compiled, out_json)
-    after = evaluate(compiled, rows, runs / "after", {**run_cfg, "program": str(out_json)}, lm=lm, progress=False,
-                     data_manifest=manifest)
+    after = evaluate(compiled, rows, runs / "after", {**run_cfg, "program": str(out_json)}, lm=lm,
+                     progress=progress, data_manifest=manifest)
     record = {"optimizer": args.optimizer, "metric": args.metric,
               "budget": {"num_trials": args.num_trials, "num_candidates": args.num_candidates,
                          "max_demos": args.max_demos, "train_size": train.num_rows, "val_size": valid.num_rows,
@@ -318,7 +320,7 @@ def cmd_sft_experiment(args: argparse.Namespace) -> None:
         split=args.split, limit=args.limit, mode=args.mode, checkpoint_minutes=args.checkpoint_minutes,
         device=args.device, report=args.report, title=args.title,
         gradient_checkpointing=args.gradient_checkpointing, train_only=args.train_only)
-    report = run(config, "adaptrec sft-experiment " + shlex.join(sys.argv[2:]))
+    report = run(config, "adaptrec sft-experiment " + shlex.join(sys.argv[2:]), progress=not args.no_progress)
     print(f"trained: {report / 'train'}" if config.train_only else f"report: {report / 'table.md'}")
 
 
@@ -342,7 +344,8 @@ def cmd_experiment(args: argparse.Namespace) -> None:
         variants=_names(args.variants), m=args.m, m_values=m_values, n=args.n, embedders=_names(args.embedders),
         prepared=args.prepared, pool_size=args.pool_size, embed_model=args.embed_model, mode=args.mode,
         max_new_tokens=args.max_new_tokens, seed=args.seed, report=args.report, title=args.title)
-    run_experiment(config, "adaptrec experiment " + shlex.join(sys.argv[2:]), config_file=args.config)
+    run_experiment(config, "adaptrec experiment " + shlex.join(sys.argv[2:]), config_file=args.config,
+                   progress=not args.no_progress)
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
@@ -352,7 +355,8 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     from adaptrec_prompts.pipeline import main_job, table
 
     started = time.perf_counter()
-    results = main_job(args.out, raw_dir=args.raw_dir, lm=args.lm, limit=args.limit, n=args.n, m=args.m)
+    results = main_job(args.out, raw_dir=args.raw_dir, lm=args.lm, limit=args.limit, n=args.n, m=args.m,
+                       progress=not args.no_progress)
     print("\n" + table(results, limit=args.limit, n=args.n, m=args.m))
     zero_shot, static = (results[name].path for name in list(results)[-2:])
     print(f"\ntotal {time.perf_counter() - started:.0f} s. Full test set: --limit 95; paired test: adaptrec compare "

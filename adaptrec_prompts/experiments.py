@@ -117,8 +117,9 @@ def plan(data: str, variants: list[str], m: int, m_values: list[int], stage1: di
 
 
 def stage1_folders(prepared: str, out: Path, embedders: list[str], pool_size: int, split: str, n: int,
-                   embed_model: str | None) -> dict[str, str]:
-    """Build (once) a neighbour folder per embedder over the same seeded pool sample; name -> folder."""
+                   embed_model: str | None, progress: bool = True) -> dict[str, str]:
+    """Build (once) a neighbour folder per embedder over the same seeded pool sample; name -> folder.
+    `progress`: bars while each pool is embedded and indexed and the split is queried."""
     from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
     from adaptrec_prompts.retriever import make_client
 
@@ -133,8 +134,8 @@ def stage1_folders(prepared: str, out: Path, embedders: list[str], pool_size: in
         client = client or make_client(path=out / "stage1" / "chroma")
         started = time.perf_counter()
         embedder = make_embedder(kind, prepared, embed_model if kind != "collab" else None)
-        index = open_index(prepared, embedder, client, pool_size=pool_size)
-        section = add_neighbors(prepared, folder, index, embedder, n=n, splits=[split])
+        index = open_index(prepared, embedder, client, pool_size=pool_size, progress=progress)
+        section = add_neighbors(prepared, folder, index, embedder, n=n, splits=[split], progress=progress)
         line = (f"stage 1 {name}: {index.count()} pool vectors embedded and indexed, "
                 f"{section['splits'][split]['queries']} {split} queries, {time.perf_counter() - started:.0f} s "
                 f"(embedder {embedder.id})")
@@ -224,13 +225,16 @@ def claims_section(out: Path, runs: list[Run], done: dict, m: int, ids: set[str]
     return text, data
 
 
-def run_experiment(config: Experiment, command: str | None = None, *, config_file: str | Path | None = None) -> None:
+def run_experiment(config: Experiment, command: str | None = None, *, config_file: str | Path | None = None,
+                   progress: bool = True) -> None:
     """Run (or resume) the experiment in rounds of `config.chunk` examples, rewriting the report after each.
 
     Args:
         config: the experiment.
         command: how it was started, quoted in the report (default: a Python call).
         config_file: the file the settings were read from (`--config`), recorded in experiment.json.
+        progress: a bar per variant and round (named after the variant: examples, rate, time left), and
+            bars while Stage-1 pools are built (`--no-progress`; `progress.enabled` has the rule).
 
     Raises:
         IncompleteRunError: some variants ended with provider errors (the others finished; rerun to retry).
@@ -260,7 +264,7 @@ def run_experiment(config: Experiment, command: str | None = None, *, config_fil
         if embed_model is None and any(e != "collab" for e in embedders):
             embed_model = local_model_dir(config.lm)  # the lm embedder reads the --lm model's folder
         stage1 = stage1_folders(config.prepared, out, embedders, config.pool_size, config.split, config.n,
-                                embed_model)
+                                embed_model, progress=progress)
     runs = plan(config.data, list(config.variants), config.m, list(config.m_values), stage1)
     report_dir = Path(config.report) if config.report else out / "report"
     (out / "experiment.json").write_text(json.dumps(
@@ -280,7 +284,7 @@ def run_experiment(config: Experiment, command: str | None = None, *, config_fil
             if run.uses_lm and lm is None:
                 lm = load_lm(run_config)  # one model for every variant
             try:
-                results = run_eval(run_config, lm=lm if run.uses_lm else None, progress=False)
+                results = run_eval(run_config, lm=lm if run.uses_lm else None, progress=progress)
             except IncompleteRunError as exc:  # keep the other variants going; the report shows `errors`
                 incomplete[run.name] = str(exc)
                 results = exc.results

@@ -20,6 +20,7 @@ evaluation from its run folder; the sample is written once and reused.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -164,9 +165,11 @@ def _base_model(config: SFTExperiment, out: Path, sample: list[str]) -> tuple[st
     return str(folder), "auto"
 
 
-def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, rows_file: Path, out: Path) -> dict:
+def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, rows_file: Path, out: Path,
+           progress: bool = True) -> dict:
     from trl import ModelConfig, SFTConfig
 
+    from adaptrec_prompts.progress import enabled as progress_enabled
     from adaptrec_prompts.training import LORA_TARGETS, AdaptRecSFTArguments, train
 
     steps = max(1, round(config.epochs * config.train_rows / (config.batch_size * config.grad_accum)))
@@ -186,7 +189,8 @@ def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, r
                          gradient_accumulation_steps=config.grad_accum, learning_rate=config.learning_rate,
                          lr_scheduler_type="cosine", warmup_steps=0.05, max_steps=steps, logging_steps=1,
                          save_strategy="steps", save_steps=max(1, steps // 10), save_total_limit=2,
-                         report_to="none", seed=config.seed, bf16=False, max_length=None, disable_tqdm=True,
+                         report_to="none", seed=config.seed, bf16=False, max_length=None,
+                         disable_tqdm=not progress_enabled(progress),  # the Trainer's bar: steps, rate, time left
                          use_cpu=config.device == "cpu", gradient_checkpointing=config.gradient_checkpointing)
     model = ModelConfig(model_name_or_path=base, use_peft=True, lora_r=config.lora_r, lora_alpha=2 * config.lora_r,
                         lora_dropout=0.05, lora_target_modules=LORA_TARGETS[config.lora_targets], dtype="float32")
@@ -197,8 +201,17 @@ def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, r
     return result
 
 
-def run(config: SFTExperiment, command: str = "") -> Path:
-    """Run (or resume) the experiment; returns the report folder."""
+def run(config: SFTExperiment, command: str = "", *, config_file: str | Path | None = None,
+        progress: bool = True) -> Path:
+    """Run (or resume) the experiment; returns the report folder.
+
+    Args:
+        config: the experiment.
+        command: how it was started, quoted in the report.
+        config_file: the file the settings were read from (`--config`), recorded in experiment.json.
+        progress: the Trainer's bar while each variant trains, and a bar per evaluation run (named after
+            the run: examples, rate, time left); `--no-progress`, and `progress.enabled` has the rule.
+    """
     from adaptrec_prompts.backends.gemma import gemma_lm
     from adaptrec_prompts.backends.hf import hf_lm
     from adaptrec_prompts.baselines import PopularityBaseline, RandomBaseline, UserKNNBaseline
@@ -210,12 +223,14 @@ def run(config: SFTExperiment, command: str = "") -> Path:
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "experiment.json").write_text(json.dumps({"config": asdict(config), "command": command}, indent=1) + "\n")
+    (out / "experiment.json").write_text(json.dumps(
+        {"config": asdict(config), "command": command,
+         "config_file": os.fspath(config_file) if config_file is not None else None}, indent=1) + "\n")
     sample = _sample(config, out)
     rows_file = out / "sample_ids.json"
     rows_file.write_text(json.dumps(sample))
     base, prompt_format = _base_model(config, out, sample)
-    trained = {v: _train(config, v, base, prompt_format, rows_file, out) for v in config.variants}
+    trained = {v: _train(config, v, base, prompt_format, rows_file, out, progress) for v in config.variants}
     if config.train_only:
         return out
     manifest = load_manifest(config.data)
@@ -230,7 +245,7 @@ def run(config: SFTExperiment, command: str = "") -> Path:
     for name, baseline in (("random", RandomBaseline(config.seed)), ("popularity", PopularityBaseline(sequences)),
                            ("userknn", UserKNNBaseline(sequences, n_retrieve=config.n))):
         evaluate(baseline, rows, out / "runs" / name, {**base_config, "program": f"baseline:{name}"},
-                 progress=False, data_manifest=manifest)
+                 progress=progress, data_manifest=manifest)
         runs.append(name)
     lms = {"untuned": None, **{v: str(out / "train" / v) for v in trained}}
     for label, adapter in lms.items():
@@ -244,7 +259,7 @@ def run(config: SFTExperiment, command: str = "") -> Path:
             name = f"{'untuned' if adapter is None else 'tuned'}-{'zero-shot' if variant == 'none' else variant}"
             evaluate(program, rows, out / "runs" / name,
                      {**base_config, "program": variant, "lm": config.model, "adapter": adapter},
-                     lm=lm, progress=False, data_manifest=manifest)
+                     lm=lm, progress=progress, data_manifest=manifest)
             runs.append(name)
     return write_report(config, out, runs, command)
 
