@@ -249,10 +249,12 @@ def cmd_compile(args: argparse.Namespace) -> None:
     train = ddict["train"].shuffle(seed=args.seed, keep_in_memory=True).select(
         range(min(args.train_size, ddict["train"].num_rows)))
     valid = ddict["valid"].select(range(min(args.val_size, ddict["valid"].num_rows)))
-    lm_kwargs = {"max_new_tokens": args.max_new_tokens} if is_local(args.lm) else {"timeout": 120.0}
+    progress = not args.no_progress
+    lm_kwargs = ({"max_new_tokens": args.max_new_tokens, "progress": progress} if is_local(args.lm) else
+                 {"timeout": 120.0})
     lm = make_lm(args.lm, adapter=args.adapter, api_base=args.api_base, **lm_kwargs)
-    prompt_lm = make_lm(args.prompt_lm, api_base=args.api_base, **({} if is_local(args.prompt_lm) else
-                                                                   {"timeout": 120.0})) if args.prompt_lm else lm
+    prompt_lm = make_lm(args.prompt_lm, api_base=args.api_base, **({"progress": progress} if is_local(args.prompt_lm)
+                                                                   else {"timeout": 120.0})) if args.prompt_lm else lm
     stages = 2 if program.selection == "adaptive" else 1
     calls = call_budget(args.optimizer, stages, train.num_rows, valid.num_rows, args.num_trials, args.num_candidates)
     cost = estimate_cost(args.lm, calls * 1500, calls * 30)
@@ -268,7 +270,6 @@ def cmd_compile(args: argparse.Namespace) -> None:
     run_cfg = {"data": args.data, "data_hash": manifest.get("data_hash"), "split": "valid", "lm": args.lm,
                "examples": valid.num_rows, "purpose": "compile validation"}
     rows = valid.to_list()
-    progress = not args.no_progress
     before = evaluate(program, rows, runs / "before", {**run_cfg, "program": "base"}, lm=lm, progress=progress,
                       data_manifest=manifest)
     with dspy_context(lm):

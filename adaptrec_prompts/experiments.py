@@ -282,7 +282,7 @@ def run_experiment(config: Experiment, command: str | None = None, *, config_fil
                                    lm=config.lm if run.uses_lm else None, mode=config.mode, n=config.n, m=run.m,
                                    seed=config.seed, limit=stop, max_new_tokens=config.max_new_tokens)
             if run.uses_lm and lm is None:
-                lm = load_lm(run_config)  # one model for every variant
+                lm = load_lm(run_config, progress)  # one model for every variant
             try:
                 results = run_eval(run_config, lm=lm if run.uses_lm else None, progress=progress)
             except IncompleteRunError as exc:  # keep the other variants going; the report shows `errors`

@@ -65,7 +65,7 @@ def main_job(out: str | Path = "artifacts/main", *, raw_dir: str | Path | None =
     for program in ("none", "static"):
         name = lm_run_name(lm, program)
         config = RunConfig(data=nb, out=runs / name, program=program, lm=lm, mode="score", n=n, m=m, limit=limit)
-        model = model or load_lm(config)  # one model for both rows
+        model = model or load_lm(config, progress)  # one model for both rows
         results[name] = run_eval(config, lm=model, progress=progress)
         print(format_results(str(config.out), results[name]), flush=True)
     return results

@@ -138,7 +138,7 @@ def _sample(config: SFTExperiment, out: Path) -> list[str]:
     return ids
 
 
-def _base_model(config: SFTExperiment, out: Path, sample: list[str]) -> tuple[str, str]:
+def _base_model(config: SFTExperiment, out: Path, sample: list[str], progress: bool = True) -> tuple[str, str]:
     """(base model folder, prompt format) shared by every variant."""
     if config.model == GEMMA_PRESET:
         from adaptrec_prompts.backends.gemma import gemma_270m_dir
@@ -161,7 +161,8 @@ def _base_model(config: SFTExperiment, out: Path, sample: list[str]) -> tuple[st
         position = {e: k for k, e in enumerate(train["example_id"])}
         texts = ["\n\n".join(m["content"] for m in r["prompt"] + r["completion"])
                  for r in (stage3_row(program, train[position[e]]) for e in sample)]
-        build_tiny_llama(texts, folder, size="micro", vocab_size=1000, chat_template=True, seed=config.seed)
+        build_tiny_llama(texts, folder, size="micro", vocab_size=1000, chat_template=True, seed=config.seed,
+                         progress=progress)
     return str(folder), "auto"
 
 
@@ -229,7 +230,7 @@ def run(config: SFTExperiment, command: str = "", *, config_file: str | Path | N
     sample = _sample(config, out)
     rows_file = out / "sample_ids.json"
     rows_file.write_text(json.dumps(sample))
-    base, prompt_format = _base_model(config, out, sample)
+    base, prompt_format = _base_model(config, out, sample, progress)
     trained = {v: _train(config, v, base, prompt_format, rows_file, out, progress) for v in config.variants}
     if config.train_only:
         return out
@@ -250,9 +251,9 @@ def run(config: SFTExperiment, command: str = "", *, config_file: str | Path | N
     lms = {"untuned": None, **{v: str(out / "train" / v) for v in trained}}
     for label, adapter in lms.items():
         if config.model == GEMMA_PRESET:
-            lm = gemma_lm(adapter=adapter, device=config.device)
+            lm = gemma_lm(adapter=adapter, device=config.device, progress=progress)
         else:
-            lm = hf_lm(base, adapter=adapter, prompt_format=prompt_format, device=config.device)
+            lm = hf_lm(base, adapter=adapter, prompt_format=prompt_format, device=config.device, progress=progress)
         for variant in (("none", "static") if adapter is None else (label,)):
             program = AdaptRec(template, selection=variant, n_retrieve=config.n, m_select=config.m, mode=config.mode,
                                prompt=config.prompt, demo_items=config.demo_items, labels=config.labels)
