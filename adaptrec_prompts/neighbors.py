@@ -84,8 +84,10 @@ class RandomUsers:
         return picked
 
 
-def make_embedder(kind: str, data_dir: str | Path, model_path: str | Path | None = None) -> Embedder:
-    """Build the embedder `kind` for a prepared folder (collab is fitted on its train split)."""
+def make_embedder(kind: str, data_dir: str | Path, model_path: str | Path | None = None,
+                  device: str = "cpu") -> Embedder:
+    """Build the embedder `kind` for a prepared folder (collab is fitted on its train split); `device`: where
+    the lm/text embedders' model runs (`devices`; the collab embedder has no model)."""
     if kind not in EMBEDDERS:
         raise ConfigError(f"unknown embedder {kind!r}; valid: {', '.join(EMBEDDERS)}")
     if kind == "collab":
@@ -94,7 +96,7 @@ def make_embedder(kind: str, data_dir: str | Path, model_path: str | Path | None
         raise ConfigError(f"the {kind} embedder needs --embed-model PATH (a local model folder)")
     template = manifest_template(load_manifest(data_dir))
     cls = LMEmbedder if kind == "lm" else TextEmbedder
-    return cls(model_path, load_items(data_dir), template.render_history)
+    return cls(model_path, load_items(data_dir), template.render_history, device=device)
 
 
 def pool_rows(num_rows: int, pool_size: int | None, seed: int = 0) -> list[int]:

@@ -138,7 +138,8 @@ class UserIndex:
     @classmethod
     def open(cls, path: str | Path | None = None, *, data: str | Path, url: str | None = None,
              embedder="collab", embed_model: str | Path | None = None, hnsw: dict | None = None,
-             pool_size: int | None = None, pool_seed: int = 0, progress: bool = True) -> UserIndex:
+             pool_size: int | None = None, pool_seed: int = 0, progress: bool = True,
+             device: str = "cpu") -> UserIndex:
         """The collection of a prepared folder's training pool, as `adaptrec index build/neighbors` open it.
 
         The same code path as the CLI (`neighbors.make_embedder` + `make_client` + `neighbors.open_index`):
@@ -157,13 +158,14 @@ class UserIndex:
             hnsw, pool_size, pool_seed: as `--ef-search/--ef-construction/--max-neighbors`, `--pool-size`,
                 `--pool-seed` (a sampled pool is its own collection).
             progress: bars while the pool is embedded and indexed (`--no-progress`; see `progress.enabled`).
+            device: where the lm/text embedders' model runs (`--device`; see `devices`).
 
         Example:
             >>> index = UserIndex.open("artifacts/chroma", data="artifacts/ml-100k")  # doctest: +SKIP
         """
         from adaptrec_prompts.neighbors import make_embedder, open_index
 
-        emb = make_embedder(embedder, data, embed_model) if isinstance(embedder, str) else embedder
+        emb = make_embedder(embedder, data, embed_model, device) if isinstance(embedder, str) else embedder
         client = make_client(path=None if url else path, url=url)
         return open_index(data, emb, client, hnsw=hnsw, pool_size=pool_size, pool_seed=pool_seed, progress=progress)
 

@@ -57,7 +57,8 @@ class RunConfig:
         limit: score the first `limit` examples of the split only (None: all of them).
         threads: examples in parallel (API backends; keep 1 for a local model).
         max_new_tokens: generation budget (max_tokens for API models).
-        device: local models: "cpu", "cuda", "cuda:N" or "auto".
+        device: local models: "cpu", "cuda", "cuda:N", "mps" or "auto" (`devices`); recorded in the
+            manifest's config when not "cpu" (runs from before the option stay resumable).
         template: a domain name or .toml path (None: the data's domain).
     """
 
@@ -86,6 +87,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         # the same choices the command line offers, checked here for Python callers (and config files)
+        from adaptrec_prompts.devices import DEVICES, device_problem
         from adaptrec_prompts.modules import MODES, PROMPTS
         from adaptrec_prompts.render import LABELS
         from adaptrec_prompts.schema import SPLITS
@@ -95,6 +97,8 @@ class RunConfig:
             if value not in valid:
                 raise ConfigError(f"RunConfig.{name}={value!r} is not valid; use one of "
                                   f"{', '.join(v for v in valid if v is not None)}")
+        if device_problem(self.device):
+            raise ConfigError(f"RunConfig.device={self.device!r} is not valid; use {DEVICES}")
         for name in ("limit", "threads", "max_new_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:

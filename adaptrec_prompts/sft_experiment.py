@@ -49,6 +49,10 @@ class SFTExperiment:
         gradient_checkpointing: TRL turns it on by default; off, a CPU step skips the recomputed forward pass
             (memory is not the limit for a 270M model on one example).
         train_only: train the variants and stop (to train variants in parallel processes, then evaluate in one).
+        device: where training and evaluation run: cpu, cuda (the first visible GPU), mps or auto
+            (`devices`); cuda:N for N > 0 is refused for training (transformers' Trainer uses the first
+            visible GPU: select one with CUDA_VISIBLE_DEVICES). Recorded in each evaluation's manifest
+            when not "cpu", as `adaptrec eval --device` does.
     """
 
     data: str
@@ -82,6 +86,10 @@ class SFTExperiment:
     train_only: bool = False
 
     def __post_init__(self) -> None:
+        from adaptrec_prompts.devices import DEVICES, device_problem
+
+        if device_problem(self.device):
+            raise ConfigError(f"SFTExperiment.device={self.device!r} is not valid; use {DEVICES}")
         unknown = set(self.variants) - set(VARIANTS)
         if unknown or not self.variants:
             raise ConfigError(f"variants must be a non-empty subset of {VARIANTS}, got {list(self.variants)}")
@@ -170,6 +178,7 @@ def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, r
            progress: bool = True) -> dict:
     from trl import ModelConfig, SFTConfig
 
+    from adaptrec_prompts.devices import trainer_use_cpu
     from adaptrec_prompts.progress import enabled as progress_enabled
     from adaptrec_prompts.training import LORA_TARGETS, AdaptRecSFTArguments, train
 
@@ -192,7 +201,8 @@ def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, r
                          save_strategy="steps", save_steps=max(1, steps // 10), save_total_limit=2,
                          report_to="none", seed=config.seed, bf16=False, max_length=None,
                          disable_tqdm=not progress_enabled(progress),  # the Trainer's bar: steps, rate, time left
-                         use_cpu=config.device == "cpu", gradient_checkpointing=config.gradient_checkpointing)
+                         use_cpu=trainer_use_cpu(config.device),
+                         gradient_checkpointing=config.gradient_checkpointing)
     model = ModelConfig(model_name_or_path=base, use_peft=True, lora_r=config.lora_r, lora_alpha=2 * config.lora_r,
                         lora_dropout=0.05, lora_target_modules=LORA_TARGETS[config.lora_targets], dtype="float32")
     started = time.perf_counter()
@@ -216,12 +226,14 @@ def run(config: SFTExperiment, command: str = "", *, config_file: str | Path | N
     from adaptrec_prompts.backends.gemma import gemma_lm
     from adaptrec_prompts.backends.hf import hf_lm
     from adaptrec_prompts.baselines import PopularityBaseline, RandomBaseline, UserKNNBaseline
+    from adaptrec_prompts.devices import trainer_use_cpu
     from adaptrec_prompts.embed import training_sequences
     from adaptrec_prompts.evaluation import evaluate
     from adaptrec_prompts.modules import AdaptRec
     from adaptrec_prompts.prepare import load_manifest, load_prepared
     from adaptrec_prompts.render import manifest_template
 
+    trainer_use_cpu(config.device)  # a GPU torch cannot see, or one the Trainer would not use: fail first
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.json").write_text(json.dumps(
@@ -259,7 +271,8 @@ def run(config: SFTExperiment, command: str = "", *, config_file: str | Path | N
                                prompt=config.prompt, demo_items=config.demo_items, labels=config.labels)
             name = f"{'untuned' if adapter is None else 'tuned'}-{'zero-shot' if variant == 'none' else variant}"
             evaluate(program, rows, out / "runs" / name,
-                     {**base_config, "program": variant, "lm": config.model, "adapter": adapter},
+                     {**base_config, "program": variant, "lm": config.model, "adapter": adapter,
+                      **({"device": config.device} if config.device != "cpu" else {})},
                      lm=lm, progress=progress, data_manifest=manifest)
             runs.append(name)
     return write_report(config, out, runs, command)

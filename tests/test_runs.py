@@ -142,4 +142,6 @@ def test_an_experiment_reads_its_options_from_a_file(ml100k_prepared, tmp_path, 
     bad = _yaml(tmp_path / "bad.yaml", "variants: none\nthreads: 2\n")
     with pytest.raises(SystemExit):
         main(["experiment", "--config", bad])
-    assert "bad.yaml: unknown key 'threads'; valid keys: chunk, data, embed-model, embedders" in capsys.readouterr().err
+    assert "bad.yaml: unknown key 'threads'; valid keys: chunk, data, device, embed-model, embedders" in (
+        capsys.readouterr().err)
+

@@ -27,6 +27,7 @@ import torch
 from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from adaptrec_prompts.devices import resolve_device
 from adaptrec_prompts.errors import ConfigError
 from adaptrec_prompts.progress import library_bars
 
@@ -103,15 +104,11 @@ class HFEngine:
              device: str = "cpu", progress: bool = True, **kwargs) -> HFEngine:
         """Load a local model folder (+ optional peft adapter) and wrap it.
 
-        `device`: "cpu" (default), "cuda", "cuda:1", or "auto" (CUDA when available).
+        `device`: "cpu" (default), "cuda", "cuda:1", "mps" or "auto" (CUDA when available); see `devices`.
         `progress`: transformers' "Loading weights" bar follows the package's rule (`progress.library_bars`):
         off with `progress=False` (`--no-progress`), without a terminal and under CI.
         """
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} requested but torch sees no CUDA device here "
-                              f"(torch {torch.__version__}); use --device cpu or --device auto")
+        device = resolve_device(device)  # "auto" -> cuda or cpu; a GPU torch cannot see is a ConfigError
         if not Path(model_path).is_dir():
             raise ConfigError(f"model folder {str(model_path)!r} not found: pass a local transformers model folder "
                               "(config.json, weights, tokenizer files)")
