@@ -268,6 +268,7 @@ def make_parser() -> argparse.ArgumentParser:
     fx.add_argument("--report", help="report folder (default OUT/report)")
     fx.add_argument("--title")
     fx.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
+    add_config_option(fx)
     fx.set_defaults(func=commands.cmd_sft_experiment)
 
     pipe = groups.add_parser("pipeline", help="the main job: ML-100K -> Stage 1 -> baselines -> AdaptRec vs "

@@ -323,7 +323,8 @@ def cmd_sft_experiment(args: argparse.Namespace) -> None:
         split=args.split, limit=args.limit, mode=args.mode, checkpoint_minutes=args.checkpoint_minutes,
         device=args.device, report=args.report, title=args.title,
         gradient_checkpointing=args.gradient_checkpointing, train_only=args.train_only)
-    report = run(config, "adaptrec sft-experiment " + shlex.join(sys.argv[2:]), progress=not args.no_progress)
+    report = run(config, "adaptrec sft-experiment " + shlex.join(sys.argv[2:]), config_file=args.config,
+                 progress=not args.no_progress)
     print(f"trained: {report / 'train'}" if config.train_only else f"report: {report / 'table.md'}")
 
 
