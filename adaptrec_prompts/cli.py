@@ -9,9 +9,11 @@ import sys
 from adaptrec_prompts import commands
 from adaptrec_prompts.commands import PROGRAM_CHOICES
 from adaptrec_prompts.config_file import ConfigFileParser, add_config_option
+from adaptrec_prompts.devices import DEVICE_HELP, device_problem
 from adaptrec_prompts.errors import AdaptRecError, Interrupted
 
 SPLITS = ("train", "valid", "test", "test_extended")  # schema.SPLITS, without importing datasets here
+NO_PROGRESS = "no progress bars (they show only when stderr is a terminal and CI is not set)"
 
 
 def _add_index_options(p: argparse.ArgumentParser) -> None:
@@ -25,6 +27,8 @@ def _add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-neighbors", type=int, default=32)
     p.add_argument("--pool-size", type=int, help="index a seeded sample of this many training examples (default all)")
     p.add_argument("--pool-seed", type=int, default=0)
+    add_device_option(p, "; for the lm/text embedders")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -102,6 +106,7 @@ def make_parser() -> argparse.ArgumentParser:
     bm.add_argument("--m", type=int, default=5)
     bm.add_argument("--max-new-tokens", type=int, default=32)
     bm.add_argument("--model-dir", help="reuse/keep the built model here")
+    add_device_option(bm)
     bm.set_defaults(func=commands.cmd_bench_modes)
     bs = bench.add_parser("sft", help="s/training example: TRL's default loss vs logits only at the answer")
     bs.add_argument("--data", required=True, help="a prepared folder with neighbour columns on train rows")
@@ -113,6 +118,7 @@ def make_parser() -> argparse.ArgumentParser:
     bs.add_argument("--lora-targets", default="all", choices=["all", "attention", "mlp"])
     bs.add_argument("--prompt", default="full", choices=["full", "compact"])
     bs.add_argument("--demo-items", type=int, help="show each similar user's last N items only")
+    add_device_option(bs, "; training runs on the first visible GPU")
     bs.set_defaults(func=commands.cmd_bench_sft)
 
     pr = groups.add_parser("prompt", help="print the exact Stage-3 messages DSPy sends for one example")
@@ -152,10 +158,10 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=positive_int, help="first N examples of the split")
     ev.add_argument("--threads", type=int, default=1, help="parallel examples (API backends)")
     ev.add_argument("--max-new-tokens", type=int, default=64)
-    ev.add_argument("--device", default="cpu", help="local models: cpu, cuda, cuda:N or auto")
+    add_device_option(ev)
     ev.add_argument("--template", help="domain name or .toml path (default: the data's domain)")
     ev.add_argument("--out", required=True, help="run folder: results.json, manifest.json, predictions.jsonl")
-    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     add_config_option(ev)
     ev.set_defaults(func=commands.cmd_eval)
 
@@ -194,11 +200,13 @@ def make_parser() -> argparse.ArgumentParser:
     comp.add_argument("--train-size", type=int, default=50)
     comp.add_argument("--val-size", type=int, default=50)
     comp.add_argument("--max-new-tokens", type=int, default=64)
+    add_device_option(comp)
     comp.add_argument("--seed", type=int, default=0)
     comp.add_argument("--template")
     comp.add_argument("--name", help="file name under programs/<dataset>/ (default: PROGRAM-OPTIMIZER)")
     comp.add_argument("--programs-dir", default="programs")
     comp.add_argument("--runs-dir", default="runs/compile")
+    comp.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     comp.set_defaults(func=commands.cmd_compile)
 
     ex = groups.add_parser("experiment", help="the paper's claims on one dataset: zero-shot vs random vs static vs "
@@ -221,9 +229,11 @@ def make_parser() -> argparse.ArgumentParser:
     ex.add_argument("--mode", default="score", choices=["score", "score-calibrated", "score-permuted"],
                     help="Stage-3 scoring")
     ex.add_argument("--max-new-tokens", type=int, default=64)
+    add_device_option(ex, "; also the lm embedder's model")
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--report", help="report folder (default OUT/report)")
     ex.add_argument("--title")
+    ex.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     add_config_option(ex)
     ex.set_defaults(func=commands.cmd_experiment)
 
@@ -254,9 +264,11 @@ def make_parser() -> argparse.ArgumentParser:
     fx.add_argument("--gradient-checkpointing", action="store_true",
                     help="recompute activations in the backward pass (TRL's default; off here: slower on CPU)")
     fx.add_argument("--train-only", action="store_true", help="train the variants, skip evaluation")
-    fx.add_argument("--device", default="cpu")
+    add_device_option(fx, "; training runs on the first visible GPU (pick one with CUDA_VISIBLE_DEVICES)")
     fx.add_argument("--report", help="report folder (default OUT/report)")
     fx.add_argument("--title")
+    fx.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
+    add_config_option(fx)
     fx.set_defaults(func=commands.cmd_sft_experiment)
 
     pipe = groups.add_parser("pipeline", help="the main job: ML-100K -> Stage 1 -> baselines -> AdaptRec vs "
@@ -267,6 +279,8 @@ def make_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--limit", type=positive_int, default=40, help="test users for the LLM rows (95 = all)")
     pipe.add_argument("--n", type=int, default=10)
     pipe.add_argument("--m", type=int, default=5)
+    add_device_option(pipe)
+    pipe.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     pipe.set_defaults(func=commands.cmd_pipeline)
 
     progs = groups.add_parser("programs", help="saved program states").add_subparsers(dest="command", required=True)
@@ -275,6 +289,19 @@ def make_parser() -> argparse.ArgumentParser:
     diff.add_argument("b")
     diff.set_defaults(func=commands.cmd_programs_diff)
     return parser
+
+
+def device_name(text: str) -> str:
+    """argparse type of --device: a device name (`devices`), checked before any data or model is loaded."""
+    problem = device_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def add_device_option(p: argparse.ArgumentParser, what: str = "") -> None:
+    """--device, the same option wherever a local model runs (`eval` defined it first)."""
+    p.add_argument("--device", default="cpu", type=device_name, help=DEVICE_HELP + what)
 
 
 def positive_int(text: str) -> int:

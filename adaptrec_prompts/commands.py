@@ -66,7 +66,7 @@ def index_parts(args: argparse.Namespace):
     hnsw = {"ef_search": args.ef_search, "ef_construction": args.ef_construction, "max_neighbors": args.max_neighbors}
     index = UserIndex.open(args.chroma_path, data=args.data, url=args.chroma_url, embedder=args.embedder,
                            embed_model=args.embed_model, hnsw=hnsw, pool_size=args.pool_size,
-                           pool_seed=args.pool_seed)
+                           pool_seed=args.pool_seed, progress=not args.no_progress, device=args.device)
     return index.embedder, index
 
 
@@ -81,7 +81,8 @@ def cmd_index_neighbors(args: argparse.Namespace) -> None:
     embedder, index = index_parts(args)
     section = add_neighbors(args.data, args.out, index, embedder, n=args.n, splits=args.splits.split(","),
                             overfetch=args.overfetch, overwrite=args.overwrite, train_sample=args.train_sample,
-                            train_sample_seed=args.train_sample_seed, random_seed=args.random_seed)
+                            train_sample_seed=args.train_sample_seed, random_seed=args.random_seed,
+                            progress=not args.no_progress)
     print(f"wrote {args.out}: top-{args.n} neighbours from {index.name}")
     for split, st in section["splits"].items():
         ex = st["excluded"]
@@ -130,8 +131,8 @@ def cmd_bench_modes(args: argparse.Namespace) -> None:
 
     print("$ adaptrec bench modes " + " ".join(sys.argv[3:]))
     r = run(args.data, examples=args.examples, m_select=args.m, max_new_tokens=args.max_new_tokens,
-            model_dir=args.model_dir)
-    print(f"model: locally built Llama, {r['params'] / 1e6:.1f}M parameters, fp32, "
+            model_dir=args.model_dir, device=args.device)
+    print(f"model: locally built Llama, {r['params'] / 1e6:.1f}M parameters, fp32, on {r['device']}, "
           f"{__import__('torch').get_num_threads()} torch threads")
     print(f"{r['examples']} test examples, static selection M={args.m}, K={r['k']}, "
           f"prompt tokens per recommendation: {r['prompt_tokens']:.0f}")
@@ -149,9 +150,9 @@ def cmd_bench_sft(args: argparse.Namespace) -> None:
 
     print("$ adaptrec bench sft " + " ".join(sys.argv[3:]), flush=True)
     r = run(args.data, model=args.model, rows=args.rows, selection=args.selection, m=args.m, lora_r=args.lora_r,
-            prompt=args.prompt, demo_items=args.demo_items, lora_targets=args.lora_targets)
-    print(f"model {r['model']}, fp32, {r['threads']} torch threads; LoRA r={r['lora_r']}; selection={r['selection']} "
-          f"M={r['m']}; {r['rows']} timed examples per path, batch 1")
+            prompt=args.prompt, demo_items=args.demo_items, lora_targets=args.lora_targets, device=args.device)
+    print(f"model {r['model']}, fp32, on {r['device']}, {r['threads']} torch threads; LoRA r={r['lora_r']}; "
+          f"selection={r['selection']} M={r['m']}; {r['rows']} timed examples per path, batch 1")
     for name, label in (("default", "default: TRL loss, full prompt, LoRA on all projections"),
                         ("fast", f"fast: answer-only logits, prompt={r['prompt']}, demo_items={r['demo_items']}, "
                                  f"LoRA on {r['lora_targets']}")):
@@ -248,9 +249,11 @@ def cmd_compile(args: argparse.Namespace) -> None:
     train = ddict["train"].shuffle(seed=args.seed, keep_in_memory=True).select(
         range(min(args.train_size, ddict["train"].num_rows)))
     valid = ddict["valid"].select(range(min(args.val_size, ddict["valid"].num_rows)))
-    lm_kwargs = {"max_new_tokens": args.max_new_tokens} if is_local(args.lm) else {"timeout": 120.0}
+    progress = not args.no_progress
+    local = {"progress": progress, "device": args.device}  # local models: loading bar, where they run
+    lm_kwargs = {"max_new_tokens": args.max_new_tokens, **local} if is_local(args.lm) else {"timeout": 120.0}
     lm = make_lm(args.lm, adapter=args.adapter, api_base=args.api_base, **lm_kwargs)
-    prompt_lm = make_lm(args.prompt_lm, api_base=args.api_base, **({} if is_local(args.prompt_lm) else
+    prompt_lm = make_lm(args.prompt_lm, api_base=args.api_base, **(local if is_local(args.prompt_lm) else
                                                                    {"timeout": 120.0})) if args.prompt_lm else lm
     stages = 2 if program.selection == "adaptive" else 1
     calls = call_budget(args.optimizer, stages, train.num_rows, valid.num_rows, args.num_trials, args.num_candidates)
@@ -265,23 +268,25 @@ def cmd_compile(args: argparse.Namespace) -> None:
     out_json = Path(args.programs_dir) / manifest["dataset"] / f"{name}.json"
     runs = Path(args.runs_dir) / manifest["dataset"] / name
     run_cfg = {"data": args.data, "data_hash": manifest.get("data_hash"), "split": "valid", "lm": args.lm,
-               "examples": valid.num_rows, "purpose": "compile validation"}
+               "examples": valid.num_rows, "purpose": "compile validation",
+               **({"device": args.device} if args.device != "cpu" else {})}  # recorded as adaptrec eval does
     rows = valid.to_list()
-    before = evaluate(program, rows, runs / "before", {**run_cfg, "program": "base"}, lm=lm, progress=False,
+    before = evaluate(program, rows, runs / "before", {**run_cfg, "program": "base"}, lm=lm, progress=progress,
                       data_manifest=manifest)
     with dspy_context(lm):
         compiled = compile_program(program, to_examples(train), to_examples(valid), args.optimizer, args.metric,
                                    num_trials=args.num_trials, num_candidates=args.num_candidates,
                                    max_demos=args.max_demos, prompt_lm=prompt_lm, seed=args.seed)
     save_program(compiled, out_json)
-    after = evaluate(compiled, rows, runs / "after", {**run_cfg, "program": str(out_json)}, lm=lm, progress=False,
-                     data_manifest=manifest)
+    after = evaluate(compiled, rows, runs / "after", {**run_cfg, "program": str(out_json)}, lm=lm,
+                     progress=progress, data_manifest=manifest)
     record = {"optimizer": args.optimizer, "metric": args.metric,
               "budget": {"num_trials": args.num_trials, "num_candidates": args.num_candidates,
                          "max_demos": args.max_demos, "train_size": train.num_rows, "val_size": valid.num_rows,
                          "lm_calls_upper_bound": calls},
               "base_program_hash": _sha(base_state), "program_hash": _sha(program_state(compiled)),
-              "lm": args.lm, "prompt_lm": args.prompt_lm or args.lm, "data_hash": manifest.get("data_hash"),
+              "lm": args.lm, "prompt_lm": args.prompt_lm or args.lm, "device": args.device,
+              "data_hash": manifest.get("data_hash"),
               "validation": {"before": before["metrics"], "after": after["metrics"], "n": after["n"]},
               "runs": {"before": str(runs / "before"), "after": str(runs / "after")}}
     out_json.with_suffix(".manifest.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -318,7 +323,8 @@ def cmd_sft_experiment(args: argparse.Namespace) -> None:
         split=args.split, limit=args.limit, mode=args.mode, checkpoint_minutes=args.checkpoint_minutes,
         device=args.device, report=args.report, title=args.title,
         gradient_checkpointing=args.gradient_checkpointing, train_only=args.train_only)
-    report = run(config, "adaptrec sft-experiment " + shlex.join(sys.argv[2:]))
+    report = run(config, "adaptrec sft-experiment " + shlex.join(sys.argv[2:]), config_file=args.config,
+                 progress=not args.no_progress)
     print(f"trained: {report / 'train'}" if config.train_only else f"report: {report / 'table.md'}")
 
 
@@ -341,8 +347,9 @@ def cmd_experiment(args: argparse.Namespace) -> None:
         data=args.data, lm=args.lm, out=args.out, split=args.split, limit=args.limit, chunk=args.chunk,
         variants=_names(args.variants), m=args.m, m_values=m_values, n=args.n, embedders=_names(args.embedders),
         prepared=args.prepared, pool_size=args.pool_size, embed_model=args.embed_model, mode=args.mode,
-        max_new_tokens=args.max_new_tokens, seed=args.seed, report=args.report, title=args.title)
-    run_experiment(config, "adaptrec experiment " + shlex.join(sys.argv[2:]), config_file=args.config)
+        max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device, report=args.report, title=args.title)
+    run_experiment(config, "adaptrec experiment " + shlex.join(sys.argv[2:]), config_file=args.config,
+                   progress=not args.no_progress)
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
@@ -352,7 +359,8 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     from adaptrec_prompts.pipeline import main_job, table
 
     started = time.perf_counter()
-    results = main_job(args.out, raw_dir=args.raw_dir, lm=args.lm, limit=args.limit, n=args.n, m=args.m)
+    results = main_job(args.out, raw_dir=args.raw_dir, lm=args.lm, limit=args.limit, n=args.n, m=args.m,
+                       device=args.device, progress=not args.no_progress)
     print("\n" + table(results, limit=args.limit, n=args.n, m=args.m))
     zero_shot, static = (results[name].path for name in list(results)[-2:])
     print(f"\ntotal {time.perf_counter() - started:.0f} s. Full test set: --limit 95; paired test: adaptrec compare "

@@ -40,6 +40,30 @@ def _short_hash(payload: object) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def embed_all(embedder: Embedder, histories: Sequence[Sequence[int]], *, desc: str = "embed",
+              progress: bool = False) -> np.ndarray:
+    """`embedder.embed(histories)` in chunks behind a progress bar (`progress.bar`: histories, rate, time left).
+
+    Any `Embedder` works (only `embed` is called). The chunks are the embedder's own batches
+    (`batch_size`, when it has one) or 1,024 histories, and they are the same whether or not a bar shows,
+    so the vectors never depend on the terminal: exactly those of one call for the collab embedder
+    (each history on its own) and the lm embedder (the same batches); a sentence-transformers model pads
+    each chunk on its own, which changes its vectors within float rounding only.
+    """
+    from adaptrec_prompts.progress import bar
+
+    if not len(histories):
+        return embedder.embed(histories)
+    size = int(getattr(embedder, "batch_size", 0) or 1024)
+    parts = []
+    with bar(desc=desc, total=len(histories), unit="history", progress=progress) as shown:
+        for start in range(0, len(histories), size):
+            chunk = histories[start : start + size]
+            parts.append(embedder.embed(chunk))
+            shown.update(len(chunk))
+    return np.concatenate(parts)
+
+
 def training_sequences(train) -> list[list[int]]:
     """Training sequences from a prepared train split.
 
@@ -149,15 +173,20 @@ class LMEmbedder:
         titles: item id -> title (the prepared folder's items.jsonl).
         render: history titles -> text (e.g. `Template.render_history`).
         batch_size: histories per forward pass.
+        device: where the model runs (`devices`: cpu, cuda, cuda:N, mps, auto). Not part of `id`: the
+            vectors are the same model's, up to float rounding.
     """
 
     kind = "lm"
 
     def __init__(self, model_path: str | Path, titles: dict[int, str], render, batch_size: int = 16,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", device: str = "cpu"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from adaptrec_prompts.devices import resolve_device
+
+        self.device = resolve_device(device)  # before loading: a GPU torch cannot see fails at once
         self.model_path = str(model_path)
         self.titles, self.render, self.batch_size = titles, render, batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
@@ -167,7 +196,7 @@ class LMEmbedder:
         # Load the causal LM and keep its decoder: a checkpoint with tied weights may store the embedding
         # only as lm_head.weight (the Gemma dense copy does), which AutoModel would leave uninitialized.
         causal = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, dtype))
-        self.model = causal.base_model.eval()
+        self.model = causal.base_model.to(self.device).eval()
         config_hash = _short_hash(self.model.config.to_dict())
         self.id = f"lm-{Path(self.model_path).name}-{config_hash}-{_short_hash(render(['x', 'y']))}"
 
@@ -178,24 +207,29 @@ class LMEmbedder:
         out = []
         with torch.no_grad():
             for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True)
+                batch = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt",
+                                       padding=True).to(self.device)
                 hidden = self.model(**batch).last_hidden_state  # (B, T, H)
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                out.append(((hidden * mask).sum(1) / mask.sum(1)).float().numpy())
+                out.append(((hidden * mask).sum(1) / mask.sum(1)).float().cpu().numpy())
         return l2_normalize(np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32))
 
 
 class TextEmbedder:
-    """A sentence-transformers model (by local path) over the rendered history text."""
+    """A sentence-transformers model (by local path) over the rendered history text; `device` as for
+    `LMEmbedder`."""
 
     kind = "text"
 
-    def __init__(self, model_path: str | Path, titles: dict[int, str], render, batch_size: int = 64):
+    def __init__(self, model_path: str | Path, titles: dict[int, str], render, batch_size: int = 64,
+                 device: str = "cpu"):
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
             raise ConfigError("the text embedder needs sentence-transformers: pip install -e '.[text]'") from None
-        self.model = SentenceTransformer(str(model_path), device="cpu")
+        from adaptrec_prompts.devices import resolve_device
+
+        self.model = SentenceTransformer(str(model_path), device=resolve_device(device))
         self.titles, self.render, self.batch_size = titles, render, batch_size
         self.id = f"text-{Path(model_path).name}-{_short_hash(render(['x', 'y']))}"
 

@@ -37,6 +37,7 @@ from adaptrec_prompts import timing
 from adaptrec_prompts.errors import ConfigError, Interrupted, RunInUseError
 from adaptrec_prompts.metrics import RESULTS_SCHEMA_VERSION, aggregate, example_metrics
 from adaptrec_prompts.modules import AdaptRec, eval_adapter
+from adaptrec_prompts.progress import bar as progress_bar
 
 logger = logging.getLogger(__name__)
 PACKAGES = ("adaptrec-prompts", "dspy", "datasets", "transformers", "torch", "peft", "trl", "chromadb", "litellm")
@@ -213,6 +214,8 @@ def evaluate(program, rows, out_dir: str | Path, config: dict | None = None, lm=
             run is resumed. None records none (the program's config and state are recorded anyway).
         lm: the dspy LM (None for baselines).
         threads: parallel examples (for API backends; keep 1 for a local model).
+        progress: show a bar (named after `out_dir`: examples done, rate, time left, running HR@1 and
+            errors) when `progress.enabled` allows (a terminal, not CI).
         retries: retries of an example after a transport error (with `backoff` * 2^k seconds between).
         extra: more manifest entries that describe the run without identifying it (`run_eval` records every
             resolved setting and the config file); a rerun that changes them records the latest.
@@ -299,11 +302,9 @@ def _evaluate(program, rows: list, out: Path, config: dict, lm, threads: int, pr
     todo = [row for row in rows if row["example_id"] not in done]
     callbacks = [timing.LMTimer()]
     logger.info("%d examples, %d already done, %d to run", len(rows), len(done), len(todo))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="eval", dynamic_ncols=True)
+    # named after the run folder, so the variants of an experiment tell their bars apart
+    bar = progress_bar(desc=out.name, total=len(rows), initial=len(rows) - len(todo), unit="example",
+                       progress=progress)
     hits = [r["hit1"] for r in done.values()]
     started = time.perf_counter()
 
@@ -312,10 +313,10 @@ def _evaluate(program, rows: list, out: Path, config: dict, lm, threads: int, pr
         done[record["example_id"]] = record
         if not record["error"]:
             hits.append(record["hit1"])
-        if bar is not None:
+        if not bar.disable:  # a running HR@1 and the errors so far, next to the count and the rate
             bar.set_postfix(HR1=f"{sum(hits) / max(1, len(hits)):.3f}", errors=sum(
-                1 for r in done.values() if r["error"]))
-            bar.update(1)
+                1 for r in done.values() if r["error"]), refresh=False)
+        bar.update(1)
 
     try:
         if threads > 1:  # every finished example is written, in completion order, before a failure propagates
@@ -351,8 +352,7 @@ def _evaluate(program, rows: list, out: Path, config: dict, lm, threads: int, pr
         raise Interrupted(f"{saved} of {len(rows)} examples are saved in {out}; run the same command again to "
                           "resume") from None
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     wall = time.perf_counter() - started
     records = [done[row["example_id"]] for row in rows if row["example_id"] in done]
     results = summarize(records, config.get("lm"))

@@ -55,6 +55,8 @@ class Experiment:
             `pool_size` training examples of `prepared` (the folder without neighbours).
         embed_model: the lm embedder's model folder (None: the `lm` model's folder).
         mode: Stage-3 scoring mode.
+        device: where a local LM (and the lm embedder) runs: cpu, cuda, cuda:N, mps or auto (`devices`);
+            recorded in every run's manifest when not "cpu", as `adaptrec eval --device` does.
         report: the report folder (None: out/report); title: its title (None: dataset and split).
     """
 
@@ -75,10 +77,15 @@ class Experiment:
     mode: str = "score"
     max_new_tokens: int = 64
     seed: int = 0
+    device: str = "cpu"
     report: str | None = None
     title: str | None = None
 
     def __post_init__(self) -> None:
+        from adaptrec_prompts.devices import DEVICES, device_problem
+
+        if device_problem(self.device):
+            raise ConfigError(f"Experiment.device={self.device!r} is not valid; use {DEVICES}")
         unknown = set(self.variants) - set(VARIANTS)
         if unknown:
             raise ConfigError(f"unknown variants {sorted(unknown)}; valid: {', '.join(VARIANTS)}")
@@ -117,8 +124,10 @@ def plan(data: str, variants: list[str], m: int, m_values: list[int], stage1: di
 
 
 def stage1_folders(prepared: str, out: Path, embedders: list[str], pool_size: int, split: str, n: int,
-                   embed_model: str | None) -> dict[str, str]:
-    """Build (once) a neighbour folder per embedder over the same seeded pool sample; name -> folder."""
+                   embed_model: str | None, progress: bool = True, device: str = "cpu") -> dict[str, str]:
+    """Build (once) a neighbour folder per embedder over the same seeded pool sample; name -> folder.
+    `progress`: bars while each pool is embedded and indexed and the split is queried; `device`: where the
+    lm/text embedders' model runs."""
     from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
     from adaptrec_prompts.retriever import make_client
 
@@ -132,9 +141,9 @@ def stage1_folders(prepared: str, out: Path, embedders: list[str], pool_size: in
             continue
         client = client or make_client(path=out / "stage1" / "chroma")
         started = time.perf_counter()
-        embedder = make_embedder(kind, prepared, embed_model if kind != "collab" else None)
-        index = open_index(prepared, embedder, client, pool_size=pool_size)
-        section = add_neighbors(prepared, folder, index, embedder, n=n, splits=[split])
+        embedder = make_embedder(kind, prepared, embed_model if kind != "collab" else None, device)
+        index = open_index(prepared, embedder, client, pool_size=pool_size, progress=progress)
+        section = add_neighbors(prepared, folder, index, embedder, n=n, splits=[split], progress=progress)
         line = (f"stage 1 {name}: {index.count()} pool vectors embedded and indexed, "
                 f"{section['splits'][split]['queries']} {split} queries, {time.perf_counter() - started:.0f} s "
                 f"(embedder {embedder.id})")
@@ -224,23 +233,29 @@ def claims_section(out: Path, runs: list[Run], done: dict, m: int, ids: set[str]
     return text, data
 
 
-def run_experiment(config: Experiment, command: str | None = None, *, config_file: str | Path | None = None) -> None:
+def run_experiment(config: Experiment, command: str | None = None, *, config_file: str | Path | None = None,
+                   progress: bool = True) -> None:
     """Run (or resume) the experiment in rounds of `config.chunk` examples, rewriting the report after each.
 
     Args:
         config: the experiment.
         command: how it was started, quoted in the report (default: a Python call).
         config_file: the file the settings were read from (`--config`), recorded in experiment.json.
+        progress: a bar per variant and round (named after the variant: examples, rate, time left), and
+            bars while Stage-1 pools are built (`--no-progress`; `progress.enabled` has the rule).
 
     Raises:
         IncompleteRunError: some variants ended with provider errors (the others finished; rerun to retry).
     """
-    from adaptrec_prompts.backends.api import local_model_dir
+    from adaptrec_prompts.backends.api import is_local, local_model_dir
+    from adaptrec_prompts.devices import resolve_device
     from adaptrec_prompts.prepare import load_manifest, load_prepared
     from adaptrec_prompts.runs import RunConfig, format_results, load_lm, run_eval
     from adaptrec_prompts.schema import column
 
     command = command or "adaptrec_prompts.experiments.run_experiment(...) (experiment.json holds the config)"
+    if is_local(config.lm) or any(e != "collab" for e in config.embedders):
+        resolve_device(config.device)  # a GPU torch cannot see: refused now, not after the baselines
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(config.data)
@@ -260,7 +275,7 @@ def run_experiment(config: Experiment, command: str | None = None, *, config_fil
         if embed_model is None and any(e != "collab" for e in embedders):
             embed_model = local_model_dir(config.lm)  # the lm embedder reads the --lm model's folder
         stage1 = stage1_folders(config.prepared, out, embedders, config.pool_size, config.split, config.n,
-                                embed_model)
+                                embed_model, progress=progress, device=config.device)
     runs = plan(config.data, list(config.variants), config.m, list(config.m_values), stage1)
     report_dir = Path(config.report) if config.report else out / "report"
     (out / "experiment.json").write_text(json.dumps(
@@ -276,11 +291,12 @@ def run_experiment(config: Experiment, command: str | None = None, *, config_fil
         for run in runs:
             run_config = RunConfig(data=run.data, out=str(out / run.name), split=config.split, program=run.program,
                                    lm=config.lm if run.uses_lm else None, mode=config.mode, n=config.n, m=run.m,
-                                   seed=config.seed, limit=stop, max_new_tokens=config.max_new_tokens)
+                                   seed=config.seed, limit=stop, max_new_tokens=config.max_new_tokens,
+                                   device=config.device if run.uses_lm else "cpu")
             if run.uses_lm and lm is None:
-                lm = load_lm(run_config)  # one model for every variant
+                lm = load_lm(run_config, progress)  # one model for every variant
             try:
-                results = run_eval(run_config, lm=lm if run.uses_lm else None, progress=False)
+                results = run_eval(run_config, lm=lm if run.uses_lm else None, progress=progress)
             except IncompleteRunError as exc:  # keep the other variants going; the report shows `errors`
                 incomplete[run.name] = str(exc)
                 results = exc.results

@@ -21,7 +21,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from adaptrec_prompts.embed import CollabEmbedder, Embedder, LMEmbedder, TextEmbedder, training_sequences
+from adaptrec_prompts.embed import (CollabEmbedder, Embedder, LMEmbedder, TextEmbedder, embed_all,
+                                    training_sequences)
 from adaptrec_prompts.errors import ConfigError, LeakageError
 from adaptrec_prompts.prepare import load_items, load_manifest, load_prepared, save
 from adaptrec_prompts.protocol import example_rng
@@ -83,8 +84,10 @@ class RandomUsers:
         return picked
 
 
-def make_embedder(kind: str, data_dir: str | Path, model_path: str | Path | None = None) -> Embedder:
-    """Build the embedder `kind` for a prepared folder (collab is fitted on its train split)."""
+def make_embedder(kind: str, data_dir: str | Path, model_path: str | Path | None = None,
+                  device: str = "cpu") -> Embedder:
+    """Build the embedder `kind` for a prepared folder (collab is fitted on its train split); `device`: where
+    the lm/text embedders' model runs (`devices`; the collab embedder has no model)."""
     if kind not in EMBEDDERS:
         raise ConfigError(f"unknown embedder {kind!r}; valid: {', '.join(EMBEDDERS)}")
     if kind == "collab":
@@ -93,7 +96,7 @@ def make_embedder(kind: str, data_dir: str | Path, model_path: str | Path | None
         raise ConfigError(f"the {kind} embedder needs --embed-model PATH (a local model folder)")
     template = manifest_template(load_manifest(data_dir))
     cls = LMEmbedder if kind == "lm" else TextEmbedder
-    return cls(model_path, load_items(data_dir), template.render_history)
+    return cls(model_path, load_items(data_dir), template.render_history, device=device)
 
 
 def pool_rows(num_rows: int, pool_size: int | None, seed: int = 0) -> list[int]:
@@ -115,7 +118,7 @@ def _take(columns: Sequence[list], rows: list[int]) -> list[list]:
 
 
 def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | None = None,
-               pool_size: int | None = None, pool_seed: int = 0) -> UserIndex:
+               pool_size: int | None = None, pool_seed: int = 0, progress: bool = True) -> UserIndex:
     """The Chroma collection for (dataset, embedder, data, pool); built from the train pool if empty.
 
     The index returned carries `embedder` and `data` (this folder), so it can serve live queries.
@@ -123,6 +126,7 @@ def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | No
     Args:
         pool_size: index a seeded sample of this many training examples instead of all of them.
         pool_seed: the sample's seed.
+        progress: bars while a new collection's pool is embedded and written (`progress.enabled`).
     """
     manifest = load_manifest(data_dir)
     train = load_prepared(data_dir)["train"]
@@ -156,8 +160,9 @@ def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | No
     if index.count() != len(rows):
         started = time.perf_counter()
         histories = histories or column(train, "history_item_ids")
-        vectors = embedder.embed(_take((histories,), rows)[0] if sampled else histories)
-        index.build(ids, vectors, users, nexts, times)
+        vectors = embed_all(embedder, _take((histories,), rows)[0] if sampled else histories,
+                            desc="embed train pool", progress=progress)
+        index.build(ids, vectors, users, nexts, times, progress=progress)
         logger.info("built %s: %d vectors in %.1fs", name, len(rows), time.perf_counter() - started)
     index.embedder, index.data = embedder, Path(data_dir)  # what a live retriever needs (live.UserRetriever)
     return index
@@ -165,12 +170,15 @@ def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | No
 
 def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embedder: Embedder, n: int = 10,
                   splits: Sequence[str] = SPLITS, overfetch: int = 3, overwrite: bool = False,
-                  train_sample: int | None = None, train_sample_seed: int = 0, random_seed: int = 0) -> dict:
+                  train_sample: int | None = None, train_sample_seed: int = 0, random_seed: int = 0,
+                  progress: bool = True) -> dict:
     """Query the index for every row of `splits` and write `out` with the neighbour columns.
 
     `train_sample`: query only a seeded sample of that many train rows (`pool_rows(rows, size, seed)`,
     recorded in the manifest; the others get empty lists): fine-tuning on a sample then needs only these.
     `random_seed`: seed of the random-users control (`RandomUsers`).
+    `progress`: per queried split, a bar while its histories are embedded and one while they are queried
+    (`progress.enabled`: a terminal, not CI).
 
     Returns:
         The `neighbors` section written into the output manifest (per-split query stats included).
@@ -211,8 +219,9 @@ def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embed
                 raise LeakageError(f"{data_dir} [{split}]: {sum(1 for u in users if not u)} rows have no user id, so "
                                    "the same-user rule cannot be applied; re-prepare the data with this version "
                                    "(`adaptrec data prepare`), which assigns user ids to every import")
-            vectors = embedder.embed(histories)
-            found = index.query(vectors, n, users, times, example_ids=ids, overfetch=overfetch, stats=stats)
+            vectors = embed_all(embedder, histories, desc=f"embed {split}", progress=progress)
+            found = index.query(vectors, n, users, times, example_ids=ids, overfetch=overfetch, stats=stats,
+                                progress=progress, desc=f"neighbours {split}")
             short_random = 0
             for row, neighbors, example_id, user, ts in zip(queried, found, ids, users, times, strict=True):
                 _fill(columns, "neighbor_", row, [pool[nb.example_id] for nb in neighbors], cols)

@@ -26,7 +26,8 @@ def lm_run_name(lm: str, program: str) -> str:
 
 
 def main_job(out: str | Path = "artifacts/main", *, raw_dir: str | Path | None = None, lm: str = "gemma-3-270m",
-             limit: int = 40, n: int = 10, m: int = 5) -> dict[str, Results]:
+             limit: int = 40, n: int = 10, m: int = 5, device: str = "cpu", progress: bool = True
+             ) -> dict[str, Results]:
     """Run (or resume) the main job under `out`; run name -> its results, baselines first.
 
     Args:
@@ -35,11 +36,19 @@ def main_job(out: str | Path = "artifacts/main", *, raw_dir: str | Path | None =
         lm: the LM for the AdaptRec and zero-shot rows (`RunConfig.lm`).
         limit: test users for the LM rows (95 is the whole split).
         n: neighbours per example (N); m: demonstrations (M).
+        device: where a local LM runs (cpu, cuda, cuda:N, mps, auto; `RunConfig.device`).
+        progress: bars while Stage 1 embeds, indexes and queries, and while each run scores its examples
+            (`--no-progress`; `progress.enabled` has the rule).
     """
+    from adaptrec_prompts.backends.api import is_local
+    from adaptrec_prompts.devices import check_device, resolve_device
     from adaptrec_prompts.neighbors import add_neighbors
     from adaptrec_prompts.prepare import load_manifest, prepare_dataset
     from adaptrec_prompts.retriever import UserIndex
 
+    check_device(device, "device")
+    if is_local(lm):  # a GPU torch cannot see: refused before the data and the neighbours are built
+        resolve_device(device)
     out = Path(out)
     data, nb, runs = out / "ml-100k", out / "ml-100k-nb", out / "runs"
     if not (data / "manifest.json").is_file():
@@ -47,8 +56,8 @@ def main_job(out: str | Path = "artifacts/main", *, raw_dir: str | Path | None =
         counts = ", ".join(f"{s}={c}" for s, c in load_manifest(data)["counts"]["examples"].items())
         print(f"wrote {data} (ml-100k, seed 0): {counts}", flush=True)
     if not (nb / "manifest.json").is_file():
-        index = UserIndex.open(out / "chroma", data=data)
-        add_neighbors(data, nb, index, index.embedder, n=n, splits=["test"])
+        index = UserIndex.open(out / "chroma", data=data, progress=progress)
+        add_neighbors(data, nb, index, index.embedder, n=n, splits=["test"], progress=progress)
         print(f"wrote {nb}: top-{n} neighbours from {index.name}", flush=True)
     results: dict[str, Results] = {}
     for baseline in BASELINES:
@@ -57,14 +66,15 @@ def main_job(out: str | Path = "artifacts/main", *, raw_dir: str | Path | None =
             results[baseline] = Results.load(folder)
             continue
         results[baseline] = run_eval(RunConfig(data=nb, out=folder, program=f"baseline:{baseline}", n=n),
-                                     progress=False)
+                                     progress=progress)
         print(format_results(str(folder), results[baseline]), flush=True)
     model = None
     for program in ("none", "static"):
         name = lm_run_name(lm, program)
-        config = RunConfig(data=nb, out=runs / name, program=program, lm=lm, mode="score", n=n, m=m, limit=limit)
-        model = model or load_lm(config)  # one model for both rows
-        results[name] = run_eval(config, lm=model, progress=False)
+        config = RunConfig(data=nb, out=runs / name, program=program, lm=lm, mode="score", n=n, m=m, limit=limit,
+                           device=device)
+        model = model or load_lm(config, progress)  # one model for both rows
+        results[name] = run_eval(config, lm=model, progress=progress)
         print(format_results(str(config.out), results[name]), flush=True)
     return results
 

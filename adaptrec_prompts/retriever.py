@@ -138,7 +138,8 @@ class UserIndex:
     @classmethod
     def open(cls, path: str | Path | None = None, *, data: str | Path, url: str | None = None,
              embedder="collab", embed_model: str | Path | None = None, hnsw: dict | None = None,
-             pool_size: int | None = None, pool_seed: int = 0) -> UserIndex:
+             pool_size: int | None = None, pool_seed: int = 0, progress: bool = True,
+             device: str = "cpu") -> UserIndex:
         """The collection of a prepared folder's training pool, as `adaptrec index build/neighbors` open it.
 
         The same code path as the CLI (`neighbors.make_embedder` + `make_client` + `neighbors.open_index`):
@@ -156,15 +157,17 @@ class UserIndex:
             embed_model: model folder of the lm/text embedders (`--embed-model`).
             hnsw, pool_size, pool_seed: as `--ef-search/--ef-construction/--max-neighbors`, `--pool-size`,
                 `--pool-seed` (a sampled pool is its own collection).
+            progress: bars while the pool is embedded and indexed (`--no-progress`; see `progress.enabled`).
+            device: where the lm/text embedders' model runs (`--device`; see `devices`).
 
         Example:
             >>> index = UserIndex.open("artifacts/chroma", data="artifacts/ml-100k")  # doctest: +SKIP
         """
         from adaptrec_prompts.neighbors import make_embedder, open_index
 
-        emb = make_embedder(embedder, data, embed_model) if isinstance(embedder, str) else embedder
+        emb = make_embedder(embedder, data, embed_model, device) if isinstance(embedder, str) else embedder
         client = make_client(path=None if url else path, url=url)
-        return open_index(data, emb, client, hnsw=hnsw, pool_size=pool_size, pool_seed=pool_seed)
+        return open_index(data, emb, client, hnsw=hnsw, pool_size=pool_size, pool_seed=pool_seed, progress=progress)
 
     def count(self) -> int:
         return self.collection.count()
@@ -184,8 +187,12 @@ class UserIndex:
         return [bool(d) and d[0] < 1e-4 for d in res["distances"]]
 
     def build(self, example_ids: Sequence[str], vectors: np.ndarray, user_ids: Sequence[str | None],
-              next_item_ids: Sequence[int], timestamps: Sequence[int | None]) -> int:
-        """Add the pool (idempotent: ids are example ids and writes are upserts). Returns rows written."""
+              next_item_ids: Sequence[int], timestamps: Sequence[int | None], progress: bool = False) -> int:
+        """Add the pool (idempotent: ids are example ids and writes are upserts). Returns rows written.
+
+        `progress`: a bar over the vectors written (Chroma builds the HNSW graph as they arrive)."""
+        from adaptrec_prompts.progress import bar
+
         if self.count() == len(example_ids):
             logger.info("collection %s already holds %d vectors; not rebuilt", self.name, len(example_ids))
             return 0
@@ -193,16 +200,18 @@ class UserIndex:
         metadatas = [{"example_id": e, "user_id": u or "", "next_item_id": int(n),
                       "timestamp": NO_TIME if t is None else int(t)}
                      for e, u, n, t in zip(example_ids, user_ids, next_item_ids, timestamps, strict=True)]
-        for start in range(0, len(example_ids), batch):
-            stop = start + batch
-            self.collection.upsert(ids=list(example_ids[start:stop]), embeddings=vectors[start:stop],
-                                   metadatas=metadatas[start:stop])
+        with bar(desc=f"index {self.name}", total=len(example_ids), unit="vector", progress=progress) as shown:
+            for start in range(0, len(example_ids), batch):
+                stop = start + batch
+                self.collection.upsert(ids=list(example_ids[start:stop]), embeddings=vectors[start:stop],
+                                       metadatas=metadatas[start:stop])
+                shown.update(len(example_ids[start:stop]))
         return len(example_ids)
 
     def query(self, vectors: np.ndarray, n: int, user_ids: Sequence[str | None],
               timestamps: Sequence[int | None], example_ids: Sequence[str] | None = None, overfetch: int = 3,
               batch_size: int = 256, stats: QueryStats | None = None,
-              distinct_users: bool = True) -> list[list[Neighbor]]:
+              distinct_users: bool = True, progress: bool = False, desc: str = "query") -> list[list[Neighbor]]:
         """Top-n neighbours per query vector after the exclusion rules (module docstring).
 
         Args:
@@ -211,10 +220,14 @@ class UserIndex:
             timestamps: the queries' times (nothing at or after one is returned); None when unknown.
             example_ids: the queries' own example ids (a query from the pool never gets itself back).
             distinct_users: keep each user's most similar allowed window only (N neighbours = N people).
+            progress: a bar named `desc` over the queries answered (off by default: a live retriever
+                asks one query at a time).
 
         Raises:
             LeakageError: a query has no user id (the same-user rule could not be applied).
         """
+        from adaptrec_prompts.progress import bar
+
         missing = [q for q, u in enumerate(user_ids) if not u]
         if missing:
             raise LeakageError(f"{len(missing)} of {len(user_ids)} queries have no user id (first: query "
@@ -225,11 +238,13 @@ class UserIndex:
         pool = self.count()
         example_ids = list(example_ids) if example_ids is not None else [None] * len(vectors)
         results: list[list[Neighbor]] = []
-        for start in range(0, len(vectors), batch_size):
-            chunk = slice(start, start + batch_size)
-            queries = list(zip(user_ids[chunk], timestamps[chunk], example_ids[chunk], strict=True))
-            k = min(pool, n * overfetch * (3 if distinct_users else 1) + 10)
-            results.extend(self._query_chunk(vectors[chunk], n, queries, k, pool, stats, distinct_users))
+        with bar(desc=desc, total=len(vectors), unit="query", progress=progress) as shown:
+            for start in range(0, len(vectors), batch_size):
+                chunk = slice(start, start + batch_size)
+                queries = list(zip(user_ids[chunk], timestamps[chunk], example_ids[chunk], strict=True))
+                k = min(pool, n * overfetch * (3 if distinct_users else 1) + 10)
+                results.extend(self._query_chunk(vectors[chunk], n, queries, k, pool, stats, distinct_users))
+                shown.update(len(queries))
         return results
 
     def _fetch(self, vectors: np.ndarray, k: int):

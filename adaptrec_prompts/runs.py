@@ -57,7 +57,8 @@ class RunConfig:
         limit: score the first `limit` examples of the split only (None: all of them).
         threads: examples in parallel (API backends; keep 1 for a local model).
         max_new_tokens: generation budget (max_tokens for API models).
-        device: local models: "cpu", "cuda", "cuda:N" or "auto".
+        device: local models: "cpu", "cuda", "cuda:N", "mps" or "auto" (`devices`); recorded in the
+            manifest's config when not "cpu" (runs from before the option stay resumable).
         template: a domain name or .toml path (None: the data's domain).
     """
 
@@ -86,6 +87,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         # the same choices the command line offers, checked here for Python callers (and config files)
+        from adaptrec_prompts.devices import DEVICES, device_problem
         from adaptrec_prompts.modules import MODES, PROMPTS
         from adaptrec_prompts.render import LABELS
         from adaptrec_prompts.schema import SPLITS
@@ -95,6 +97,8 @@ class RunConfig:
             if value not in valid:
                 raise ConfigError(f"RunConfig.{name}={value!r} is not valid; use one of "
                                   f"{', '.join(v for v in valid if v is not None)}")
+        if device_problem(self.device):
+            raise ConfigError(f"RunConfig.device={self.device!r} is not valid; use {DEVICES}")
         for name in ("limit", "threads", "max_new_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -219,15 +223,17 @@ def build_program(spec: str, data_dir: str | Path, *, n: int = 10, m: int = 5, m
     raise ConfigError(f"unknown program {spec!r}; use {PROGRAM_CHOICES}")
 
 
-def load_lm(config: RunConfig):
+def load_lm(config: RunConfig, progress: bool = True):
     """The `dspy.LM` a run's config names (`make_lm` with the run's budget, device and API settings): load it
-    once and pass it to several `run_eval` calls that use the same `lm`."""
+    once and pass it to several `run_eval` calls that use the same `lm`. `progress`: transformers' loading
+    bar for a local model, under the package's rule (`progress.library_bars`)."""
     from adaptrec_prompts.backends.api import is_local, make_lm
 
     if not config.lm:
         raise ConfigError(NEEDS_LM)
     return make_lm(config.lm, adapter=config.adapter, api_base=config.api_base,
-                   **({"max_new_tokens": config.max_new_tokens, "device": config.device} if is_local(config.lm) else
+                   **({"max_new_tokens": config.max_new_tokens, "device": config.device, "progress": progress}
+                      if is_local(config.lm) else
                       {"max_tokens": config.max_new_tokens, "num_retries": config.num_retries,
                        "timeout": config.timeout}))
 
@@ -240,7 +246,8 @@ def run_eval(config: RunConfig, lm=None, progress: bool = True, *, config_file: 
         config: the run's settings.
         lm: an already loaded LM to reuse (`load_lm`); it must be the one `config.lm` names. None loads it
             when the program needs one (baselines never do).
-        progress: show a progress bar.
+        progress: a bar while the examples are scored (named after the run folder: count, rate, time left,
+            running HR@1) and transformers' loading bar; `progress.enabled` has the rule (a terminal, not CI).
         config_file: the file the settings were read from (`--config`), recorded in the manifest.
 
     Returns:
@@ -275,7 +282,7 @@ def run_eval(config: RunConfig, lm=None, progress: bool = True, *, config_file: 
     elif not config.lm:  # also with an `lm` passed in: the manifest must name the model the run used
         raise ConfigError(NEEDS_LM)
     elif lm is None:
-        lm = load_lm(config)
+        lm = load_lm(config, progress)
     local = is_local(config.lm or "hf:")
     # what identifies the run (evaluation.run_identity) and what it was run with; unchanged since before
     # RunConfig existed, so older run folders still resume

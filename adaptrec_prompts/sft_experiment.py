@@ -20,6 +20,7 @@ evaluation from its run folder; the sample is written once and reused.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +49,10 @@ class SFTExperiment:
         gradient_checkpointing: TRL turns it on by default; off, a CPU step skips the recomputed forward pass
             (memory is not the limit for a 270M model on one example).
         train_only: train the variants and stop (to train variants in parallel processes, then evaluate in one).
+        device: where training and evaluation run: cpu, cuda (the first visible GPU), mps or auto
+            (`devices`); cuda:N for N > 0 is refused for training (transformers' Trainer uses the first
+            visible GPU: select one with CUDA_VISIBLE_DEVICES). Recorded in each evaluation's manifest
+            when not "cpu", as `adaptrec eval --device` does.
     """
 
     data: str
@@ -81,6 +86,10 @@ class SFTExperiment:
     train_only: bool = False
 
     def __post_init__(self) -> None:
+        from adaptrec_prompts.devices import DEVICES, device_problem
+
+        if device_problem(self.device):
+            raise ConfigError(f"SFTExperiment.device={self.device!r} is not valid; use {DEVICES}")
         unknown = set(self.variants) - set(VARIANTS)
         if unknown or not self.variants:
             raise ConfigError(f"variants must be a non-empty subset of {VARIANTS}, got {list(self.variants)}")
@@ -137,7 +146,7 @@ def _sample(config: SFTExperiment, out: Path) -> list[str]:
     return ids
 
 
-def _base_model(config: SFTExperiment, out: Path, sample: list[str]) -> tuple[str, str]:
+def _base_model(config: SFTExperiment, out: Path, sample: list[str], progress: bool = True) -> tuple[str, str]:
     """(base model folder, prompt format) shared by every variant."""
     if config.model == GEMMA_PRESET:
         from adaptrec_prompts.backends.gemma import gemma_270m_dir
@@ -160,13 +169,17 @@ def _base_model(config: SFTExperiment, out: Path, sample: list[str]) -> tuple[st
         position = {e: k for k, e in enumerate(train["example_id"])}
         texts = ["\n\n".join(m["content"] for m in r["prompt"] + r["completion"])
                  for r in (stage3_row(program, train[position[e]]) for e in sample)]
-        build_tiny_llama(texts, folder, size="micro", vocab_size=1000, chat_template=True, seed=config.seed)
+        build_tiny_llama(texts, folder, size="micro", vocab_size=1000, chat_template=True, seed=config.seed,
+                         progress=progress)
     return str(folder), "auto"
 
 
-def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, rows_file: Path, out: Path) -> dict:
+def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, rows_file: Path, out: Path,
+           progress: bool = True) -> dict:
     from trl import ModelConfig, SFTConfig
 
+    from adaptrec_prompts.devices import trainer_use_cpu
+    from adaptrec_prompts.progress import enabled as progress_enabled
     from adaptrec_prompts.training import LORA_TARGETS, AdaptRecSFTArguments, train
 
     steps = max(1, round(config.epochs * config.train_rows / (config.batch_size * config.grad_accum)))
@@ -186,8 +199,10 @@ def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, r
                          gradient_accumulation_steps=config.grad_accum, learning_rate=config.learning_rate,
                          lr_scheduler_type="cosine", warmup_steps=0.05, max_steps=steps, logging_steps=1,
                          save_strategy="steps", save_steps=max(1, steps // 10), save_total_limit=2,
-                         report_to="none", seed=config.seed, bf16=False, max_length=None, disable_tqdm=True,
-                         use_cpu=config.device == "cpu", gradient_checkpointing=config.gradient_checkpointing)
+                         report_to="none", seed=config.seed, bf16=False, max_length=None,
+                         disable_tqdm=not progress_enabled(progress),  # the Trainer's bar: steps, rate, time left
+                         use_cpu=trainer_use_cpu(config.device),
+                         gradient_checkpointing=config.gradient_checkpointing)
     model = ModelConfig(model_name_or_path=base, use_peft=True, lora_r=config.lora_r, lora_alpha=2 * config.lora_r,
                         lora_dropout=0.05, lora_target_modules=LORA_TARGETS[config.lora_targets], dtype="float32")
     started = time.perf_counter()
@@ -197,25 +212,38 @@ def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, r
     return result
 
 
-def run(config: SFTExperiment, command: str = "") -> Path:
-    """Run (or resume) the experiment; returns the report folder."""
+def run(config: SFTExperiment, command: str = "", *, config_file: str | Path | None = None,
+        progress: bool = True) -> Path:
+    """Run (or resume) the experiment; returns the report folder.
+
+    Args:
+        config: the experiment.
+        command: how it was started, quoted in the report.
+        config_file: the file the settings were read from (`--config`), recorded in experiment.json.
+        progress: the Trainer's bar while each variant trains, and a bar per evaluation run (named after
+            the run: examples, rate, time left); `--no-progress`, and `progress.enabled` has the rule.
+    """
     from adaptrec_prompts.backends.gemma import gemma_lm
     from adaptrec_prompts.backends.hf import hf_lm
     from adaptrec_prompts.baselines import PopularityBaseline, RandomBaseline, UserKNNBaseline
+    from adaptrec_prompts.devices import trainer_use_cpu
     from adaptrec_prompts.embed import training_sequences
     from adaptrec_prompts.evaluation import evaluate
     from adaptrec_prompts.modules import AdaptRec
     from adaptrec_prompts.prepare import load_manifest, load_prepared
     from adaptrec_prompts.render import manifest_template
 
+    trainer_use_cpu(config.device)  # a GPU torch cannot see, or one the Trainer would not use: fail first
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "experiment.json").write_text(json.dumps({"config": asdict(config), "command": command}, indent=1) + "\n")
+    (out / "experiment.json").write_text(json.dumps(
+        {"config": asdict(config), "command": command,
+         "config_file": os.fspath(config_file) if config_file is not None else None}, indent=1) + "\n")
     sample = _sample(config, out)
     rows_file = out / "sample_ids.json"
     rows_file.write_text(json.dumps(sample))
-    base, prompt_format = _base_model(config, out, sample)
-    trained = {v: _train(config, v, base, prompt_format, rows_file, out) for v in config.variants}
+    base, prompt_format = _base_model(config, out, sample, progress)
+    trained = {v: _train(config, v, base, prompt_format, rows_file, out, progress) for v in config.variants}
     if config.train_only:
         return out
     manifest = load_manifest(config.data)
@@ -230,21 +258,22 @@ def run(config: SFTExperiment, command: str = "") -> Path:
     for name, baseline in (("random", RandomBaseline(config.seed)), ("popularity", PopularityBaseline(sequences)),
                            ("userknn", UserKNNBaseline(sequences, n_retrieve=config.n))):
         evaluate(baseline, rows, out / "runs" / name, {**base_config, "program": f"baseline:{name}"},
-                 progress=False, data_manifest=manifest)
+                 progress=progress, data_manifest=manifest)
         runs.append(name)
     lms = {"untuned": None, **{v: str(out / "train" / v) for v in trained}}
     for label, adapter in lms.items():
         if config.model == GEMMA_PRESET:
-            lm = gemma_lm(adapter=adapter, device=config.device)
+            lm = gemma_lm(adapter=adapter, device=config.device, progress=progress)
         else:
-            lm = hf_lm(base, adapter=adapter, prompt_format=prompt_format, device=config.device)
+            lm = hf_lm(base, adapter=adapter, prompt_format=prompt_format, device=config.device, progress=progress)
         for variant in (("none", "static") if adapter is None else (label,)):
             program = AdaptRec(template, selection=variant, n_retrieve=config.n, m_select=config.m, mode=config.mode,
                                prompt=config.prompt, demo_items=config.demo_items, labels=config.labels)
             name = f"{'untuned' if adapter is None else 'tuned'}-{'zero-shot' if variant == 'none' else variant}"
             evaluate(program, rows, out / "runs" / name,
-                     {**base_config, "program": variant, "lm": config.model, "adapter": adapter},
-                     lm=lm, progress=False, data_manifest=manifest)
+                     {**base_config, "program": variant, "lm": config.model, "adapter": adapter,
+                      **({"device": config.device} if config.device != "cpu" else {})},
+                     lm=lm, progress=progress, data_manifest=manifest)
             runs.append(name)
     return write_report(config, out, runs, command)
 

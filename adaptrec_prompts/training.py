@@ -179,6 +179,9 @@ class AdaptRecSFTArguments:
                 "names one explicitly)"})
     tiny_model_size: str = field(default="micro", metadata={"help": "model_name_or_path=tiny: micro|small|25m"})
     tiny_vocab_size: int = field(default=4000, metadata={"help": "model_name_or_path=tiny: tokenizer size"})
+    device: str | None = field(default=None, metadata={
+        "help": "cpu | cuda | mps | auto, as adaptrec's --device (sets use_cpu); default: TRL's own choice (the first "
+                "visible GPU unless --use_cpu). cuda:N for N > 0: select the GPU with CUDA_VISIBLE_DEVICES=N"})
 
 
 def _program(script_args: AdaptRecSFTArguments, manifest: dict):
@@ -313,7 +316,12 @@ def split_rows_with_demonstrations(program, rows: list[dict]) -> tuple[list[dict
 
 def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
     """Fine-tune one LoRA adapter as `finetune/sft.py` does (TRL `SFTConfig` and `ModelConfig` for the rest);
-    returns the manifest written to `output_dir/adaptrec_manifest.json`."""
+    returns the manifest written to `output_dir/adaptrec_manifest.json`.
+
+    `script_args.device` (when set) decides `training_args.use_cpu` (`devices.trainer_use_cpu`): a GPU torch
+    cannot see is an error before any data is read, rather than a silent run on the CPU."""
+    import dataclasses
+
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -324,6 +332,12 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
     from adaptrec_prompts.prepare import load_manifest, load_prepared
     from adaptrec_prompts.sft_data import build_rows
 
+    if script_args.device is not None:
+        from adaptrec_prompts.devices import trainer_use_cpu
+
+        use_cpu = trainer_use_cpu(script_args.device)
+        if use_cpu != training_args.use_cpu:  # the arguments fix their device when built: build them again
+            training_args = dataclasses.replace(training_args, use_cpu=use_cpu)
     manifest = load_manifest(script_args.data)
     train = load_prepared(script_args.data)["train"]
     if "neighbor_example_ids" not in train.column_names and script_args.selection != "none":

@@ -226,3 +226,50 @@ def test_permuted_score_mode_averages_each_candidate_over_shifted_lists(tiny_mod
     np.testing.assert_allclose(permuted.scores, expected, atol=2e-4)
     assert permuted.valid and sorted(permuted.ranking) == sorted(ids)
     assert program.config()["orders"] == 3 and "orders" not in plain.config()
+
+
+class _Records(__import__("logging").Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_scoring_and_generation_log_no_deprecated_cache_warning(tiny_model, stage3):
+    """transformers 5 logs "`past_key_values`/`cache_params` are deprecated. Use `cache` instead." (once per
+    process, through its own logger, which does not propagate to the root logger: caplog would not see it)
+    whenever the old name is read or passed; the engine uses `cache` throughout."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.warning_once.cache_clear()  # an earlier test may have used up the "once"
+    handler = _Records()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            engine = HFEngine.load(tiny_model, max_new_tokens=4, progress=False)
+            messages, completions = stage3
+            engine.score(messages, completions)  # the shared prefill, then the tree pass over its cache
+            engine.generate([messages])
+    finally:
+        logger.removeHandler(handler)
+    noise = [m for m in handler.messages + [str(w.message) for w in caught] if "deprecated" in m.lower()]
+    assert noise == []
+
+
+def test_loading_draws_no_transformers_bar_with_progress_off(tiny_model, capfd, monkeypatch):
+    from adaptrec_prompts import progress
+
+    monkeypatch.setattr(progress, "_stderr_is_terminal", lambda: True)  # where transformers would draw it
+    monkeypatch.delenv("CI", raising=False)
+    HFEngine.load(tiny_model, progress=False)
+    assert "Loading weights" not in capfd.readouterr().err
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()  # switched back on for everything else

@@ -142,4 +142,27 @@ def test_an_experiment_reads_its_options_from_a_file(ml100k_prepared, tmp_path, 
     bad = _yaml(tmp_path / "bad.yaml", "variants: none\nthreads: 2\n")
     with pytest.raises(SystemExit):
         main(["experiment", "--config", bad])
-    assert "bad.yaml: unknown key 'threads'; valid keys: chunk, data, embed-model, embedders" in capsys.readouterr().err
+    assert "bad.yaml: unknown key 'threads'; valid keys: chunk, data, device, embed-model, embedders" in (
+        capsys.readouterr().err)
+
+
+def test_an_sft_experiment_reads_its_options_from_a_file(tmp_path, capsys):
+    # the run stops at the data (no prepared folder here), after writing what it was asked: experiment.json
+    missing = tmp_path / "no-data"
+    flags = ["--data", str(missing), "--model", "tiny", "--variants", "none,static", "--train-rows", "12",
+             "--lora-r", "4", "--demo-items", "3", "--gradient-checkpointing", "--no-progress"]
+    assert main(["sft-experiment", *flags, "--out", str(tmp_path / "flags")]) == 2
+    config = _yaml(tmp_path / "exp.yaml", f"data: {missing}\nout: {tmp_path / 'yaml'}\nmodel: tiny\n"
+                   "variants: none,static\ntrain_rows: 40\nlora-r: 4\ndemo_items: 3\n"
+                   "gradient_checkpointing: true\nno_progress: true\n")
+    assert main(["sft-experiment", "--config", config, "--train-rows", "12"]) == 2  # the flag wins
+    assert "is not a prepared folder" in capsys.readouterr().err
+    by_flags, by_yaml = (json.loads((tmp_path / name / "experiment.json").read_text()) for name in ("flags", "yaml"))
+    assert {**by_yaml["config"], "out": None} == {**by_flags["config"], "out": None}
+    assert by_yaml["config"]["train_rows"] == 12 and by_yaml["config"]["variants"] == ["none", "static"]
+    assert (by_yaml["config_file"], by_flags["config_file"]) == (config, None)
+    bad = _yaml(tmp_path / "bad.yaml", f"data: {missing}\nout: {tmp_path / 'bad'}\ndevice: gpu\n")
+    with pytest.raises(SystemExit):
+        main(["sft-experiment", "--config", bad])
+    assert "bad.yaml: device: 'gpu' is not a device; use cpu, cuda" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

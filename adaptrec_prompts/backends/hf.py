@@ -27,7 +27,9 @@ import torch
 from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from adaptrec_prompts.devices import resolve_device
 from adaptrec_prompts.errors import ConfigError
+from adaptrec_prompts.progress import library_bars
 
 END_MARKER = "[[ ## completed ## ]]"
 PROMPT_FORMATS = ("auto", "chat", "plain")
@@ -99,25 +101,24 @@ class HFEngine:
 
     @classmethod
     def load(cls, model_path: str | Path, adapter: str | Path | None = None, dtype: str = "float32",
-             device: str = "cpu", **kwargs) -> HFEngine:
+             device: str = "cpu", progress: bool = True, **kwargs) -> HFEngine:
         """Load a local model folder (+ optional peft adapter) and wrap it.
 
-        `device`: "cpu" (default), "cuda", "cuda:1", or "auto" (CUDA when available).
+        `device`: "cpu" (default), "cuda", "cuda:1", "mps" or "auto" (CUDA when available); see `devices`.
+        `progress`: transformers' "Loading weights" bar follows the package's rule (`progress.library_bars`):
+        off with `progress=False` (`--no-progress`), without a terminal and under CI.
         """
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} requested but torch sees no CUDA device here "
-                              f"(torch {torch.__version__}); use --device cpu or --device auto")
+        device = resolve_device(device)  # "auto" -> cuda or cpu; a GPU torch cannot see is a ConfigError
         if not Path(model_path).is_dir():
             raise ConfigError(f"model folder {str(model_path)!r} not found: pass a local transformers model folder "
                               "(config.json, weights, tokenizer files)")
-        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, dtype))
-        if adapter:
-            from peft import PeftModel
+        with library_bars(progress):
+            tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+            model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, dtype))
+            if adapter:
+                from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(adapter))
+                model = PeftModel.from_pretrained(model, str(adapter))
         name = Path(model_path).name + (f"+{Path(adapter).name}" if adapter else "")
         return cls(model.to(device).eval(), tokenizer, name=name, **kwargs)
 
@@ -218,14 +219,16 @@ class HFEngine:
             usage = (len(prompt), sum(len(c) for c in full))
             if max(len(c) for c in comps) == 1:
                 return scores, *usage
+            # `out.cache`, not `out.past_key_values`: transformers 5 renamed the output field, and reading
+            # the old name logs a deprecation warning on every first use
             if getattr(self.model.config, "sliding_window", None):
-                logits = self._score_batch(out.past_key_values, context, comps)  # (K, L-1, V)
+                logits = self._score_batch(out.cache, context, comps)  # (K, L-1, V)
                 for j, c in enumerate(comps):
                     if len(c) > 1:
                         logp = torch.log_softmax(logits[j, : len(c) - 1].float(), dim=-1)
                         scores[j] += logp.gather(1, torch.tensor(c[1:], device=self.device)[:, None]).sum().item()
             else:
-                logits = self._score_tree(out.past_key_values, context, comps)  # (T, V), T = sum(L - 1)
+                logits = self._score_tree(out.cache, context, comps)  # (T, V), T = sum(L - 1)
                 logp = torch.log_softmax(logits.float(), dim=-1)
                 row = 0
                 for j, c in enumerate(comps):

@@ -41,14 +41,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000, chat_template:
 
 
 def build_tiny_llama(texts: Iterable[str], out_dir: str | Path, size: str = "micro", vocab_size: int = 2000,
-                     chat_template: bool = False, seed: int = 0) -> Path:
+                     chat_template: bool = False, seed: int = 0, progress: bool = True) -> Path:
     """Train a tokenizer on `texts`, build a random Llama of `size` (see SIZES), save both to `out_dir`.
+
+    `progress`: transformers' "Writing model shards" bar, under the package's rule (`progress.library_bars`).
 
     Example:
         >>> build_tiny_llama(["User 1 watched Alien (1979)."], "/tmp/tiny")  # doctest: +SKIP
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from adaptrec_prompts.progress import library_bars
 
     hidden, inter, layers, heads = SIZES[size]
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size, chat_template=chat_template)
@@ -60,8 +64,9 @@ def build_tiny_llama(texts: Iterable[str], out_dir: str | Path, size: str = "mic
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     out = Path(out_dir)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with library_bars(progress):
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     return out
 
 

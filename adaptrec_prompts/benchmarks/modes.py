@@ -25,7 +25,10 @@ from adaptrec_prompts.render import manifest_template
 
 
 def run(data_dir: str | Path, examples: int = 10, m_select: int = 5, max_new_tokens: int = 32,
-        size: str = "25m", model_dir: str | Path | None = None, separate_examples: int = 3) -> dict:
+        size: str = "25m", model_dir: str | Path | None = None, separate_examples: int = 3,
+        device: str = "cpu") -> dict:
+    """Time both modes on `examples` test rows (`device`: where the model runs; on a GPU every timed
+    step waits for the GPU to finish, so the times are the work, not its launch)."""
     ddict = load_prepared(data_dir)
     if "neighbor_example_ids" not in ddict["test"].column_names:
         raise ConfigError(f"{data_dir} has no neighbour columns: run `adaptrec index neighbors` first")
@@ -34,8 +37,9 @@ def run(data_dir: str | Path, examples: int = 10, m_select: int = 5, max_new_tok
     if not (model_dir / "config.json").is_file():
         build_tiny_llama(prompt_corpus(ddict["train"].select(range(2000)), template), model_dir, size=size,
                          vocab_size=8000)
-    lm = hf_lm(model_dir, max_new_tokens=max_new_tokens)
+    lm = hf_lm(model_dir, max_new_tokens=max_new_tokens, device=device, progress=False)
     engine = lm.engine
+    sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
     params = sum(p.numel() for p in engine.model.parameters())
     rows = [example_inputs(r) for r in ddict["test"].select(range(examples))]
     timings: dict[str, list[float]] = {"generate": [], "score": []}
@@ -45,8 +49,10 @@ def run(data_dir: str | Path, examples: int = 10, m_select: int = 5, max_new_tok
         with dspy.context(lm=lm):
             program(**rows[0])  # warm-up
             for inputs in rows:
+                sync()
                 started = time.perf_counter()
                 program(**inputs)
+                sync()
                 timings[mode].append(time.perf_counter() - started)
     rec, adapter = NextItemRecommender(template), eval_adapter()
     prefill, separate = [], []
@@ -55,18 +61,22 @@ def run(data_dir: str | Path, examples: int = 10, m_select: int = 5, max_new_tok
             inputs["history_titles"], inputs["candidate_titles"], inputs["neighbors"][:m_select]))
         ids = engine.prompt_ids(msgs)
         tokens.append(len(ids))
+        sync()
         started = time.perf_counter()
         with torch.no_grad():
-            engine.model(input_ids=torch.tensor([ids]), logits_to_keep=1)
+            engine.model(input_ids=torch.tensor([ids], device=engine.device), logits_to_keep=1)
+        sync()
         prefill.append(time.perf_counter() - started)
         if n < separate_examples:  # the reference score mode replaces: K full passes
             comps = [answer_block(adapter.format_assistant_message_content(rec.recommend.signature, {
                 "answer": rec.answer_text(i, t)})) for i, t in enumerate(inputs["candidate_titles"], start=1)]
+            sync()
             started = time.perf_counter()
             engine.score_separately(msgs, comps)
+            sync()
             separate.append(time.perf_counter() - started)
     gen, score = statistics.mean(timings["generate"]), statistics.mean(timings["score"])
-    return {"params": params, "examples": examples, "prompt_tokens": statistics.mean(tokens),
+    return {"params": params, "examples": examples, "device": str(engine.device), "prompt_tokens": statistics.mean(tokens),
             "generate_s": gen, "score_s": score, "ratio": gen / score, "max_new_tokens": max_new_tokens,
             "k": len(rows[0]["candidate_ids"]), "prefill_s": statistics.mean(prefill),
             "separate_s": statistics.mean(separate) if separate else None, "separate_examples": len(separate)}

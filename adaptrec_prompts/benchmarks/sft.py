@@ -39,12 +39,13 @@ def _model_dir(model: str, data_dir: Path, template, rows: list[dict], work: Pat
 
 def run(data_dir: str | Path, model: str = "gemma-3-270m", rows: int = 6, selection: str = "static", m: int = 5,
         n: int = 10, lora_r: int = 16, seed: int = 0, prompt: str = "full", demo_items: int | None = None,
-        lora_targets: str = "all") -> dict:
+        lora_targets: str = "all", device: str = "cpu") -> dict:
     """Time both paths on the same training examples for `rows` steps each (plus a warm-up step).
 
     default: TRL's SFTTrainer loss, the full DSPy prompt, LoRA on all linear projections. fast: the
     answer-only-logits loss with `prompt`, `demo_items` and `lora_targets`. The two losses are also
-    compared on the default path's first row and weights (they must agree).
+    compared on the default path's first row and weights (they must agree). `device`: cpu, cuda (the first
+    visible GPU), mps or auto (`devices.trainer_use_cpu`).
     """
     import datasets
     import torch
@@ -52,12 +53,14 @@ def run(data_dir: str | Path, model: str = "gemma-3-270m", rows: int = 6, select
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
+    from adaptrec_prompts.devices import trainer_use_cpu
     from adaptrec_prompts.modules import AdaptRec
     from adaptrec_prompts.prepare import load_manifest, load_prepared
     from adaptrec_prompts.render import manifest_template
     from adaptrec_prompts.sft_data import stage3_row
     from adaptrec_prompts.training import answer_only_loss, answer_only_trainer, tokenize_fn
 
+    use_cpu = trainer_use_cpu(device)  # before any data or model is loaded
     data_dir = Path(data_dir)
     train = load_prepared(data_dir)["train"]
     if "neighbor_example_ids" not in train.column_names and selection != "none":
@@ -82,13 +85,17 @@ def run(data_dir: str | Path, model: str = "gemma-3-270m", rows: int = 6, select
         tokenizer.pad_token = tokenizer.eos_token
 
     class Timer(TrainerCallback):
-        def __init__(self):
+        def __init__(self, device):
             self.steps: list[float] = []
+            # on a GPU, wait for the step's kernels: the time is the work, not its launch
+            self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
         def on_step_begin(self, args, state, control, **kwargs):
+            self.sync()
             self.started = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            self.sync()
             self.steps.append(time.perf_counter() - self.started)
 
     out: dict = {"model": str(model), "rows": rows, "selection": selection, "m": m, "lora_r": lora_r,
@@ -101,14 +108,15 @@ def run(data_dir: str | Path, model: str = "gemma-3-270m", rows: int = 6, select
         config = SFTConfig(output_dir=str(work / name), per_device_train_batch_size=1, max_steps=rows + 1,
                            learning_rate=1e-4, logging_steps=1, save_strategy="no", report_to="none", seed=seed,
                            bf16=False, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
-                           disable_tqdm=True)
-        timer = Timer()
+                           disable_tqdm=True, use_cpu=use_cpu)
+        out["device"] = str(config.device)  # where the Trainer puts the model
+        timer = Timer(config.device)
         trainer = cls(model=net, args=config, train_dataset=datasets.Dataset.from_list(encoded),
                       processing_class=tokenizer, callbacks=[timer],
                       peft_config=LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0,
                                              target_modules=LORA_TARGETS[targets], task_type="CAUSAL_LM"))
         if name == "default":  # both losses on the same row and weights
-            batch = trainer.data_collator([encoded[0]])
+            batch = {k: v.to(config.device) for k, v in trainer.data_collator([encoded[0]]).items()}
             trainer.model.eval()
             with torch.no_grad():
                 out["loss_default"] = float(trainer.compute_loss(trainer.model, dict(batch)))
