@@ -97,8 +97,16 @@ class ItemTable:
         return ids, titles
 
 
-def _check_user(user_id: str | NewUser | None) -> None:
-    if user_id is None or user_id == "":
+def _check_user(user_id: str | NewUser | None, example_id: str | None = None) -> None:
+    if isinstance(user_id, NewUser):
+        if example_id:  # a dataset row passed without its user: its own user's windows would come back
+            raise LeakageError(f"example_id={example_id!r} names a dataset row, but user_id is NEW_USER: pass the "
+                               "row's user_id so that its own user's windows are excluded")
+        return
+    if not isinstance(user_id, str):  # pool user ids are strings: 196 would never equal "196" and exclude nothing
+        raise LeakageError(f"user_id={user_id!r} is a {type(user_id).__name__}; user ids are strings "
+                           f"(user_id={str(user_id)!r}), as the index stores them")
+    if user_id == "":
         raise LeakageError(f"user_id={user_id!r}: without a user id the query's own user cannot be excluded from "
                            "its neighbours. A dataset row without one needs the data re-prepared with this version "
                            "(`adaptrec data prepare`); a history from outside the dataset is user_id=NEW_USER "
@@ -163,7 +171,7 @@ class UserRetriever(dspy.Module):
             UnknownItemError: a title or id is not in the items table, or (new user) no history item occurs
                 in the training split, so the embedder cannot place the history.
         """
-        _check_user(user_id)
+        _check_user(user_id, example_id)
         history_item_ids, _ = self.items.resolve(history_item_ids, history_titles, "history")
         vectors = self.index.embedder.embed([list(history_item_ids)])
         if user_id is NEW_USER and not np.any(vectors):
@@ -181,7 +189,7 @@ class UserRetriever(dspy.Module):
                      ) -> list[tuple[list[str], str]]:
         """The random-users control for one query, as `index neighbors` draws it (`neighbors.RandomUsers`,
         seeded by (random_seed, example id); a new history, without an example id, uses "")."""
-        _check_user(user_id)
+        _check_user(user_id, example_id)
         if self._random is None:
             lookup = self.index.lookup
             if lookup is None:
@@ -223,7 +231,7 @@ class LiveAdaptRec(AdaptRec):
         items = self.retriever.items
         history_item_ids, history_titles = items.resolve(history_item_ids, history_titles, "history")
         candidate_ids, candidate_titles = items.resolve(candidate_ids, candidate_titles, "candidate")
-        _check_user(user_id)
+        _check_user(user_id, example_id)
         neighbors, random_users, retrieved = [], [], None
         if self.selection == "random":
             random_users = self.retriever.random_users(user_id, timestamp, example_id, self.n_retrieve)
@@ -242,6 +250,9 @@ def from_index(index: UserIndex, template: Template | str | None = None, *, prog
                overfetch: int = 3, random_seed: int = 0, **config) -> LiveAdaptRec:
     """`AdaptRec.from_index` (see there)."""
     if program is not None:
+        if config.get("labels", program.labels) != program.labels:  # its DSPy state names its own labels
+            raise ConfigError(f"the program uses labels={program.labels!r} (its instructions and demos say so); "
+                              f"labels={config['labels']!r} would mix the two")
         config = {**{k: v for k, v in program.init_config().items() if k != "template"}, **config}
         template = program.template if template is None else template
     if template is None:

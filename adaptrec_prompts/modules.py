@@ -441,6 +441,11 @@ def load_program(path: str | Path, **overrides) -> AdaptRec:
     path = Path(path)
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
+        saved = payload["config"].get("labels", "numbers")
+        if overrides.get("labels", saved) != saved:  # the saved instructions and demos name the saved labels
+            raise ConfigError(f"{path} was saved with labels={saved!r}: its instructions and demos say so; "
+                              f"evaluate it with labels={saved!r}, or build and compile a program with "
+                              f"labels={overrides['labels']!r}")
         config = {**payload["config"], **overrides}
         config.pop("random_from", None)  # an identity marker of config(), not a constructor argument
         template = config.pop("template")

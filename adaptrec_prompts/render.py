@@ -18,7 +18,7 @@ from adaptrec_prompts.errors import ConfigError
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 DATASET_DOMAINS = {"ml-100k": "movies", "lastfm": "music", "goodreads": "books"}
 # How Stage-3 candidates are labelled: "numbers" (1..K) or "letters" (A..Z). A letter is one token in every
-# common tokenizer; "10".."20" are two tokens wherever digits are split (Llama, Mistral, Gemma), which an API
+# common tokenizer; "10".."20" are two tokens wherever digits are split (Llama 2, Mistral, Gemma), which an API
 # score mode that reads one token's logprobs cannot tell apart from "1" and "2" (see scoring.py).
 LABELS = ("numbers", "letters")
 

@@ -204,7 +204,8 @@ def build_program(spec: str, data_dir: str | Path, *, n: int = 10, m: int = 5, m
         return AdaptRec(tmpl, selection=spec, n_retrieve=n, m_select=m, mode=mode, seed=seed, prompt=prompt,
                         demo_items=demo_items, labels=labels)
     if spec.endswith(".json"):
-        return load_program(spec, **({"mode": mode} if mode_given else {}))
+        return load_program(spec, **({"mode": mode} if mode_given else {}),
+                            **({"labels": labels} if labels != "numbers" else {}))
     name = spec.removeprefix("baseline:")
     train = load_prepared(data_dir)["train"]
     if name == "random":

@@ -9,11 +9,11 @@
   answer field or a label token cannot be found.
 
   One token must name one candidate. Letters ("A".."T", `labels="letters"`) are single tokens in every
-  common tokenizer. Numbers are not: where the tokenizer splits digits (Llama, Mistral, Gemma: what vLLM
-  and llama.cpp serve), "12" starts with the token "1", so "1" carries candidates 1 and 10-19 and
+  common tokenizer. Numbers are not: where the tokenizer splits digits (Llama 2, Mistral, Gemma: models
+  vLLM and llama.cpp serve), "12" starts with the token "1", so "1" carries candidates 1 and 10-19 and
   "10".."20" never appear. With numbered labels above 9, the scores are refused (ConfigError naming
-  `labels="letters"`) unless the server's top logprobs show multi-digit number tokens (OpenAI's
-  tokenizers have them), which proves that a single-digit token means that single digit.
+  `labels="letters"`) unless the LM has shown multi-digit number tokens in its top logprobs (remembered
+  per model and server; OpenAI's own models are known to keep numbers whole): `_check_numbers`.
 """
 
 from __future__ import annotations
@@ -91,24 +91,49 @@ def api_label_scores(lm, messages: list[dict], labels: Sequence[str], top_logpro
     if not content:
         raise ConfigError(f"{getattr(lm, 'model', lm)!r} returned no token logprobs; use mode='generate'")
     text = ""
-    for position in content:
+    for i, position in enumerate(content):
         token = position["token"]
         if "## answer ## ]]" in text and text.rstrip(" ").endswith("\n") and token.strip():
             tops = [(t["token"], t["logprob"]) for t in position.get("top_logprobs") or []]
             if token not in {t for t, _ in tops}:
                 tops.append((token, position["logprob"]))
-            multi_digit = [t for t, _ in tops if _label_of(t).isdigit() and len(_label_of(t)) > 1]
-            if (any(len(label) > 1 and label.isdigit() for label in labels) and not multi_digit
-                    and not _openai_tokenizer(lm)):
-                raise ConfigError(
-                    f"{getattr(lm, 'model', lm)!r}: candidates are numbered up to {labels[-1]}, but the server's "
-                    "top logprobs show no multi-digit number token: its tokenizer splits digits, so the token "
-                    "'1' cannot tell candidate 1 from 10-19. Label the candidates with letters (labels='letters',"
-                    " --labels letters), or use mode='generate'")
+            if any(len(label) > 1 and label.isdigit() for label in labels):
+                _check_numbers(lm, tops, content[i:], labels)
             probability = dict.fromkeys(labels, 0.0)
             for t, logprob in tops:
                 if _label_of(t) in probability:
                     probability[_label_of(t)] += math.exp(logprob)
-            return [math.log(p) if p > 0 else float("-inf") for p in probability.values()]
+            # a label outside the top logprobs is less likely than the least likely one listed: half of that
+            # (ranked below every listed label), not -inf, so score-calibrated differences stay finite
+            # (-inf - -inf would be NaN)
+            floor = min(logprob for _, logprob in tops) - math.log(2)
+            return [math.log(p) if p > 0 else floor for p in probability.values()]
         text += token
     return [float("-inf")] * len(labels)
+
+
+# (model, server) -> True when its tokenizer was seen keeping numbers whole, False when seen splitting them
+_NUMBER_TOKENS: dict[tuple[str, str], bool] = {}
+
+
+def _check_numbers(lm, tops: list[tuple[str, float]], answer: list[dict], labels: Sequence[str]) -> None:
+    """Refuse numbered labels above 9 unless this LM's tokenizer keeps numbers whole.
+
+    Evidence, remembered per (model, server) for the process: a multi-digit number token among the top
+    logprobs proves whole numbers; the answer itself writing a number >= 10 as two digit tokens proves
+    splitting. OpenAI's own models are known to keep them whole. Without evidence either way (a confident
+    model whose top 20 hold single digits only), the scores cannot be trusted and are refused.
+    """
+    key = (str(getattr(lm, "model", lm)), str((getattr(lm, "kwargs", {}) or {}).get("api_base")))
+    if any(_label_of(t).isdigit() and len(_label_of(t)) > 1 for t, _ in tops):
+        _NUMBER_TOKENS[key] = True
+    elif len(answer) > 1 and _label_of(answer[0]["token"]).isdigit() and answer[1]["token"][:1].isdigit():
+        _NUMBER_TOKENS[key] = False
+    if _NUMBER_TOKENS.get(key) or (key not in _NUMBER_TOKENS and _openai_tokenizer(lm)):
+        return
+    raise ConfigError(
+        f"{key[0]!r}: candidates are numbered up to {labels[-1]}, but this server's tokenizer "
+        + ("writes numbers as single digits" if key in _NUMBER_TOKENS else
+           "showed no multi-digit number token yet")
+        + ", so the token '1' cannot tell candidate 1 from 10-19. Label the candidates with letters "
+        "(labels='letters', --labels letters), or use mode='generate'")

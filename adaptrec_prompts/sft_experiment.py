@@ -187,6 +187,13 @@ def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, r
     manifest_path = folder / "adaptrec_manifest.json"
     if manifest_path.is_file():
         done = json.loads(manifest_path.read_text())
+        trained = {k: done.get("program", {}).get(k) for k in ("prompt", "demo_items", "labels")}
+        trained = {"prompt": trained["prompt"] or "full", "demo_items": trained["demo_items"],
+                   "labels": trained["labels"] or "numbers"}
+        wanted = {"prompt": config.prompt, "demo_items": config.demo_items, "labels": config.labels}
+        if trained != wanted:  # an adapter answers in the prompt style it was trained on
+            raise ConfigError(f"{folder} holds a `{variant}` adapter trained with {trained}; this experiment asks "
+                              f"for {wanted}: use another --out")
         if done.get("steps") == steps:
             return done
     script = AdaptRecSFTArguments(data=config.data, selection=variant, n_retrieve=config.n, m_select=config.m,

@@ -129,8 +129,12 @@ def main(args: argparse.Namespace) -> int:
                            labels=args.labels, prompt=args.prompt, demo_items=args.demo_items)
         config = {"script": "eval/fewshot_gpt4.py", "data": args.data, "data_hash": manifest.get("data_hash"),
                   "split": args.split, "limit": args.limit, "program": variant, "lm": args.model,
-                  "api_base": args.api_base, "max_tokens": args.max_tokens, "mode": args.mode, "labels": args.labels, "prompt": args.prompt, "demo_items": args.demo_items,
+                  "api_base": args.api_base, "max_tokens": args.max_tokens,
                   "timeout": args.timeout, "num_retries": args.num_retries, "threads": args.threads}
+        # prompt settings beyond the defaults only: a run folder written before they existed still resumes
+        config.update({k: v for k, v in (("mode", args.mode), ("labels", args.labels), ("prompt", args.prompt),
+                                         ("demo_items", args.demo_items))
+                       if v != {"mode": "generate", "labels": "numbers", "prompt": "full"}.get(k)})
         results = evaluate(program, rows, variant_out, config, lm=lm, threads=args.threads,
                            data_manifest=manifest)
         runs[variant] = variant_out

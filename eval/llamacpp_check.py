@@ -38,6 +38,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="prepared folder with Stage-1 neighbour columns")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=4)
+    p.add_argument("--score-limit", type=int, default=2, help="rows for score mode and the agreement check")
     p.add_argument("--n-ctx", type=int, default=2048, help="server context (logits for every position are kept)")
     p.add_argument("--threads", default="1,2", help="client threads to measure throughput with")
     p.add_argument("--server-threads", type=int, default=2, help="llama.cpp threads")
@@ -99,11 +100,15 @@ def agreement(url: str, alias: str, data: str, split: str, limit: int) -> dict:
             k = len(x["candidate_titles"])
             local = engine.score(messages, [f"[[ ## answer ## ]]\n{LETTERS[i]}" for i in range(k)])
             local = [s - max(local) for s in local]
-            remote = [server.get(LETTERS[i], -math.inf) for i in range(k)]
+            merged: dict[str, float] = {}  # "A" and " A" name the same letter: probabilities add
+            for token, logprob in server.items():
+                label = token.strip().rstrip(".):").strip()
+                merged[label] = math.log(math.exp(merged.get(label, -math.inf)) + math.exp(logprob))
+            remote = [merged.get(LETTERS[i], -math.inf) for i in range(k)]
             out["same_top_letter"] += max(range(k), key=lambda i: local[i]) == max(range(k), key=lambda i: remote[i])
             best = max(remote)
             diffs = [abs((r - best) - loc) for r, loc in zip(remote, local, strict=True) if r > -math.inf]
-            out["max_abs_diff"] = max(out["max_abs_diff"], max(diffs))
+            out["max_abs_diff"] = max([out["max_abs_diff"], *diffs])
     del dspy
     return out
 
@@ -131,30 +136,37 @@ def main(args: argparse.Namespace) -> int:
     with LlamaCppServer(gguf, threads=args.server_threads, n_ctx=args.n_ctx, log=out / "server-generate.log",
                         logits_all=False) as server:
         seconds, _ = _run([*few, "--api-base", server.url, "--max-tokens", "32", "--out", str(out / "fewshot")], log)
-    with LlamaCppServer(gguf, threads=args.server_threads, n_ctx=args.n_ctx, log=out / "server-score.log") as server:
-        seconds_score, _ = _run([*few, "--api-base", server.url, "--mode", "score", "--labels", "letters",
-                                 "--max-tokens", "16", "--out", str(out / "fewshot")], log)
         throughput = []
         for threads in [int(t) for t in args.threads.split(",")]:
             run = out / f"eval-threads{threads}"
-            s, _ = _run([str(Path(sys.executable).parent / "adaptrec"), "eval", "--data", args.data, "--split", args.split,
-                         "--program", "static", "--lm", model, "--api-base", server.url, "--mode", "score",
-                         "--labels", "letters", "--limit", str(args.limit), "--threads", str(threads),
-                         "--prompt", "compact", "--demo-items", "5", "--max-new-tokens", "16", "--timeout", "900",
-                         "--no-progress", "--out", str(run)], log)
-            throughput.append((threads, s, args.limit / s))
-        agree = agreement(server.url, alias, args.data, args.split, args.limit)
+            s, _ = _run([str(Path(sys.executable).parent / "adaptrec"), "eval", "--data", args.data, "--split",
+                         args.split, "--program", "static", "--lm", model, "--api-base", server.url, "--mode",
+                         "generate", "--limit", str(args.limit), "--threads", str(threads), "--prompt", "compact",
+                         "--demo-items", "5", "--max-new-tokens", "32", "--timeout", "900", "--no-progress",
+                         "--out", str(run)], log)
+            wall = json.loads((run / "results.json").read_text())["wall_seconds_last_invocation"]
+            throughput.append((threads, wall, args.limit / wall))
+    # logprobs need all-position logits: llama-cpp-python then keeps n_tokens x 262k logits per request, minutes
+    # each on this CPU, so score mode runs on the first --score-limit rows only
+    few_score = [*few[: few.index("--limit")], "--limit", str(args.score_limit), *few[few.index("--limit") + 2:]]
+    with LlamaCppServer(gguf, threads=args.server_threads, n_ctx=args.n_ctx, log=out / "server-score.log") as server:
+        seconds_score, _ = _run([*few_score, "--variants", "static", "--api-base", server.url, "--mode", "score",
+                                 "--labels", "letters", "--max-tokens", "16", "--out", str(out / "fewshot")], log)
+        agree = agreement(server.url, alias, args.data, args.split, args.score_limit)
     lines += ["## Runs", ""]
-    for variant in ("static", "none"):
-        for suffix, label in (("-generate-numbers-compact", "generate"), ("-score-letters-compact", "score, letters")):
-            results = json.loads((out / "fewshot" / f"{variant}{suffix}" / "results.json").read_text())
-            metrics = results["metrics"]
-            lines.append(f"- fewshot_gpt4.py {variant}, {label}: HR@1 {metrics['HR@1']['value']:.3f} "
-                         f"[{metrics['HR@1']['ci_low']:.3f}, {metrics['HR@1']['ci_high']:.3f}], valid "
-                         f"{metrics['ValidRatio']['value']:.2f}, retries {results['retries']}, prompt tokens {results['prompt_tokens']:,}, completion "
-                         f"tokens {results['completion_tokens']:,}, cost {results['cost_usd']}")
-    lines += ["", f"fewshot_gpt4.py wall time: generate {seconds:.0f} s (server without all-position logits), score {seconds_score:.0f} s (2 variants each)", "",
-              "## Throughput against the server (adaptrec eval, static, score mode, letters)", "",
+    for variant, suffix, label in (("static", "-generate-numbers-compact", "generate"),
+                                   ("none", "-generate-numbers-compact", "generate"),
+                                   ("static", "-score-letters-compact", "score, letters")):
+        results = json.loads((out / "fewshot" / f"{variant}{suffix}" / "results.json").read_text())
+        hr1 = results["metrics"]["HR@1"]
+        lines.append(f"- fewshot_gpt4.py {variant}, {label}: n {results['n']}, HR@1 {hr1['value']:.3f} "
+                     f"[{hr1['ci_low']:.3f}, {hr1['ci_high']:.3f}], valid {results['metrics']['ValidRatio']['value']:.2f}, "
+                     f"retries {results['retries']}, prompt tokens {results['prompt_tokens']:,}, completion tokens "
+                     f"{results['completion_tokens']:,}, cost {results['cost_usd']}, "
+                     f"{results['wall_seconds_last_invocation']:.0f} s wall in the invocation that scored them")
+    lines += ["", "Generate mode ran on a server without all-position logits; score mode needs them (logprobs), and "
+              "llama-cpp-python then keeps every position's 262k logits per request, hence its few rows.", "",
+              "## Throughput against the server (adaptrec eval, static, generate mode)", "",
               "| client threads | seconds | examples/s |", "|---|---|---|"]
     lines += [f"| {t} | {s:.0f} | {r:.3f} |" for t, s, r in throughput]
     lines += ["", "## Server vs in-process engine, same prompt text", "",

@@ -62,7 +62,7 @@ def test_letters_score_every_candidate_with_a_digit_splitting_tokenizer(ml100k, 
 def test_numbers_with_a_digit_splitting_tokenizer_are_refused_not_misread(ml100k, monkeypatch):
     """Before: '1' (which also starts 10-19) scored candidate 1 and 10-20 scored -inf, silently."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
-    with pytest.raises(ConfigError, match=r"splits digits.*labels='letters'"):
+    with pytest.raises(ConfigError, match=r"writes numbers as single digits.*labels='letters'"):
         _rank(ml100k["test"][0], "numbers", split_digits=True, model="openai/gpt-4o-mini")
 
 
@@ -88,7 +88,7 @@ def test_label_variants_of_one_token_add_up():
 
     scores = api_label_scores(lm, [], ["A", "B", "C"])
     assert scores[0] == pytest.approx(math.log(0.5)) and scores[1] == pytest.approx(math.log(0.4))
-    assert scores[2] == float("-inf")
+    assert scores[2] == pytest.approx(math.log(0.1))  # absent: half the least likely listed token
 
 
 def test_openai_tokenizer_is_assumed_only_for_openai_itself(monkeypatch):
@@ -150,3 +150,60 @@ def test_plain_chat_template_renders_what_the_local_engine_sends(ml100k, tiny_mo
     served = engine.tokenizer.apply_chat_template(messages, chat_template=jinja, tokenize=False)
     assert served == engine.tokenizer.bos_token + engine.render(messages)
     assert engine.tokenizer(served, add_special_tokens=False)["input_ids"] == engine.prompt_ids(messages)
+
+
+def test_whole_number_evidence_is_remembered_so_a_confident_answer_is_not_refused(ml100k, monkeypatch):
+    """A server that once showed a multi-digit token keeps numbered scoring when a later top 20 holds single
+    digits only (a confident model); without that evidence the same response is refused."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    confident = {str(i): -0.1 - i for i in range(1, 10)}  # single digits only, whole-number tokenizer
+
+    def script(i, body):
+        alternatives = {"12": -0.2, "3": -1.0, "17": -2.0} if i == 0 else confident
+        label = next(iter(alternatives))
+        text = f"[[ ## answer ## ]]\n{label}. X\n\n[[ ## completed ## ]]"
+        return "logprobs", (text, testing.logprobs_content(text, alternatives, split_digits=False))
+
+    rows = ml100k["test"].select(range(2))
+    with testing.MockOpenAIServer(script) as server:
+        program = AdaptRec(MOVIES, selection="none", mode="score")
+        with dspy.context(lm=api_lm("openai/local-model", api_base=server.url, cache=False)):
+            preds = [program(**example_inputs(r)) for r in rows]
+    assert all(p.valid for p in preds) and preds[1].ranking[0] == rows[1]["candidate_item_ids"][0]
+    with testing.MockOpenAIServer(lambda i, body: script(1, body)) as server:  # a new server: no evidence
+        with dspy.context(lm=api_lm("openai/local-model", api_base=server.url, cache=False)), \
+                pytest.raises(ConfigError, match="showed no multi-digit number token"):
+            program(**example_inputs(rows[0]))
+
+
+def test_calibrated_letters_over_the_api_rank_without_nan(ml100k, monkeypatch):
+    """Labels absent from a top 20 get that list's lowest logprob, so calibrated differences stay finite."""
+    import math
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    row = ml100k["test"][0]
+
+    def script(i, body):
+        alternatives = {candidate_label(p, "letters"): -0.5 - r for r, p in enumerate(BELIEF[:10])}
+        text = f"[[ ## answer ## ]]\n{next(iter(alternatives))}. X\n\n[[ ## completed ## ]]"
+        return "logprobs", (text, testing.logprobs_content(text, alternatives, split_digits=True))
+
+    with testing.MockOpenAIServer(script) as server:
+        with dspy.context(lm=api_lm("openai/local-model", api_base=server.url, cache=False)):
+            pred = AdaptRec(MOVIES, selection="none", mode="score-calibrated", labels="letters")(
+                **example_inputs(row))
+    assert pred.valid and all(math.isfinite(s) for s in pred.scores) and len(set(pred.ranking)) == K
+
+
+def test_a_saved_program_keeps_its_labels(tmp_path):
+    """Its instructions and demos name its labels: another labels value would mix numbered wording with letters."""
+    from adaptrec_prompts.modules import load_program, save_program
+
+    path = save_program(AdaptRec(MOVIES, selection="none"), tmp_path / "p.json")
+    assert load_program(path).labels == "numbers"
+    with pytest.raises(ConfigError, match="saved with labels='numbers'"):
+        load_program(path, labels="letters")
+    lettered = save_program(AdaptRec(MOVIES, selection="none", labels="letters"), tmp_path / "l.json")
+    program = load_program(lettered)
+    assert program.labels == "letters"
+    assert "lettered candidate" in program.recommender.recommend.signature.instructions

@@ -107,6 +107,10 @@ def test_a_new_history_gets_n_distinct_users_and_bad_inputs_are_named(ml_index):
     assert first not in as_user.user_ids and as_user.user_ids[:9] == found.user_ids[1:]
     with pytest.raises(LeakageError, match="user_id=None"):
         retriever(history_titles=NEW_HISTORY, user_id=None)
+    with pytest.raises(LeakageError, match="is a int; user ids are strings"):  # 196 would never equal "196"
+        retriever(history_titles=NEW_HISTORY, user_id=int(first))
+    with pytest.raises(LeakageError, match="pass the row's user_id"):  # a dataset row without its user
+        retriever(history_titles=NEW_HISTORY, example_id="test/196/10")
     with pytest.raises(UnknownItemError, match=r"history_titles\[1\] = 'Star Warz \(1977\)'.*Star Wars \(1977\)"):
         retriever(history_titles=["Fargo (1996)", "Star Warz (1977)"])
     with pytest.raises(UnknownItemError, match=r"history_item_ids\[0\] = 999999"):

@@ -73,8 +73,16 @@ class LlamaCppServer:
             command += ["--chat-format", self.chat_format]
         if not self.logits_all:
             command.append("--no-logits-all")
-        out = open(self.log, "w") if self.log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
-        self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        self._log_file = open(self.log, "w") if self.log else None  # noqa: SIM115 - closed in __exit__
+        self.process = subprocess.Popen(command, stdout=self._log_file or subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            self._wait_ready()
+        except BaseException:  # Ctrl-C or a failed start: never leave the server running
+            self.__exit__()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -83,10 +91,9 @@ class LlamaCppServer:
             try:
                 with urllib.request.urlopen(f"{self.url}/models", timeout=2) as response:
                     if response.status == 200:
-                        return self
+                        return
             except OSError:
                 time.sleep(0.5)
-        self.__exit__()
         raise ConfigError(f"the llama.cpp server did not answer within {self.startup_timeout:.0f} s")
 
     def __exit__(self, *exc) -> None:
@@ -97,6 +104,9 @@ class LlamaCppServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if getattr(self, "_log_file", None):
+            self._log_file.close()
+            self._log_file = None
 
 
 def _register_plain_format() -> None:
