@@ -70,13 +70,12 @@ def _completion_top(url: str, alias: str, prompt: str) -> dict[str, float]:
 
 def agreement(url: str, alias: str, data: str, split: str, limit: int) -> dict:
     """Server vs in-process engine on the same prompt text: the next token after the answer header."""
-    import dspy
-
     from adaptrec_prompts.backends.gemma import gemma_270m_dir
     from adaptrec_prompts.backends.hf import HFEngine
     from adaptrec_prompts.modules import AdaptRec, example_inputs
     from adaptrec_prompts.prepare import load_manifest, load_prepared
     from adaptrec_prompts.render import manifest_template
+    from adaptrec_prompts.scoring import _label_of
 
     template = manifest_template(load_manifest(data))
     rows = load_prepared(data)[split].select(range(limit)).to_list()
@@ -102,14 +101,13 @@ def agreement(url: str, alias: str, data: str, split: str, limit: int) -> dict:
             local = [s - max(local) for s in local]
             merged: dict[str, float] = {}  # "A" and " A" name the same letter: probabilities add
             for token, logprob in server.items():
-                label = token.strip().rstrip(".):").strip()
+                label = _label_of(token)
                 merged[label] = math.log(math.exp(merged.get(label, -math.inf)) + math.exp(logprob))
             remote = [merged.get(LETTERS[i], -math.inf) for i in range(k)]
             out["same_top_letter"] += max(range(k), key=lambda i: local[i]) == max(range(k), key=lambda i: remote[i])
             best = max(remote)
             diffs = [abs((r - best) - loc) for r, loc in zip(remote, local, strict=True) if r > -math.inf]
             out["max_abs_diff"] = max([out["max_abs_diff"], *diffs])
-    del dspy
     return out
 
 
