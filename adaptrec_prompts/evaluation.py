@@ -73,7 +73,15 @@ def program_state(program) -> dict:
         if getattr(program, "retriever", None) is not None:  # live Stage 1 (AdaptRec.from_index)
             state["retriever"] = program.retriever.describe()
         return state
-    return {"class": type(program).__name__, "config": program.config()}
+    state = {"class": type(program).__name__, "config": program.config()}
+    if hasattr(program, "training"):  # a baseline trained here (SASRec): its seconds and loss, not its identity
+        state["training"] = program.training()
+    return state
+
+
+def _program_hash(state: dict) -> str:
+    """The program's identity for resume: its state without how long its training took."""
+    return _sha({k: v for k, v in state.items() if k != "training"})
 
 
 def _sha(payload: object) -> str:
@@ -274,7 +282,7 @@ def _evaluate(program, rows: list, out: Path, config: dict, lm, threads: int, pr
         "config": config,
         "config_hash": _sha(config),
         "program": program_state(program),
-        "program_hash": _sha(program_state(program)),
+        "program_hash": _program_hash(program_state(program)),
         "data_manifest_hash": _sha(data_manifest) if data_manifest else None,
         "data_hash": (data_manifest or {}).get("data_hash"),
         "adapter": "ChatAdapter(use_json_adapter_fallback=False)",

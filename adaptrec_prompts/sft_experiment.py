@@ -29,7 +29,7 @@ from adaptrec_prompts.backends.presets import GEMMA_PRESET
 from adaptrec_prompts.errors import ConfigError
 
 VARIANTS = ("none", "static", "adaptive")
-BASELINES = ("random", "popularity", "userknn")
+BASELINES = ("random", "popularity", "userknn", "sasrec")
 
 
 @dataclass
@@ -233,6 +233,7 @@ def run(config: SFTExperiment, command: str = "", *, config_file: str | Path | N
     from adaptrec_prompts.backends.gemma import gemma_lm
     from adaptrec_prompts.backends.hf import hf_lm
     from adaptrec_prompts.baselines import PopularityBaseline, RandomBaseline, UserKNNBaseline
+    from adaptrec_prompts.baselines.sasrec import SASRecBaseline
     from adaptrec_prompts.devices import trainer_use_cpu
     from adaptrec_prompts.embed import training_sequences
     from adaptrec_prompts.evaluation import evaluate
@@ -262,9 +263,11 @@ def run(config: SFTExperiment, command: str = "", *, config_file: str | Path | N
                    "limit": config.limit, "examples": len(rows)}
     runs: list[str] = []
     sequences = training_sequences(ddict["train"])
-    for name, baseline in (("random", RandomBaseline(config.seed)), ("popularity", PopularityBaseline(sequences)),
-                           ("userknn", UserKNNBaseline(sequences, n_retrieve=config.n))):
-        evaluate(baseline, rows, out / "runs" / name, {**base_config, "program": f"baseline:{name}"},
+    baselines = {"random": lambda: RandomBaseline(config.seed), "popularity": lambda: PopularityBaseline(sequences),
+                 "userknn": lambda: UserKNNBaseline(sequences, n_retrieve=config.n),
+                 "sasrec": lambda: SASRecBaseline(ddict["train"], seed=config.seed)}  # trains on the full train split
+    for name in BASELINES:
+        evaluate(baselines[name](), rows, out / "runs" / name, {**base_config, "program": f"baseline:{name}"},
                  progress=progress, data_manifest=manifest)
         runs.append(name)
     lms = {"untuned": None, **{v: str(out / "train" / v) for v in trained}}
@@ -300,7 +303,8 @@ def write_report(config: SFTExperiment, out: Path, runs: list[str], command: str
              ("fine-tuning helps (zero-shot)", "untuned-zero-shot", "tuned-zero-shot"),
              ("fine-tuning helps (AdaptRec)", "untuned-static", "tuned-static")]
     for tuned in ("tuned-zero-shot", "tuned-static", "tuned-adaptive"):
-        pairs += [(f"{tuned} vs Popularity", "popularity", tuned), (f"{tuned} vs UserKNN", "userknn", tuned)]
+        pairs += [(f"{tuned} vs Popularity", "popularity", tuned), (f"{tuned} vs SASRec", "sasrec", tuned),
+                  (f"{tuned} vs UserKNN", "userknn", tuned)]
     data = claims_data(out / "runs", pairs)
     text += "\n#### Paired claims\n\n" + claims(out / "runs", pairs, data=data)
     write_json(report / "claims.json", data)
@@ -332,6 +336,8 @@ def write_report(config: SFTExperiment, out: Path, runs: list[str], command: str
     lm_seconds = sum(r["results"].get("lm_seconds") or 0.0 for r in loaded)
     text += (f"\nCPU time: training {train_seconds / 3600:.2f} h{' (+ resumed runs, see above)' if resumed else ''}, "
              f"LM evaluation {lm_seconds / 3600:.2f} h (`LM s` above), fp32, {config.device}, LoRA r={config.lora_r} on "
-             f"`{config.lora_targets}`, activation checkpointing {'on' if config.gradient_checkpointing else 'off'}.\n")
+             f"`{config.lora_targets}`, activation checkpointing {'on' if config.gradient_checkpointing else 'off'}. "
+             f"Prompt `{config.prompt}`, each similar user's last {config.demo_items or 'all'} items, candidate labels "
+             f"`{config.labels}`, score mode `{config.mode}`.\n")
     (report / "table.md").write_text(text)
     return report

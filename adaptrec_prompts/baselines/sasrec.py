@@ -79,7 +79,6 @@ class SASRecBaseline:
                 total += loss.item() * len(idx)
             self.losses.append(total / len(y))
         self.train_seconds = time.perf_counter() - started
-        self.params.update(train_seconds=round(self.train_seconds, 1), final_loss=round(self.losses[-1], 4))
         self.model.eval()
 
     def _encode(self, histories) -> torch.Tensor:
@@ -90,7 +89,12 @@ class SASRecBaseline:
         return torch.tensor(rows)
 
     def config(self) -> dict:
+        """What identifies the model (a resumed run must match it); how its training went is `training()`."""
         return dict(self.params)
+
+    def training(self) -> dict:
+        """Recorded in the run manifest, outside the run's identity: seconds differ on every retraining."""
+        return {"train_seconds": round(self.train_seconds, 1), "final_loss": round(self.losses[-1], 4)}
 
     @torch.no_grad()
     def predict_row(self, row: dict) -> dict:
