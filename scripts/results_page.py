@@ -97,7 +97,7 @@ def summary() -> str:
                          "of the user; comparisons involving it cannot separate the claims.")
         if folder in PUBLISHED_HR1:
             parts.append(finetuned_verdict(claims, runs, folder))
-        refs = {r["name"]: r["metrics"]["HR@1"] for r in runs if r["name"] in ("popularity", "userknn")}
+        refs = {r["name"]: r["metrics"]["HR@1"] for r in runs if r["name"] in ("popularity", "sasrec", "userknn")}
         if refs:
             parts.append("- Without an LLM, on the same examples: " + ", ".join(
                 f"{name} HR@1 {m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]" for name, m in refs.items())
