@@ -203,13 +203,16 @@ def write_json(path: Path, payload) -> None:
     path.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n")
 
 
-def comparisons(reference: Path, others: list[Path], ids: set[str] | None = None) -> str:
+def comparisons(reference: Path, others: list[Path], ids: set[str] | None = None,
+                names: dict[Path, str] | None = None) -> str:
     """Markdown table of paired comparisons (B - A on shared examples) of each run against `reference`
-    (only examples in `ids` when given: the rows a report covers, though logs may hold more)."""
+    (only examples in `ids` when given: the rows a report covers, though logs may hold more; `names`: how
+    each folder is called in the table, its folder name by default)."""
     from adaptrec_prompts.metrics import paired_comparison
 
+    names = names or {}
     a = list(load_log(reference / "predictions.jsonl", ids).values())
-    lines = [f"Paired against `{reference.name}` on shared examples (B - A, 95% paired bootstrap CI; HR@1: exact "
+    lines = [f"Paired against `{names.get(reference, reference.name)}` on shared examples (B - A, 95% paired bootstrap CI; HR@1: exact "
              "McNemar p, NDCG@5: sign-flip permutation p; where users have several rows, the bootstrap resamples "
              "users and both p-values come from flipping each user's summed difference).", "",
              "| run (B) | n | HR@1 B - A | p | discordant A-only/B-only | NDCG@5 B - A | p |", "|---|---|---|---|---|---|---|"]
@@ -217,7 +220,7 @@ def comparisons(reference: Path, others: list[Path], ids: set[str] | None = None
         b = list(load_log(other / "predictions.jsonl", ids).values())
         res = paired_comparison(a, b)
         h, g = res["HR@1"], res["NDCG@5"]
-        lines.append(f"| {other.name} | {res['n']} | {h['diff']:+.3f} [{h['ci_low']:+.3f}, {h['ci_high']:+.3f}] | "
+        lines.append(f"| {names.get(other, other.name)} | {res['n']} | {h['diff']:+.3f} [{h['ci_low']:+.3f}, {h['ci_high']:+.3f}] | "
                      f"{h['p_value']:.3f} | {'/'.join(map(str, h.get('discordant', ())))} | "
                      f"{g['diff']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] | {g['p_value']:.3f} |")
     return "\n".join(lines) + "\n"
@@ -229,11 +232,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder for table.md and PNGs")
     p.add_argument("--title", default="results")
     p.add_argument("--sweep", help="program-config key for a sweep curve (m_select, n_retrieve)")
+    p.add_argument("--reference", help="one of the run folders: every other run is compared with it, paired on "
+                   "the examples both ran (e.g. the same variant of two experiments)")
     args = p.parse_args(argv)
-    runs = [load_run(Path(r)) for r in args.runs if (Path(r) / "results.json").is_file()]
-    if not runs:
+    folders = [Path(r) for r in args.runs if (Path(r) / "results.json").is_file()]
+    if not folders:
         print("error: no run folder with results.json given", file=sys.stderr)
         return 2
+    names = unique_names(folders)
+    reference = None
+    if args.reference is not None:
+        matches = [f for f in folders if f.resolve() == Path(args.reference).resolve()]
+        if not matches:
+            print(f"error: --reference {args.reference} is not one of the run folders given (with results.json)",
+                  file=sys.stderr)
+            return 2
+        reference = matches[0]
+    runs = [{**load_run(f), "name": names[f]} for f in folders]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python eval/report.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -242,10 +257,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         sweep(runs, args.sweep, out / "sweep.png", f"{args.title}: {args.sweep} sweep")
         text += "\n![sweep](sweep.png)\n"
+    if reference is not None:
+        text += "\n" + comparisons(reference, [f for f in folders if f != reference], names=names)
     (out / "table.md").write_text(text)
     write_json(out / "runs.json", runs_data(runs))
     print(text)
     return 0
+
+
+def unique_names(folders: list[Path]) -> dict[Path, str]:
+    """Each run folder's name in a report: its folder name, or as many parent folders as tell two runs of
+    the same name apart (`ml-100k/runs/tuned-zero-shot` next to `ml-100k-letters/runs/tuned-zero-shot`)."""
+    depth = 1
+    while True:
+        names = {f: "/".join(f.resolve().parts[-depth:]) for f in folders}
+        if len(set(names.values())) == len(folders) or depth >= max(len(f.resolve().parts) for f in folders):
+            return names
+        depth += 1
 
 
 if __name__ == "__main__":

@@ -81,3 +81,27 @@ def test_same_top1_counts_shared_scored_examples_only():
     right = {"a": {"ranking": [1, 9]}, "b": {"ranking": [1, 3]}, "c": {"ranking": [5], "error": "timeout"},
              "e": {"ranking": [7]}}
     assert same_top1(left, right) == "1/2"
+
+
+def test_report_pairs_runs_of_the_same_name_from_two_experiments(gr_data, tmp_path, capsys):
+    """`eval/report.py A B --reference A`: two runs called `random` (two experiments, other seeds) get names
+    that tell them apart, and B is compared with A on the examples both ran."""
+    from adaptrec_prompts.baselines import RandomBaseline
+    from adaptrec_prompts.evaluation import evaluate
+    from adaptrec_prompts.prepare import load_prepared
+    from adaptrec_prompts.report import main as report_main
+
+    rows = load_prepared(gr_data[1])["test_extended"].to_list()[:12]
+    a, b = tmp_path / "exp-a" / "runs" / "random", tmp_path / "exp-b" / "runs" / "random"
+    evaluate(RandomBaseline(0), rows, a, progress=False)
+    evaluate(RandomBaseline(1), rows[:9], b, progress=False)  # B ran 9 of A's 12 examples
+    assert report_main([str(a), str(b), "--out", str(tmp_path / "rep"), "--reference", str(a)]) == 0
+    text = (tmp_path / "rep" / "table.md").read_text()
+    assert "| exp-a/runs/random |" in text and "| exp-b/runs/random |" in text
+    assert "Paired against `exp-a/runs/random`" in text
+    hits = {name: {r["example_id"]: r["hit1"] for r in read_log(f / "predictions.jsonl").values()}
+            for name, f in (("a", a), ("b", b))}
+    diff = sum(hits["b"][k] - hits["a"][k] for k in hits["b"]) / 9
+    assert f"| exp-b/runs/random | 9 | {diff:+.3f} [" in text
+    assert report_main([str(a), "--out", str(tmp_path / "rep2"), "--reference", str(b)]) == 2
+    assert "--reference" in capsys.readouterr().err
