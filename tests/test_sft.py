@@ -56,17 +56,18 @@ class Recorder:
         pass
 
 
-@pytest.mark.parametrize(("selection", "prompt"), [("static", "full"), ("none", "full"), ("random", "full"),
-                                                   ("random-retrieved", "full"), ("static", "compact"),
-                                                   ("none", "compact")])
-def test_training_prompt_is_byte_identical_to_the_inference_prompt(ml100k, selection, prompt):
+@pytest.mark.parametrize(("selection", "prompt", "labels"), [
+    ("static", "full", "numbers"), ("none", "full", "numbers"), ("random", "full", "numbers"),
+    ("random-retrieved", "full", "numbers"), ("static", "compact", "numbers"), ("none", "compact", "numbers"),
+    ("static", "compact", "letters"), ("none", "compact", "letters")])
+def test_training_prompt_is_byte_identical_to_the_inference_prompt(ml100k, selection, prompt, labels):
     import datasets as hfds
 
     from conftest import with_fake_neighbors
 
     row = with_fake_neighbors(ml100k["train"][500], ml100k["train"].select(range(40, 60)))
     program = AdaptRec(load_template("movies"), selection=selection, n_retrieve=10, m_select=4, mode="generate",
-                       prompt=prompt, demo_items=5 if prompt == "compact" else None)
+                       prompt=prompt, demo_items=5 if prompt == "compact" else None, labels=labels)
     program.recommender.recommend.signature = program.recommender.recommend.signature.with_instructions(
         "A compiled instruction.")
     recorder = Recorder()
@@ -82,8 +83,11 @@ def test_training_prompt_is_byte_identical_to_the_inference_prompt(ml100k, selec
         if selection == "static":  # each similar user shows their last 5 items
             assert "User 1 watched 5 movies" in sft_row["prompt"][1]["content"]
     number = row["candidate_item_ids"].index(row["target_item_id"]) + 1
+    label = str(number) if labels == "numbers" else "ABCDEFGHIJKLMNOPQRST"[number - 1]
     assert sft_row["completion"] == [{"role": "assistant", "content":
-                                      f"[[ ## answer ## ]]\n{number}. {row['target_title']}\n\n[[ ## completed ## ]]\n"}]
+                                      f"[[ ## answer ## ]]\n{label}. {row['target_title']}\n\n[[ ## completed ## ]]\n"}]
+    if labels == "letters":  # the prompt lists the candidates under the same letters
+        assert f"\n{label}. {row['target_title']}" in sft_row["prompt"][-1]["content"]
     assert isinstance(hfds.Dataset.from_list([{"prompt": sft_row["prompt"], "completion": sft_row["completion"]}]),
                       hfds.Dataset)
 
