@@ -308,6 +308,37 @@ class SelfAdaptiveSelection(TrainerCallback):
         return control
 
 
+class LiveStream:
+    """The adaptive training stream as a generator function for `datasets.IterableDataset.from_generator`.
+
+    datasets fingerprints a generator by pickling it; the program it renders with need not pickle (a
+    signature built at run time, e.g. lettered labels or compiled instructions, does not), and the stream is
+    only ever read in this process. So it pickles as its fingerprint: the program, the rows, the order and
+    the refresh settings; unpickling it elsewhere is an error, not a copy of stale selections."""
+
+    def __init__(self, adaptive: SelfAdaptiveSelection, tokenize):
+        self.adaptive, self.tokenize = adaptive, tokenize
+
+    def __call__(self):
+        yield from self.adaptive.stream(self.tokenize)
+
+    def fingerprint(self) -> str:
+        from adaptrec_prompts.evaluation import _sha, program_state
+
+        a = self.adaptive
+        return _sha({"program": program_state(a.program), "rows": [r["example_id"] for r in a.rows],
+                     "order": a.order, "refresh_steps": a.refresh_steps, "window": a.window,
+                     "prompt_format": a.prompt_format})
+
+    def __reduce__(self):
+        return _live_stream_elsewhere, (self.fingerprint(),)
+
+
+def _live_stream_elsewhere(fingerprint: str):
+    raise RuntimeError(f"the adaptive training stream {fingerprint[:12]} was sent to another process; it reads "
+                       "selections that only the training process updates (use dataloader_num_workers=0)")
+
+
 def split_rows_with_demonstrations(program, rows: list[dict]) -> tuple[list[dict], int]:
     """(rows whose demonstration pool is not empty, how many were left out); every row for zero-shot."""
     kept = [r for r in rows if has_demonstrations(program, r)]
@@ -374,8 +405,11 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
         adaptive = SelfAdaptiveSelection(program, rows, script_args.selection_refresh_steps,
                                          script_args.selection_refresh_window, seed=training_args.seed,
                                          prompt_format=script_args.prompt_format)
+        if training_args.dataloader_num_workers:  # a worker would render with a copy of the selections
+            raise ConfigError(f"dataloader_num_workers={training_args.dataloader_num_workers}: adaptive selection "
+                              "re-selects in the training process, which worker processes would not see; use 0")
         tokenize = tokenize_fn(model, tokenizer, script_args.prompt_format)
-        train_dataset = datasets.IterableDataset.from_generator(lambda: adaptive.stream(tokenize))
+        train_dataset = datasets.IterableDataset.from_generator(LiveStream(adaptive, tokenize))
         training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         if training_args.max_steps <= 0:
             per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps

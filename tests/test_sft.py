@@ -149,10 +149,13 @@ def test_tiny_lora_training_changes_the_adapter_only_and_reloads(gr_nb, tmp_path
     assert not np.allclose(a, c, atol=1e-4)
 
 
-def test_self_adaptive_callback_reselects_with_the_model(gr_nb, tmp_path):
-    sft = _sft()
+@pytest.mark.parametrize("labels", ["numbers", "letters"])
+def test_self_adaptive_callback_reselects_with_the_model(gr_nb, tmp_path, labels):
+    sft = _sft()  # letters: a signature built at run time (datasets cannot pickle it to fingerprint the stream)
     out = sft.main(*_args(sft, tmp_path, gr_nb, "--selection", "adaptive", "--selection_refresh_steps", "2",
-                          "--selection_refresh_window", "5", "--m_select", "3", "--n_retrieve", "6"))
+                          "--selection_refresh_window", "5", "--m_select", "3", "--n_retrieve", "6",
+                          "--labels", labels))
+    assert out["program"].get("labels", "numbers") == labels
     history = out["selection_history"]
     assert [h["step"] for h in history] == [2, 4]
     assert all(h["reselected"] == 5 for h in history)  # what a refresh does: the test below
