@@ -26,6 +26,7 @@ import os
 import subprocess
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -74,8 +75,8 @@ def program_state(program) -> dict:
             state["retriever"] = program.retriever.describe()
         return state
     state = {"class": type(program).__name__, "config": program.config()}
-    if hasattr(program, "training"):  # a baseline trained here (SASRec): its seconds and loss, not its identity
-        state["training"] = program.training()
+    if hasattr(program, "training_record"):  # a baseline trained here (SASRec): its seconds and loss, not its identity
+        state["training"] = program.training_record()
     return state
 
 
@@ -298,6 +299,14 @@ def _evaluate(program, rows: list, out: Path, config: dict, lm, threads: int, pr
         if (run_identity(old["config"]), old["program_hash"]) != (run_identity(config), manifest["program_hash"]):
             raise ConfigError(f"{out} holds a run with a different config or program; resume only the same run, "
                               "or choose another --out")
+        old_loss = (old["program"].get("training") or {}).get("final_loss")
+        new_loss = (manifest["program"].get("training") or {}).get("final_loss")
+        if old_loss is not None and new_loss is not None and old_loss != new_loss:
+            # retrained with the same settings and seed, yet not the same model (another thread count or torch):
+            # the examples still to run would be scored by a slightly different model than those already done
+            warnings.warn(f"{out}: the baseline retrained to final loss {new_loss}, not the {old_loss} of the model "
+                          "that scored the examples already done; rerun into a new --out for a single model",
+                          stacklevel=3)
         # same run, another example limit (or other non-identifying settings): record the latest
         if old["config_hash"] != manifest["config_hash"] or any(old.get(k) != v for k, v in extra.items()):
             old.update(config=config, config_hash=manifest["config_hash"], **extra)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -235,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", help="one of the run folders: every other run is compared with it, paired on "
                    "the examples both ran (e.g. the same variant of two experiments)")
     args = p.parse_args(argv)
-    folders = [Path(r) for r in args.runs if (Path(r) / "results.json").is_file()]
+    folders = []
+    for r in args.runs:  # each run once, as typed (a symlink keeps the name it was given)
+        if (Path(r) / "results.json").is_file() and Path(r).resolve() not in {f.resolve() for f in folders}:
+            folders.append(Path(r))
     if not folders:
         print("error: no run folder with results.json given", file=sys.stderr)
         return 2
@@ -258,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         sweep(runs, args.sweep, out / "sweep.png", f"{args.title}: {args.sweep} sweep")
         text += "\n![sweep](sweep.png)\n"
     if reference is not None:
-        text += "\n" + comparisons(reference, [f for f in folders if f != reference], names=names)
+        try:
+            text += "\n" + comparisons(reference, [f for f in folders if f != reference], names=names)
+        except ValueError as e:  # no shared examples, or the same example ids on other data
+            print(f"error: --reference {args.reference}: {e}", file=sys.stderr)
+            return 2
     (out / "table.md").write_text(text)
     write_json(out / "runs.json", runs_data(runs))
     print(text)
@@ -268,10 +276,11 @@ def main(argv: list[str] | None = None) -> int:
 def unique_names(folders: list[Path]) -> dict[Path, str]:
     """Each run folder's name in a report: its folder name, or as many parent folders as tell two runs of
     the same name apart (`ml-100k/runs/tuned-zero-shot` next to `ml-100k-letters/runs/tuned-zero-shot`)."""
+    parts = {f: Path(os.path.normpath(f.absolute())).parts for f in folders}
     depth = 1
     while True:
-        names = {f: "/".join(f.resolve().parts[-depth:]) for f in folders}
-        if len(set(names.values())) == len(folders) or depth >= max(len(f.resolve().parts) for f in folders):
+        names = {f: "/".join(p[-depth:]) for f, p in parts.items()}
+        if len(set(names.values())) == len(folders) or depth >= max(map(len, parts.values())):
             return names
         depth += 1
 

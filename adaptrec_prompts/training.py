@@ -314,7 +314,9 @@ class LiveStream:
     datasets fingerprints a generator by pickling it; the program it renders with need not pickle (a
     signature built at run time, e.g. lettered labels or compiled instructions, does not), and the stream is
     only ever read in this process. So it pickles as its fingerprint: the program, the rows, the order and
-    the refresh settings; unpickling it elsewhere is an error, not a copy of stale selections."""
+    the refresh settings (the tokenizer is left out: a streaming dataset writes no cache, so the hash only
+    names the builder's config); unpickling it elsewhere is an error, not a copy of stale selections. An
+    in-process copy (`copy.copy`, `copy.deepcopy`, as `interleave_datasets` does) is the same stream."""
 
     def __init__(self, adaptive: SelfAdaptiveSelection, tokenize):
         self.adaptive, self.tokenize = adaptive, tokenize
@@ -329,6 +331,12 @@ class LiveStream:
         return _sha({"program": program_state(a.program), "rows": [r["example_id"] for r in a.rows],
                      "order": a.order, "refresh_steps": a.refresh_steps, "window": a.window,
                      "prompt_format": a.prompt_format})
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
 
     def __reduce__(self):
         return _live_stream_elsewhere, (self.fingerprint(),)
@@ -369,6 +377,10 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
         use_cpu = trainer_use_cpu(script_args.device)
         if use_cpu != training_args.use_cpu:  # the arguments fix their device when built: build them again
             training_args = dataclasses.replace(training_args, use_cpu=use_cpu)
+    if script_args.selection == "adaptive" and training_args.dataloader_num_workers:
+        # a worker process would render rows with its own copy of the selections, never the refreshed ones
+        raise ConfigError(f"dataloader_num_workers={training_args.dataloader_num_workers}: adaptive selection "
+                          "re-selects in the training process, which worker processes would not see; use 0")
     manifest = load_manifest(script_args.data)
     train = load_prepared(script_args.data)["train"]
     if "neighbor_example_ids" not in train.column_names and script_args.selection != "none":
@@ -405,9 +417,6 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
         adaptive = SelfAdaptiveSelection(program, rows, script_args.selection_refresh_steps,
                                          script_args.selection_refresh_window, seed=training_args.seed,
                                          prompt_format=script_args.prompt_format)
-        if training_args.dataloader_num_workers:  # a worker would render with a copy of the selections
-            raise ConfigError(f"dataloader_num_workers={training_args.dataloader_num_workers}: adaptive selection "
-                              "re-selects in the training process, which worker processes would not see; use 0")
         tokenize = tokenize_fn(model, tokenizer, script_args.prompt_format)
         train_dataset = datasets.IterableDataset.from_generator(LiveStream(adaptive, tokenize))
         training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}

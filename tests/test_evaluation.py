@@ -85,6 +85,30 @@ def test_resume_refuses_a_different_config(ml100k, tmp_path):
         evaluate(RandomBaseline(0), rows, tmp_path / "run", {"a": 2}, progress=False)
 
 
+class _Trained(RandomBaseline):
+    """A baseline trained at run time: each training takes other seconds (and may end at another loss)."""
+
+    def __init__(self, seed, seconds, loss=1.0):
+        super().__init__(seed)
+        self.record = {"train_seconds": seconds, "final_loss": loss}
+
+    def training_record(self):
+        return dict(self.record)
+
+
+def test_a_retrained_baseline_resumes_but_another_one_is_refused(ml100k, tmp_path):
+    rows = _rows(ml100k, 4)
+    evaluate(_Trained(0, 10.0), rows[:2], tmp_path / "run", {"a": 1}, progress=False)
+    out = evaluate(_Trained(0, 12.5), rows, tmp_path / "run", {"a": 1}, progress=False)  # seconds differ: same run
+    assert out["n"] == 4
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["program"]["training"]["train_seconds"] == 10.0  # the model that scored the first rows
+    with pytest.warns(UserWarning, match="final loss 2.0, not the 1.0"):
+        evaluate(_Trained(0, 9.0, loss=2.0), rows, tmp_path / "run", {"a": 1}, progress=False)
+    with pytest.raises(ConfigError, match="different config or program"):
+        evaluate(_Trained(1, 10.0), rows, tmp_path / "run", {"a": 1}, progress=False)
+
+
 class _Counting(PopularityBaseline):
     calls = 0
 

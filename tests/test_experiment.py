@@ -94,7 +94,7 @@ def test_report_pairs_runs_of_the_same_name_from_two_experiments(gr_data, tmp_pa
     rows = load_prepared(gr_data[1])["test_extended"].to_list()[:12]
     a, b = tmp_path / "exp-a" / "runs" / "random", tmp_path / "exp-b" / "runs" / "random"
     evaluate(RandomBaseline(0), rows, a, progress=False)
-    evaluate(RandomBaseline(1), rows[:9], b, progress=False)  # B ran 9 of A's 12 examples
+    evaluate(RandomBaseline(3), rows[:9], b, progress=False)  # B ran 9 of A's 12 examples
     assert report_main([str(a), str(b), "--out", str(tmp_path / "rep"), "--reference", str(a)]) == 0
     text = (tmp_path / "rep" / "table.md").read_text()
     assert "| exp-a/runs/random |" in text and "| exp-b/runs/random |" in text
@@ -102,6 +102,11 @@ def test_report_pairs_runs_of_the_same_name_from_two_experiments(gr_data, tmp_pa
     hits = {name: {r["example_id"]: r["hit1"] for r in read_log(f / "predictions.jsonl").values()}
             for name, f in (("a", a), ("b", b))}
     diff = sum(hits["b"][k] - hits["a"][k] for k in hits["b"]) / 9
-    assert f"| exp-b/runs/random | 9 | {diff:+.3f} [" in text
+    a_only = sum(hits["a"][k] > hits["b"][k] for k in hits["b"])
+    b_only = sum(hits["b"][k] > hits["a"][k] for k in hits["b"])
+    assert a_only + b_only > 0  # the seeds differ on these rows, so a wrong pairing would show
+    assert f"| exp-b/runs/random | 9 | {diff:+.3f} [" in text and f"| {a_only}/{b_only} |" in text
     assert report_main([str(a), "--out", str(tmp_path / "rep2"), "--reference", str(b)]) == 2
     assert "--reference" in capsys.readouterr().err
+    assert report_main([str(a), str(a), "--out", str(tmp_path / "rep3")]) == 0  # the same run twice: listed once
+    assert (tmp_path / "rep3" / "table.md").read_text().count("| random |") == 1

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from adaptrec_prompts.errors import ConfigError
 from adaptrec_prompts.modules import AdaptRec, example_inputs
 from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
 from adaptrec_prompts.prepare import build, save
@@ -160,6 +161,13 @@ def test_self_adaptive_callback_reselects_with_the_model(gr_nb, tmp_path, labels
     assert [h["step"] for h in history] == [2, 4]
     assert all(h["reselected"] == 5 for h in history)  # what a refresh does: the test below
     assert any("loss" in entry for entry in out["log_history"])
+
+
+def test_adaptive_training_refuses_dataloader_workers(gr_nb, tmp_path):
+    sft = _sft()  # a worker would render rows with its own, never refreshed, copy of the selections
+    with pytest.raises(ConfigError, match="dataloader_num_workers=2.*use 0"):
+        sft.main(*_args(sft, tmp_path, gr_nb, "--selection", "adaptive", "--dataloader_num_workers", "2"))
+    assert not (tmp_path / "out").exists()  # refused before any model was built
 
 
 def test_a_refresh_reselects_with_the_model_and_the_next_rows_show_it(ml100k, tiny_model):

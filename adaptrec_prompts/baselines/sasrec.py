@@ -58,9 +58,12 @@ class SASRecBaseline:
         items = sorted({i for h in hist for i in h} | set(targets))
         self.index = {item: k + 1 for k, item in enumerate(items)}
         self.history_len = history_len
-        self.params = {"name": "sasrec", "epochs": epochs, "dim": dim, "batch_size": batch_size, "lr": lr,
-                       "seed": seed, "training_windows": len(targets)}
         self.model = SASRec(len(items), dim=dim, max_len=history_len)
+        layer = self.model.encoder.layers[0]
+        self.params = {"name": "sasrec", "epochs": epochs, "dim": dim, "batch_size": batch_size, "lr": lr,
+                       "seed": seed, "training_windows": len(targets), "history_len": history_len,
+                       "layers": len(self.model.encoder.layers), "heads": layer.self_attn.num_heads,
+                       "dropout": layer.dropout.p}
         x = self._encode(hist)
         y = torch.tensor([self.index[t] for t in targets])
         opt = torch.optim.Adam(self.model.parameters(), lr=lr)
@@ -89,10 +92,11 @@ class SASRecBaseline:
         return torch.tensor(rows)
 
     def config(self) -> dict:
-        """What identifies the model (a resumed run must match it); how its training went is `training()`."""
+        """What identifies the model (a resumed run must match it); how its training went is
+        `training_record()`."""
         return dict(self.params)
 
-    def training(self) -> dict:
+    def training_record(self) -> dict:
         """Recorded in the run manifest, outside the run's identity: seconds differ on every retraining."""
         return {"train_seconds": round(self.train_seconds, 1), "final_loss": round(self.losses[-1], 4)}
 
