@@ -84,10 +84,10 @@ fi
 # two variants at once, one per core (`--train-only`, one variant per process); run in sequence here.
 if [ "${SFT:-0}" = 1 ]; then
   step "Fine-tuned Gemma 3 270M: zero-shot vs AdaptRec, ML-100K (numbered and lettered labels) and LastFM"
-  ML="--data $A/ml-100k-nb --train-rows 512 --grad-accum 4 --learning-rate 5e-4 --lora-targets attention"
-  adaptrec sft-experiment $ML --out $R/sft/ml-100k --variants none,static --report docs/results/sft-ml-100k \
-    --title "ML-100K test (95 users): LoRA-fine-tuned Gemma 3 270M, zero-shot vs AdaptRec"
-  adaptrec sft-experiment $ML --out $R/sft/ml-100k-letters --labels letters --variants none
+  SAME="--train-rows 512 --grad-accum 4 --learning-rate 5e-4 --lora-targets attention"  # the order the headers show
+  adaptrec sft-experiment --data $A/ml-100k-nb --out $R/sft/ml-100k $SAME --variants none,static \
+    --report docs/results/sft-ml-100k --title "ML-100K test (95 users): LoRA-fine-tuned Gemma 3 270M, zero-shot vs AdaptRec"
+  adaptrec sft-experiment --data $A/ml-100k-nb --out $R/sft/ml-100k-letters $SAME --labels letters --variants none
   python eval/report.py $R/sft/ml-100k/runs/untuned-zero-shot $R/sft/ml-100k-letters/runs/untuned-zero-shot \
     $R/sft/ml-100k/runs/tuned-zero-shot $R/sft/ml-100k-letters/runs/tuned-zero-shot \
     --reference $R/sft/ml-100k/runs/tuned-zero-shot --out docs/results/sft-ml-100k-labels \
