@@ -214,15 +214,18 @@ def comparisons(reference: Path, others: list[Path], ids: set[str] | None = None
 
     names = names or {}
     a = list(load_log(reference / "predictions.jsonl", ids).values())
-    lines = [f"Paired against `{names.get(reference, reference.name)}` on shared examples (B - A, 95% paired bootstrap CI; HR@1: exact "
-             "McNemar p, NDCG@5: sign-flip permutation p; where users have several rows, the bootstrap resamples "
-             "users and both p-values come from flipping each user's summed difference).", "",
-             "| run (B) | n | HR@1 B - A | p | discordant A-only/B-only | NDCG@5 B - A | p |", "|---|---|---|---|---|---|---|"]
+    lines = [f"Paired against `{names.get(reference, reference.name)}` on shared examples (B - A, 95% paired "
+             "bootstrap CI; HR@1: exact McNemar p, NDCG@5: sign-flip permutation p; where users have several "
+             "rows, the bootstrap resamples users and both p-values come from flipping each user's summed "
+             "difference).", "",
+             "| run (B) | n | HR@1 B - A | p | discordant A-only/B-only | NDCG@5 B - A | p |",
+             "|---|---|---|---|---|---|---|"]
     for other in others:
         b = list(load_log(other / "predictions.jsonl", ids).values())
         res = paired_comparison(a, b)
         h, g = res["HR@1"], res["NDCG@5"]
-        lines.append(f"| {names.get(other, other.name)} | {res['n']} | {h['diff']:+.3f} [{h['ci_low']:+.3f}, {h['ci_high']:+.3f}] | "
+        lines.append(f"| {names.get(other, other.name)} | {res['n']} | "
+                     f"{h['diff']:+.3f} [{h['ci_low']:+.3f}, {h['ci_high']:+.3f}] | "
                      f"{h['p_value']:.3f} | {'/'.join(map(str, h.get('discordant', ())))} | "
                      f"{g['diff']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] | {g['p_value']:.3f} |")
     return "\n".join(lines) + "\n"

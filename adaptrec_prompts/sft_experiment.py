@@ -187,9 +187,9 @@ def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, r
     manifest_path = folder / "adaptrec_manifest.json"
     if manifest_path.is_file():
         done = json.loads(manifest_path.read_text())
-        trained = {k: done.get("program", {}).get(k) for k in ("prompt", "demo_items", "labels")}
-        trained = {"prompt": trained["prompt"] or "full", "demo_items": trained["demo_items"],
-                   "labels": trained["labels"] or "numbers"}
+        program = done.get("program", {})  # AdaptRec.config() leaves out labels at its default
+        trained = {"prompt": program.get("prompt") or "full", "demo_items": program.get("demo_items"),
+                   "labels": program.get("labels") or "numbers"}
         wanted = {"prompt": config.prompt, "demo_items": config.demo_items, "labels": config.labels}
         if trained != wanted:  # an adapter answers in the prompt style it was trained on
             raise ConfigError(f"{folder} holds a `{variant}` adapter trained with {trained}; this experiment asks "
@@ -232,14 +232,12 @@ def run(config: SFTExperiment, command: str = "", *, config_file: str | Path | N
     """
     from adaptrec_prompts.backends.gemma import gemma_lm
     from adaptrec_prompts.backends.hf import hf_lm
-    from adaptrec_prompts.baselines import PopularityBaseline, RandomBaseline, UserKNNBaseline
-    from adaptrec_prompts.baselines.sasrec import SASRecBaseline
     from adaptrec_prompts.devices import trainer_use_cpu
-    from adaptrec_prompts.embed import training_sequences
     from adaptrec_prompts.evaluation import evaluate
     from adaptrec_prompts.modules import AdaptRec
     from adaptrec_prompts.prepare import load_manifest, load_prepared
     from adaptrec_prompts.render import manifest_template
+    from adaptrec_prompts.runs import build_program
 
     trainer_use_cpu(config.device)  # a GPU torch cannot see, or one the Trainer would not use: fail first
     out = Path(config.out)
@@ -262,12 +260,9 @@ def run(config: SFTExperiment, command: str = "", *, config_file: str | Path | N
     base_config = {"data": str(config.data), "data_hash": manifest.get("data_hash"), "split": config.split,
                    "limit": config.limit, "examples": len(rows)}
     runs: list[str] = []
-    sequences = training_sequences(ddict["train"])
-    baselines = {"random": lambda: RandomBaseline(config.seed), "popularity": lambda: PopularityBaseline(sequences),
-                 "userknn": lambda: UserKNNBaseline(sequences, n_retrieve=config.n),
-                 "sasrec": lambda: SASRecBaseline(ddict["train"], seed=config.seed)}  # trains on the full train split
-    for name in BASELINES:
-        evaluate(baselines[name](), rows, out / "runs" / name, {**base_config, "program": f"baseline:{name}"},
+    for name in BASELINES:  # built as `adaptrec eval --program baseline:NAME` builds them (SASRec trains here)
+        baseline = build_program(f"baseline:{name}", config.data, n=config.n, seed=config.seed)
+        evaluate(baseline, rows, out / "runs" / name, {**base_config, "program": f"baseline:{name}"},
                  progress=progress, data_manifest=manifest)
         runs.append(name)
     lms = {"untuned": None, **{v: str(out / "train" / v) for v in trained}}
