@@ -128,8 +128,9 @@ def make_parser() -> argparse.ArgumentParser:
     pr.add_argument("--selection", default="static", choices=["none", "random", "random-retrieved", "static"])
     pr.add_argument("--prompt", default="full", choices=["full", "compact"])
     pr.add_argument("--demo-items", type=int, help="show each similar user's last N items only")
-    pr.add_argument("--labels", default="numbers", choices=["numbers", "letters"],
-                    help="Stage-3 candidate labels: letters are one token in any tokenizer (API score mode)")
+    pr.add_argument("--labels", default="numbers", choices=["numbers", "letters", "titles"],
+                    help="Stage-3 candidate labels: letters are one token in any tokenizer (API score mode); titles: "
+                         "no label, the answer is the title (local score mode ranks the titles)")
     pr.add_argument("--n", type=int, default=10)
     pr.add_argument("--m", type=int, default=5)
     pr.add_argument("--template", help="domain name or .toml path (default: the folder's domain)")
@@ -150,8 +151,9 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompt", default="full", choices=["full", "compact"],
                     help="full: DSPy's ChatAdapter; compact: instructions-only system message (match the SFT rows)")
     ev.add_argument("--demo-items", type=int, help="show each similar user's last N items only")
-    ev.add_argument("--labels", default="numbers", choices=["numbers", "letters"],
-                    help="Stage-3 candidate labels: letters are one token in any tokenizer (API score mode)")
+    ev.add_argument("--labels", default="numbers", choices=["numbers", "letters", "titles"],
+                    help="Stage-3 candidate labels: letters are one token in any tokenizer (API score mode); titles: "
+                         "no label, the answer is the title (local score mode ranks the titles)")
     ev.add_argument("--n", type=int, default=10, help="n_retrieve (N)")
     ev.add_argument("--m", type=int, default=5, help="m_select (M)")
     ev.add_argument("--seed", type=int, default=0)
@@ -253,8 +255,18 @@ def make_parser() -> argparse.ArgumentParser:
     fx.add_argument("--lora-targets", default="all", choices=["all", "attention", "mlp"])
     fx.add_argument("--prompt", default="compact", choices=["full", "compact"])
     fx.add_argument("--demo-items", type=int, default=5, help="each similar user's last N items (0: all)")
-    fx.add_argument("--labels", default="numbers", choices=["numbers", "letters"],
-                    help="Stage-3 candidate labels: letters are one token in any tokenizer (API score mode)")
+    fx.add_argument("--labels", default="numbers", choices=["numbers", "letters", "titles"],
+                    help="Stage-3 candidate labels: letters are one token in any tokenizer (API score mode); titles: "
+                         "no label, the answer is the title (local score mode ranks the titles)")
+    fx.add_argument("--loss", default="answer", choices=["answer", "listwise"],
+                    help="answer: TRL's SFT loss on the answer tokens; listwise: cross-entropy of the target among the "
+                         "K candidates' answer scores (what score mode ranks by)")
+    fx.add_argument("--diagnostics-rows", type=int, default=0,
+                    help="choice diagnostics while training: validation rows scored (0: off)")
+    fx.add_argument("--diagnostics-train-rows", type=int, default=0,
+                    help="choice diagnostics: training rows scored too (can the adapter fit its own rows?)")
+    fx.add_argument("--diagnostics-steps", type=int, default=0,
+                    help="choice diagnostics every N steps (0: before and after training only)")
     fx.add_argument("--m", type=int, default=5)
     fx.add_argument("--n", type=int, default=10)
     fx.add_argument("--split", default="test", choices=SPLITS)

@@ -319,6 +319,8 @@ def cmd_sft_experiment(args: argparse.Namespace) -> None:
         train_rows=args.train_rows, sample_seed=args.sample_seed, epochs=args.epochs, batch_size=args.batch_size,
         grad_accum=args.grad_accum, learning_rate=args.learning_rate, lora_r=args.lora_r,
         lora_targets=args.lora_targets, prompt=args.prompt, demo_items=args.demo_items or None, labels=args.labels,
+        loss=args.loss, diagnostics_rows=args.diagnostics_rows, diagnostics_train_rows=args.diagnostics_train_rows,
+        diagnostics_steps=args.diagnostics_steps,
         n=args.n, m=args.m,
         split=args.split, limit=args.limit, mode=args.mode, checkpoint_minutes=args.checkpoint_minutes,
         device=args.device, report=args.report, title=args.title,

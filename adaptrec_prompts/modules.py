@@ -24,7 +24,7 @@ from adaptrec_prompts.parsing import parse_choice, parse_selection, ranking_from
 from adaptrec_prompts.protocol import example_rng
 from adaptrec_prompts.render import LABELS, Template, candidate_label, load_template
 from adaptrec_prompts.scoring import score_completions
-from adaptrec_prompts.signatures import RecommendNextItem, RecommendNextItemZeroShot, SelectSimilarUsers, lettered
+from adaptrec_prompts.signatures import RecommendNextItem, RecommendNextItemZeroShot, SelectSimilarUsers, for_labels
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,10 @@ class NextItemRecommender(dspy.Module):
     """Stage 3: pick the next item among K labelled candidates, with or without similar users.
 
     labels="numbers" lists them as "1. <title>" .. "20. <title>"; labels="letters" as "A. <title>" ..
-    "T. <title>" (one token each in every common tokenizer: what API score mode needs, see scoring.py).
+    "T. <title>" (one token each in every common tokenizer: what API score mode needs, see scoring.py);
+    labels="titles" lists the titles alone and the answer is the title (LLaRA's format: the choice is made
+    in title tokens, which the similar users' next items show; score mode then ranks the K titles by their
+    likelihood, local engines only).
 
     mode="generate": the LM writes an answer, parsed exactly (parsing.parse_choice).
     mode="score": every candidate's answer (the answer field "<number>. <title>" and its newline) is
@@ -164,9 +167,9 @@ class NextItemRecommender(dspy.Module):
         self.zero_shot = zero_shot
         self.labels = labels
         signature = RecommendNextItemZeroShot if zero_shot else RecommendNextItem
-        self.recommend = dspy.Predict(lettered(signature) if labels == "letters" else signature)
+        self.recommend = dspy.Predict(for_labels(signature, labels))
         # the content-free prompt of score-calibrated mode, labelled like the real one
-        self.null_signature = lettered(RecommendNextItemZeroShot) if labels == "letters" else RecommendNextItemZeroShot
+        self.null_signature = for_labels(RecommendNextItemZeroShot, labels)
 
     def adapter(self) -> dspy.ChatAdapter:
         """The adapter this module renders through (`adapters.adapter_for`)."""
@@ -185,8 +188,10 @@ class NextItemRecommender(dspy.Module):
         """The answer the `number`-th candidate (1-based) would be, as the signature asks for it."""
         return self.template.render_candidate(number, title, self.labels)
 
-    def candidate_labels(self, k: int) -> list[str]:
-        """The labels of K candidates, in list order ("1".."K" or "A"..)."""
+    def candidate_labels(self, k: int) -> list[str] | None:
+        """The labels of K candidates, in list order ("1".."K" or "A"..; None for titles: no label)."""
+        if self.labels == "titles":
+            return None
         return [candidate_label(i, self.labels) for i in range(1, k + 1)]
 
     def completions(self, adapter, candidate_titles: Sequence[str]) -> list[str]:
@@ -264,7 +269,8 @@ class AdaptRec(dspy.Module):
         prompt: "full" (DSPy's ChatAdapter) or "compact" (`adapters.CompactAdapter`: the instructions as the
             system message, no field boilerplate; for base models and cheap fine-tuning).
         demo_items: show only each similar user's last `demo_items` history items (None: all of them).
-        labels: "numbers" or "letters", how Stage-3 candidates are labelled (see `NextItemRecommender`).
+        labels: "numbers", "letters" or "titles", how Stage-3 candidates are labelled and answered (see
+            `NextItemRecommender`).
         seed: seed of the random selection.
         stage2: how the adaptive selection asks the LM: "generate" (it writes the list), "score" (top M
             by the likelihood of opening the list; local engines) or "auto" (score when `mode` is "score"

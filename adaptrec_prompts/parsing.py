@@ -54,8 +54,8 @@ def normalize(text: str) -> str:
 
 def parse_choice(answer: str | None, candidate_ids: Sequence[int], candidate_titles: Sequence[str],
                  labels: str = "numbers") -> ParseResult:
-    """Parse a generated Stage-3 answer against the candidate list, labelled with `labels` ("numbers" or
-    "letters", see render.LABELS).
+    """Parse a generated Stage-3 answer against the candidate list, labelled with `labels` ("numbers",
+    "letters" or "titles", see render.LABELS; with "titles" only the title names a candidate).
 
     Example:
         >>> parse_choice("2. Aliens", [10, 20], ["Alien", "Aliens"]).ranking
@@ -74,6 +74,8 @@ def parse_choice(answer: str | None, candidate_ids: Sequence[int], candidate_tit
         return ParseResult(True, [candidate_ids[by_title[0]]])
     if len(by_title) > 1:
         return ParseResult(False, reason=f"title {text!r} matches {len(by_title)} candidates")
+    if labels == "titles":  # the list shows no labels: only a title names a candidate
+        return ParseResult(False, reason=f"{text[:80]!r} is not a candidate title")
     kind = "letter" if labels == "letters" else "number"
     match = (_LETTERED if labels == "letters" else _NUMBERED).match(text)
     if not match:

@@ -19,18 +19,22 @@ TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 DATASET_DOMAINS = {"ml-100k": "movies", "lastfm": "music", "goodreads": "books"}
 # How Stage-3 candidates are labelled: "numbers" (1..K) or "letters" (A..Z). A letter is one token in every
 # common tokenizer; "10".."20" are two tokens wherever digits are split (Llama 2, Mistral, Gemma), which an API
-# score mode that reads one token's logprobs cannot tell apart from "1" and "2" (see scoring.py).
-LABELS = ("numbers", "letters")
+# score mode that reads one token's logprobs cannot tell apart from "1" and "2" (see scoring.py). "titles": no
+# label at all, the candidates listed by title and the answer is the title (LLaRA's answer format), so the choice
+# lives in tokens a model can copy from the similar users' next items (docs/design.md, Fine-tuning objectives).
+LABELS = ("numbers", "letters", "titles")
 
 
 def candidate_label(number: int, labels: str = "numbers") -> str:
-    """The label of the `number`-th candidate (1-based): "7" or "G".
+    """The label of the `number`-th candidate (1-based): "7" or "G" ("" with `labels="titles"`: no label).
 
     Raises:
         ConfigError: unknown `labels`, or more than 26 candidates with letters.
     """
     if labels == "numbers":
         return str(number)
+    if labels == "titles":
+        return ""
     if labels != "letters":
         raise ConfigError(f"labels must be one of {LABELS}, got {labels!r}")
     if not 1 <= number <= 26:
@@ -77,7 +81,10 @@ class Template(BaseModel):
         )
 
     def render_candidate(self, number: int, title: str, labels: str = "numbers") -> str:
-        """The `number`-th candidate (1-based) as listed and as answered: "3. Alien (1979)" or "C. Alien (1979)"."""
+        """The `number`-th candidate (1-based) as listed and as answered: "3. Alien (1979)", "C. Alien (1979)" or,
+        with `labels="titles"`, "Alien (1979)"."""
+        if labels == "titles":
+            return title
         return self._fill(self.candidate, number=candidate_label(number, labels), title=title)
 
     def render_candidates(self, titles: Sequence[str], labels: str = "numbers") -> str:

@@ -164,6 +164,28 @@ def load_log(path: Path, ids: set[str] | None = None) -> dict:
     return log if ids is None else {e: r for e, r in log.items() if e in ids}
 
 
+def exposure_split(folder: Path, runs: list[str], exposure: dict[str, str | None]) -> tuple[str, list[dict]]:
+    """HR@1 of each run on the rows whose target the demonstrations show (as a shown user's next item or in
+    a shown history: `baselines.demo_match.demo_exposure`) and on the rest: (a markdown table, the same as
+    data). A model that reads the demonstrations gains on the first group; one that does not is the same on
+    both."""
+    data = []
+    for name in runs:
+        log = load_log(folder / name / "predictions.jsonl", set(exposure))
+        shown = [r["hit1"] for e, r in log.items() if exposure[e] and "hit1" in r]
+        hidden = [r["hit1"] for e, r in log.items() if not exposure[e] and "hit1" in r]
+        data.append({"run": name, "n_shown": len(shown), "hr1_shown": sum(shown) / len(shown) if shown else None,
+                     "n_not_shown": len(hidden), "hr1_not_shown": sum(hidden) / len(hidden) if hidden else None})
+
+    def cell(value, n):
+        return "-" if value is None else f"{value:.3f} ({round(value * n)}/{n})"
+
+    lines = [_row(["run", "HR@1, target shown", "HR@1, target not shown"]), _row(["---"] * 3)]
+    lines += [_row([d["run"], cell(d["hr1_shown"], d["n_shown"]), cell(d["hr1_not_shown"], d["n_not_shown"])])
+              for d in data]
+    return "\n".join(lines) + "\n", data
+
+
 def claims_data(folder: Path, pairs: list[tuple[str, str, str]], ids: set[str] | None = None) -> list[dict]:
     """One paired comparison (A -> B on shared examples) per claim whose two runs exist, as plain data
     (written to claims.json beside a report, and read by the results page's summary)."""

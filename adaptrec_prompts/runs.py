@@ -25,7 +25,7 @@ from pathlib import Path
 from adaptrec_prompts.errors import ConfigError, IncompleteRunError
 
 PROGRAM_CHOICES = ("none|random|random-retrieved|static|adaptive (AdaptRec selection), "
-                   "baseline:random|popularity|userknn|sasrec, or a .json")
+                   "baseline:random|popularity|userknn|sasrec|demo-match[:random|:random-retrieved], or a .json")
 NEEDS_LM = "this program needs an LM: pass --lm hf:PATH (local) or e.g. --lm openai/gpt-4o"
 
 
@@ -38,7 +38,9 @@ class RunConfig:
         out: the run folder (results.json, manifest.json, predictions.jsonl); rerunning into it resumes.
         split: which frozen split to score.
         program: an AdaptRec selection (none, random, random-retrieved, static, adaptive), a baseline
-            (baseline:random, baseline:popularity, baseline:userknn, baseline:sasrec) or a saved program (.json).
+            (baseline:random, baseline:popularity, baseline:userknn, baseline:sasrec, baseline:demo-match: the
+            votes of the users the static program shows, with its n, m and demo_items; `:random` or
+            `:random-retrieved` for those selections) or a saved program (.json).
         lm: "hf:PATH" for a local model, the "gemma-3-270m" preset, or a provider/model for `dspy.LM`
             (e.g. "openai/gpt-4o"). Only AdaptRec programs use it.
         adapter: a peft LoRA adapter folder for local models.
@@ -217,6 +219,12 @@ def build_program(spec: str, data_dir: str | Path, *, n: int = 10, m: int = 5, m
 
         seqs = training_sequences(train)
         return PopularityBaseline(seqs) if name == "popularity" else UserKNNBaseline(seqs, n_retrieve=n)
+    if name.split(":")[0] == "demo-match":
+        from adaptrec_prompts.baselines.demo_match import DemoMatchBaseline
+
+        selection = name.partition(":")[2] or "static"
+        return DemoMatchBaseline(training_sequences(train), selection=selection, n_retrieve=n, m_select=m,
+                                 demo_items=demo_items, seed=seed)
     if name == "sasrec":
         from adaptrec_prompts.baselines.sasrec import SASRecBaseline
 
@@ -274,7 +282,7 @@ def run_eval(config: RunConfig, lm=None, progress: bool = True, *, config_file: 
                             prompt=config.prompt, demo_items=config.demo_items, labels=config.labels)
     persisted = (manifest.get("neighbors") or {}).get("n")
     uses_neighbors = (isinstance(program, AdaptRec) and program.selection != "none"
-                      or config.program == "baseline:userknn")
+                      or config.program == "baseline:userknn" or config.program.startswith("baseline:demo-match"))
     if uses_neighbors and persisted is not None and config.n > persisted:
         raise ConfigError(f"--n {config.n}: {config.data} holds {persisted} neighbours per row; use --n {persisted} "
                           f"or less, or rebuild with `adaptrec index neighbors --n {config.n}`")

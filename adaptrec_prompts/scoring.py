@@ -41,8 +41,9 @@ def score_completions(lm, messages: list[dict], completions: Sequence[str],
     if score is None:
         started = time.perf_counter()
         if labels is None or len(labels) != len(completions):
-            raise ConfigError(f"{getattr(lm, 'model', lm)!r} is an API model: score mode needs one label per "
-                              "candidate (the Stage-3 recommender passes them)")
+            raise ConfigError(f"{getattr(lm, 'model', lm)!r} is an API model: its score mode reads one label token "
+                              "per candidate, and these candidates have none (labels='titles' answers with whole "
+                              "titles); use labels='letters' or mode='generate', or a local model (hf:PATH)")
         scores = api_label_scores(lm, messages, labels)
         timing.add(time.perf_counter() - started)
         return scores

@@ -44,6 +44,20 @@ def stage3_row(program: AdaptRec, row: dict, indices: Sequence[int] | None = Non
     return {"prompt": messages[:-1], "completion": messages[-1:], "example_id": row["example_id"]}
 
 
+def listwise_row(program: AdaptRec, row: dict, indices: Sequence[int] | None = None) -> dict:
+    """One row for the listwise loss: the Stage-3 prompt messages (as `stage3_row`), every candidate's answer
+    as score mode scores it (`NextItemRecommender.completions`) and the target's 0-based list position."""
+    x = example_inputs(row)
+    pool = program.demonstration_pool(x["neighbors"], x["random_users"])
+    chosen = select_indices(program, row) if indices is None else list(indices)
+    rec = program.recommender
+    adapter = rec.adapter()
+    inputs = rec.inputs(x["history_titles"], x["candidate_titles"], [pool[i] for i in chosen])
+    messages = adapter.format(signature=rec.recommend.signature, demos=rec.recommend.demos, inputs=inputs)
+    return {"prompt": messages, "candidates": rec.completions(adapter, x["candidate_titles"]),
+            "target_index": row["candidate_item_ids"].index(row["target_item_id"]), "example_id": row["example_id"]}
+
+
 def stage2_label(row: dict, n: int, m: int) -> list[int]:
     """The Stage-2 supervision rule (module docstring): 0-based pool indices, best first, M of them."""
     target, history = row["target_item_id"], set(row["history_item_ids"])

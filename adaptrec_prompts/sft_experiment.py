@@ -29,7 +29,8 @@ from adaptrec_prompts.backends.presets import GEMMA_PRESET
 from adaptrec_prompts.errors import ConfigError
 
 VARIANTS = ("none", "static", "adaptive")
-BASELINES = ("random", "popularity", "userknn", "sasrec")
+BASELINES = ("random", "popularity", "userknn", "sasrec", "demo-match")
+LOSSES = ("answer", "listwise")
 
 
 @dataclass
@@ -44,7 +45,14 @@ class SFTExperiment:
         variants: which of none / static / adaptive to train.
         train_rows: size of the shared training sample; sample_seed: its seed.
         epochs: passes over the sample (steps = epochs * train_rows / (batch_size * grad_accum)).
-        prompt, demo_items, labels: the prompt style shared by training and evaluation (`AdaptRec`).
+        prompt, demo_items, labels: the prompt style shared by training and evaluation (`AdaptRec`); labels
+            "titles" answers with the title alone (LLaRA's format).
+        loss: "answer" (TRL's SFT loss on the answer's tokens) or "listwise" (the cross-entropy of the target
+            among the K candidates' answer scores, what score mode ranks by; `training.listwise_loss`).
+        diagnostics_rows, diagnostics_train_rows, diagnostics_steps: the choice diagnostics recorded while each
+            variant trains (`training.ChoiceDiagnostics`): the first `diagnostics_rows` validation rows and the
+            first `diagnostics_train_rows` training rows, scored before training, every `diagnostics_steps`
+            steps and at the end; the report plots them and tabulates them (0: off).
         split, limit: the evaluation rows (the first `limit` of the split).
         gradient_checkpointing: TRL turns it on by default; off, a CPU step skips the recomputed forward pass
             (memory is not the limit for a 270M model on one example).
@@ -70,6 +78,10 @@ class SFTExperiment:
     prompt: str = "compact"
     demo_items: int | None = 5
     labels: str = "numbers"
+    loss: str = "answer"
+    diagnostics_rows: int = 0
+    diagnostics_train_rows: int = 0
+    diagnostics_steps: int = 0
     n: int = 10
     m: int = 5
     refresh_steps: int = 10
@@ -95,6 +107,11 @@ class SFTExperiment:
             raise ConfigError(f"variants must be a non-empty subset of {VARIANTS}, got {list(self.variants)}")
         if self.train_rows < 1:
             raise ConfigError(f"train_rows must be >= 1, got {self.train_rows}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        for name in ("diagnostics_rows", "diagnostics_train_rows", "diagnostics_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
 
 
 def balanced_sample(rows: list[dict], size: int, seed: int) -> list[str]:
@@ -189,8 +206,9 @@ def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, r
         done = json.loads(manifest_path.read_text())
         program = done.get("program", {})  # AdaptRec.config() leaves out labels at its default
         trained = {"prompt": program.get("prompt") or "full", "demo_items": program.get("demo_items"),
-                   "labels": program.get("labels") or "numbers"}
-        wanted = {"prompt": config.prompt, "demo_items": config.demo_items, "labels": config.labels}
+                   "labels": program.get("labels") or "numbers",
+                   "loss": done.get("config", {}).get("script", {}).get("loss") or "answer"}
+        wanted = {"prompt": config.prompt, "demo_items": config.demo_items, "labels": config.labels, "loss": config.loss}
         if trained != wanted:  # an adapter answers in the prompt style it was trained on
             raise ConfigError(f"{folder} holds a `{variant}` adapter trained with {trained}; this experiment asks "
                               f"for {wanted}: use another --out")
@@ -198,7 +216,9 @@ def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, r
             return done
     script = AdaptRecSFTArguments(data=config.data, selection=variant, n_retrieve=config.n, m_select=config.m,
                                   rows_file=str(rows_file), prompt=config.prompt, demo_items=config.demo_items,
-                                  labels=config.labels,
+                                  labels=config.labels, loss=config.loss, diagnostics_rows=config.diagnostics_rows,
+                                  diagnostics_train_rows=config.diagnostics_train_rows,
+                                  diagnostics_steps=config.diagnostics_steps,
                                   prompt_format=prompt_format, selection_refresh_steps=config.refresh_steps,
                                   selection_refresh_window=config.refresh_window,
                                   checkpoint_minutes=config.checkpoint_minutes)
@@ -261,7 +281,8 @@ def run(config: SFTExperiment, command: str = "", *, config_file: str | Path | N
                    "limit": config.limit, "examples": len(rows)}
     runs: list[str] = []
     for name in BASELINES:  # built as `adaptrec eval --program baseline:NAME` builds them (SASRec trains here)
-        baseline = build_program(f"baseline:{name}", config.data, n=config.n, seed=config.seed)
+        baseline = build_program(f"baseline:{name}", config.data, n=config.n, m=config.m, demo_items=config.demo_items,
+                                 seed=config.seed)
         evaluate(baseline, rows, out / "runs" / name, {**base_config, "program": f"baseline:{name}"},
                  progress=progress, data_manifest=manifest)
         runs.append(name)
@@ -285,7 +306,8 @@ def run(config: SFTExperiment, command: str = "", *, config_file: str | Path | N
 
 def write_report(config: SFTExperiment, out: Path, runs: list[str], command: str) -> Path:
     """table.md (every run, CIs, top-1 positions), the paired claims, loss curves, claims.json / runs.json."""
-    from adaptrec_prompts.report import bars, claims, claims_data, load_run, runs_data, table, write_json
+    from adaptrec_prompts.report import (bars, claims, claims_data, exposure_split, load_run, runs_data, table,
+                                         write_json)
 
     report = Path(config.report) if config.report else out / "report"
     report.mkdir(parents=True, exist_ok=True)
@@ -299,11 +321,22 @@ def write_report(config: SFTExperiment, out: Path, runs: list[str], command: str
              ("fine-tuning helps (AdaptRec)", "untuned-static", "tuned-static")]
     for tuned in ("tuned-zero-shot", "tuned-static", "tuned-adaptive"):
         pairs += [(f"{tuned} vs Popularity", "popularity", tuned), (f"{tuned} vs SASRec", "sasrec", tuned),
-                  (f"{tuned} vs UserKNN", "userknn", tuned)]
+                  (f"{tuned} vs UserKNN", "userknn", tuned), (f"{tuned} vs demo-match", "demo-match", tuned)]
     data = claims_data(out / "runs", pairs)
     text += "\n#### Paired claims\n\n" + claims(out / "runs", pairs, data=data)
     write_json(report / "claims.json", data)
     write_json(report / "runs.json", runs_data(loaded))
+    exposure = target_exposure(config)
+    split_text, split_data = exposure_split(out / "runs", runs, exposure)
+    shown = sum(1 for v in exposure.values() if v)
+    text += (f"\n#### Does the model read the demonstrations?\n\nThe static prompt (M = {config.m}, each similar user's "
+             f"last {config.demo_items or 'all'} items) shows the target on {shown} of {len(exposure)} rows "
+             f"({sum(1 for v in exposure.values() if v == 'next')} as a shown user's next item). `demo-match` ranks "
+             "the candidates by those users' votes alone. A model that reads the demonstrations scores higher on the "
+             "rows where the target is shown; zero-shot rows never see them (the same split, for comparison).\n\n"
+             + split_text)
+    write_json(report / "exposure.json", {"shown": shown, "rows": len(exposure), "runs": split_data})
+    text += diagnostics_section(config, out)
     sample = json.loads((out / "sample.json").read_text())
     text += (f"\nTraining sample: {sample['train_rows']} windows (seed {sample['seed']}), target list positions "
              f"{sample['target_positions']}.\n")
@@ -336,3 +369,47 @@ def write_report(config: SFTExperiment, out: Path, runs: list[str], command: str
              f"`{config.labels}`, score mode `{config.mode}`.\n")
     (report / "table.md").write_text(text)
     return report
+
+
+def target_exposure(config: SFTExperiment) -> dict[str, str | None]:
+    """Example id -> where the static prompt of this experiment shows the target (`demo_exposure`), for the
+    evaluated rows."""
+    from adaptrec_prompts.baselines.demo_match import DemoMatchBaseline, demo_exposure
+    from adaptrec_prompts.prepare import load_prepared
+
+    split = load_prepared(config.data)[config.split]
+    rows = split.select(range(min(config.limit or split.num_rows, split.num_rows)))
+    program = DemoMatchBaseline([], n_retrieve=config.n, m_select=config.m, demo_items=config.demo_items).program
+    return {r["example_id"]: demo_exposure(r, program=program) for r in rows}
+
+
+def diagnostics_section(config: SFTExperiment, out: Path) -> str:
+    """The choice diagnostics each variant recorded while training (`training.ChoiceDiagnostics`), as a table:
+    rows seen, slice, choice NLL against ln K, HR@1 and HR@1 by whether the target is shown."""
+    import math
+
+    lines, k = [], 20
+    for variant in config.variants:
+        path = out / "train" / variant / "choice_diagnostics.jsonl"
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            d = json.loads(line)
+            k = d["k"]
+
+            def part(value, n):
+                return "-" if value is None else f"{value:.3f} (n={n})"
+
+            lines.append(f"| {variant} | {d['step'] * config.batch_size * config.grad_accum} | {d['slice']} "
+                         f"({d['n']}) | {d['choice_nll']:.3f} | {d['hr1']:.3f} | "
+                         f"{part(d['hr1_target_shown'], d['n_target_shown'])} | "
+                         f"{part(d['hr1_target_not_shown'], d['n_target_not_shown'])} | "
+                         f"#{d['top1_position']} {100 * d['top1_position_share']:.0f}% |")
+    if not lines:
+        return ""
+    return ("\n#### Is the choice learned? (recorded while training)\n\nEach variant's adapter scored in score mode on "
+            "fixed slices (validation rows never used for training, and some of its own training rows) before "
+            f"training and every few steps. Choice NLL: the cross-entropy of the target among the K = {k} candidates' "
+            f"scores; chance is ln {k} = {math.log(k):.3f}. The loss plots show the same curves.\n\n"
+            "| variant | rows seen | slice (n) | choice NLL | HR@1 | HR@1, target shown | HR@1, not shown | top-1 position |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(lines) + "\n")

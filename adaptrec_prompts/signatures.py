@@ -52,12 +52,31 @@ _LETTERED = (("numbered candidate", "lettered candidate"), ("its number and titl
              ("'<number>. <title>'", "'<letter>. <title>'"))
 
 
+# (numbered wording, title-only wording): candidates listed by title alone, answered with the title
+_TITLED = (("from the numbered candidates", "from the candidates"), ("numbered candidate items", "candidate items"),
+           ("its number and title exactly", "its title exactly"), ("'<number>. <title>'", "its title"))
+
+
 def lettered(signature: type[dspy.Signature]) -> type[dspy.Signature]:
     """A Stage-3 signature whose candidates are labelled with letters (labels="letters") instead of numbers:
     the same instructions and fields with "number" wording replaced by "letter"."""
+    return _reworded(signature, _LETTERED)
 
+
+def titled(signature: type[dspy.Signature]) -> type[dspy.Signature]:
+    """A Stage-3 signature whose candidates are listed by title alone and answered with the title
+    (labels="titles"): the same instructions and fields without the number wording."""
+    return _reworded(signature, _TITLED)
+
+
+def for_labels(signature: type[dspy.Signature], labels: str) -> type[dspy.Signature]:
+    """`signature` worded for candidate `labels` ("numbers": unchanged)."""
+    return {"letters": lettered, "titles": titled}.get(labels, lambda s: s)(signature)
+
+
+def _reworded(signature: type[dspy.Signature], swaps) -> type[dspy.Signature]:
     def swap(text: str) -> str:
-        for old, new in _LETTERED:
+        for old, new in swaps:
             text = text.replace(old, new)
         return text
 

@@ -11,6 +11,12 @@
   AdaptRec prompt with a 10-token answer, >98% of that work is thrown away. The loss is the same (the
   mean negative log-likelihood of the completion tokens, normalised like TRL by `num_items_in_batch`);
   TRL's per-token entropy and accuracy metrics are not computed.
+- `loss="listwise"` (`listwise_trainer()`): the cross-entropy of the target among the K candidates' answer
+  log-likelihoods, exactly what score mode ranks by: every gradient goes to the choice, none to copying the
+  answer's format (docs/design.md, Fine-tuning objectives).
+- `ChoiceDiagnostics`: a callback that scores a fixed slice of validation rows (and of the training rows)
+  in score mode before training and every few steps: the choice NLL against ln K, HR@1, and HR@1 split by
+  whether the demonstrations show the target (`baselines.demo_match.demo_exposure`).
 """
 
 from __future__ import annotations
@@ -89,19 +95,35 @@ def last_checkpoint(output_dir) -> str | None:
     return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
 
 
-def loss_curve(log_history: list[dict], path, title: str) -> None:
-    """Training loss against step (from the trainer's log history) as a PNG."""
+def loss_curve(log_history: list[dict], path, title: str, diagnostics: list[dict] | None = None) -> None:
+    """Training loss against step (from the trainer's log history) as a PNG; with `diagnostics`
+    (`ChoiceDiagnostics` records), a second panel with the choice NLL of each slice against ln K."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     points = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, axes = plt.subplots(1, 2 if diagnostics else 1, figsize=(11 if diagnostics else 6, 3.5), squeeze=False)
+    ax = axes[0][0]
     ax.plot([p for p, _ in points], [v for _, v in points], marker="." if len(points) < 50 else None)
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (answer tokens)")
+    ax.set_ylabel("training loss")
     ax.set_title(title, fontsize=9)
+    if diagnostics:
+        ax = axes[0][1]
+        for split in sorted({d["slice"] for d in diagnostics}):
+            rows = sorted((d for d in diagnostics if d["slice"] == split), key=lambda d: d["step"])
+            ax.plot([d["step"] for d in rows], [d["choice_nll"] for d in rows], marker="o",
+                    label=f"{split} ({rows[-1]['n']} rows)")
+        k = diagnostics[0]["k"]
+        ax.axhline(math.log(k), color="grey", linestyle="--", label=f"chance, ln {k}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("choice NLL (target among K)")
+        ax.set_title("is the choice learned? (lower is better)", fontsize=9)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -144,6 +166,203 @@ def answer_only_trainer():
 
 
 _TRAINER = None
+LOSSES = ("answer", "listwise")
+
+
+def candidate_log_likelihoods(model, prompt: list[int], completions: list[list[int]]):
+    """log p(completion_j | prompt) for every candidate j as a (K,) tensor with gradients: score mode's
+    numbers (`HFEngine.score`), differentiable. The completions' shared opening (the answer field's header)
+    joins the prompt: it adds the same constant to every score, which the listwise loss ignores, so it is
+    left out. The prompt runs once; the K remainders run as one batch over its cache repeated K times."""
+    import torch
+
+    dev = next(model.parameters()).device
+    shared = 0
+    while shared < min(len(c) for c in completions) - 1 and len({c[shared] for c in completions}) == 1:
+        shared += 1
+    context, rest = prompt + completions[0][:shared], [c[shared:] for c in completions]
+    from transformers import DynamicCache
+
+    # a cache passed in: in training mode a model may not build one (activation checkpointing turns it off)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=torch.tensor([context], device=dev), cache=cache, use_cache=True, logits_to_keep=1)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    scores = first[torch.tensor([c[0] for c in rest], device=dev)]
+    width = max(len(c) for c in rest)
+    if width == 1:
+        return scores
+    k = len(rest)
+    cache.batch_repeat_interleave(k)
+    fed = torch.tensor([c[:-1] + [0] * (width - len(c)) for c in rest], device=dev)
+    mask = torch.tensor([[1] * len(context) + [1] * (len(c) - 1) + [0] * (width - len(c)) for c in rest], device=dev)
+    positions = torch.arange(len(context), len(context) + width - 1, device=dev).expand(k, -1)
+    logits = model(input_ids=fed, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits
+    targets = torch.tensor([c[1:] + [0] * (width - len(c)) for c in rest], device=dev)
+    counted = torch.tensor([[1.0] * (len(c) - 1) + [0.0] * (width - len(c)) for c in rest], device=dev)
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(2, targets[..., None])[..., 0]
+    return scores + (logp * counted).sum(dim=1)
+
+
+def listwise_tokenize_fn(model, tokenizer, prompt_format: str = "auto") -> Callable[[dict], dict]:
+    """A function mapping a `sft_data.listwise_row` to token ids: the prompt as `HFEngine.prompt_ids` renders
+    it (`input_ids`, no label), each candidate's answer (`candidates`) and the target's position."""
+    from adaptrec_prompts.backends.hf import HFEngine
+
+    engine = HFEngine(model, tokenizer, prompt_format=prompt_format)
+
+    def tokenize(row: dict) -> dict:
+        prompt = engine.prompt_ids(row["prompt"])
+        return {"input_ids": prompt, "labels": [-100] * len(prompt),
+                "candidates": [tokenizer(c, add_special_tokens=False)["input_ids"] for c in row["candidates"]],
+                "target_index": row["target_index"]}
+
+    return tokenize
+
+
+def listwise_loss(model, inputs: dict):
+    """Mean over the batch of -log softmax(candidate log-likelihoods)[target] (`candidate_log_likelihoods`)."""
+    import torch
+
+    losses = []
+    for b, target in enumerate(inputs["target_index"]):
+        length = int(inputs["attention_mask"][b].sum()) if "attention_mask" in inputs else inputs["input_ids"].size(1)
+        prompt = inputs["input_ids"][b, :length].tolist()  # right-padded by the collator
+        scores = candidate_log_likelihoods(model, prompt, [list(c) for c in inputs["candidates"][b]])
+        losses.append(-torch.log_softmax(scores, dim=0)[int(target)])
+    return torch.stack(losses).mean()
+
+
+def listwise_collator(pad_token_id: int):
+    """TRL's language-modelling collator for the prompts, with the candidates and targets passed through."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    base = DataCollatorForLanguageModeling(pad_token_id=pad_token_id)
+
+    def collate(examples: list[dict]) -> dict:
+        batch = base([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+        batch["candidates"] = [e["candidates"] for e in examples]
+        batch["target_index"] = [int(e["target_index"]) for e in examples]
+        return batch
+
+    return collate
+
+
+def listwise_trainer():
+    """TRL's `SFTTrainer` whose loss is `listwise_loss` (built on first use: trl is an optional dependency).
+    Its loss is a mean over rows, so the Trainer divides it by the accumulation steps (`loss_is_scaled_for_ga`)."""
+    global _LISTWISE
+    if _LISTWISE is None:
+        from trl import SFTTrainer
+
+        class ListwiseSFTTrainer(SFTTrainer):
+            """`SFTTrainer` trained on the choice among the K candidates (module docstring); data, PEFT,
+            optimisation, checkpoints and logging are TRL's."""
+
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.loss_is_scaled_for_ga = False
+
+            def _set_signature_columns_if_needed(self):
+                self._signature_columns = ["input_ids", "labels", "candidates", "target_index"]
+
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                loss = listwise_loss(model, inputs)
+                return (loss, None) if return_outputs else loss
+
+        _LISTWISE = ListwiseSFTTrainer
+    return _LISTWISE
+
+
+_LISTWISE = None
+
+
+class ChoiceDiagnostics(TrainerCallback):
+    """Is the choice being learned? Before training, every `every_steps` steps and at the end, score each
+    slice's rows (e.g. 32 validation users, 16 training rows) in score mode with the model being trained, and
+    append one record per slice to `path` (JSON Lines): the choice NLL (cross-entropy of the target among the
+    K candidates' scores; chance is ln K), HR@1, where the top-1s sit in the list, and HR@1 split by whether
+    the shown similar users' next items or histories hold the target (`exposure`, fixed per row by the
+    static program of the same N, M and demo items, so every variant is split on the same rows).
+
+    A resumed run keeps the records it has and does not repeat a step already recorded.
+    """
+
+    def __init__(self, program, slices: dict[str, list[dict]], exposure: dict[str, str | None], path,
+                 every_steps: int, prompt_format: str = "auto"):
+        import math
+
+        self.program, self.slices, self.exposure = program, slices, exposure
+        self.path, self.every_steps, self.prompt_format = Path(path), every_steps, prompt_format
+        self.records = self.read(self.path)
+        self.ln = math.log
+
+    @staticmethod
+    def read(path) -> list[dict]:
+        path = Path(path)
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def measure(self, model, tokenizer, step: int) -> list[dict]:
+        """Score every slice now (model in eval mode, no gradients) and record the results."""
+        import numpy as np
+        import torch
+
+        from adaptrec_prompts.backends.hf import HFEngine
+        from adaptrec_prompts.sft_data import listwise_row
+
+        if any(r["step"] == step for r in self.records):
+            return []
+        engine = HFEngine(model, tokenizer, prompt_format=self.prompt_format)
+        was_training = model.training
+        model.eval()
+        new = []
+        try:
+            with torch.no_grad():
+                for name, rows in self.slices.items():
+                    nll, hits, tops, shown_hits, hidden_hits = [], [], [], [], []
+                    for row in rows:
+                        item = listwise_row(self.program, row)
+                        scores = np.array(engine.score(item["prompt"], item["candidates"]), dtype=float)
+                        logp = scores - scores.max() - np.log(np.exp(scores - scores.max()).sum())
+                        top = int(np.argmax(scores))  # ties: list order, as ranking_from_scores
+                        hit = top == item["target_index"]
+                        nll.append(-float(logp[item["target_index"]]))
+                        hits.append(hit)
+                        tops.append(top + 1)
+                        (shown_hits if self.exposure.get(row["example_id"]) else hidden_hits).append(hit)
+                    position, count = max(((p, tops.count(p)) for p in set(tops)), key=lambda x: (x[1], -x[0]))
+                    k = len(rows[0]["candidate_item_ids"])
+                    new.append({"step": step, "slice": name, "n": len(rows), "k": k,
+                                "choice_nll": float(np.mean(nll)), "ln_k": self.ln(k), "hr1": float(np.mean(hits)),
+                                "hr1_target_shown": float(np.mean(shown_hits)) if shown_hits else None,
+                                "n_target_shown": len(shown_hits),
+                                "hr1_target_not_shown": float(np.mean(hidden_hits)) if hidden_hits else None,
+                                "n_target_not_shown": len(hidden_hits),
+                                "top1_position": position, "top1_position_share": count / len(rows)})
+        finally:
+            model.train(was_training)
+        with open(self.path, "a") as handle:
+            for record in new:
+                handle.write(json.dumps(record) + "\n")
+        self.records += new
+        for r in new:
+            print(f"choice diagnostics step {step} {r['slice']}: NLL {r['choice_nll']:.3f} (ln K {r['ln_k']:.3f}), "
+                  f"HR@1 {r['hr1']:.3f}, top-1 #{r['top1_position']} on {r['top1_position_share']:.0%}", flush=True)
+        return new
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        self.measure(model, processing_class, state.global_step)
+        return control
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if self.every_steps and state.global_step % self.every_steps == 0:
+            self.measure(model, processing_class, state.global_step)
+        return control
+
+    def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        self.measure(model, processing_class, state.global_step)
+        return control
 
 
 @dataclass
@@ -162,7 +381,19 @@ class AdaptRecSFTArguments:
         "help": "full (DSPy ChatAdapter) | compact (instructions only as system message; evaluate with the same)"})
     demo_items: int | None = field(default=None, metadata={"help": "show each similar user's last N items only"})
     labels: str = field(default="numbers", metadata={
-        "help": "numbers | letters: Stage-3 candidate labels (evaluate with the same)"})
+        "help": "numbers | letters | titles: Stage-3 candidate labels (titles: the answer is the title; evaluate "
+                "with the same)"})
+    loss: str = field(default="answer", metadata={
+        "help": "answer: mean NLL of the answer's tokens (TRL's SFT loss) | listwise: cross-entropy of the target "
+                "among the K candidates' answer log-likelihoods (what score mode ranks by)"})
+    diagnostics_split: str = field(default="valid", metadata={
+        "help": "split whose first diagnostics_rows rows are scored during training (never test)"})
+    diagnostics_rows: int = field(default=0, metadata={
+        "help": "choice diagnostics: rows of diagnostics_split scored before training, every diagnostics_steps "
+                "steps and at the end (0: off)"})
+    diagnostics_train_rows: int = field(default=0, metadata={
+        "help": "choice diagnostics: also score the first N training rows (can the adapter fit its own rows?)"})
+    diagnostics_steps: int = field(default=0, metadata={"help": "choice diagnostics: every N steps (0: start and end)"})
     train_stage2: bool = field(default=False, metadata={"help": "add Stage-2 rows (sft_data.stage2_label)"})
     selection_refresh_steps: int = field(default=50, metadata={"help": "adaptive: re-select every N steps"})
     selection_refresh_window: int = field(default=64, metadata={"help": "adaptive: upcoming rows re-selected"})
@@ -217,6 +448,31 @@ def _base_model(script_args, model_args, training_args, program, rows) -> str:
     return str(out)
 
 
+def _diagnostics(script_args: AdaptRecSFTArguments, manifest: dict, program, train_rows: list[dict],
+                 output_dir: Path) -> ChoiceDiagnostics:
+    """The `ChoiceDiagnostics` callback of a run: the first `diagnostics_rows` rows of `diagnostics_split` and
+    the first `diagnostics_train_rows` training rows, rendered by the program being trained."""
+    from adaptrec_prompts.baselines.demo_match import demo_exposure
+    from adaptrec_prompts.prepare import load_prepared
+
+    slices = {}
+    if script_args.diagnostics_rows:
+        split = load_prepared(script_args.data)[script_args.diagnostics_split]
+        if "neighbor_example_ids" not in split.column_names or not split[0]["neighbor_example_ids"]:
+            raise ConfigError(f"{script_args.data}: split {script_args.diagnostics_split!r} has no Stage-1 neighbours "
+                              "for the choice diagnostics; query them with `adaptrec index neighbors --splits`")
+        slices[script_args.diagnostics_split] = split.select(
+            range(min(script_args.diagnostics_rows, split.num_rows))).to_list()
+    if script_args.diagnostics_train_rows:
+        slices["train"] = train_rows[: script_args.diagnostics_train_rows]
+    exposure = {r["example_id"]: demo_exposure(r, "static", script_args.n_retrieve, script_args.m_select,
+                                               script_args.demo_items)
+                for rows in slices.values() for r in rows}
+    every = script_args.diagnostics_steps
+    return ChoiceDiagnostics(program, slices, exposure, output_dir / "choice_diagnostics.jsonl", every,
+                             prompt_format=script_args.prompt_format)
+
+
 class SelfAdaptiveSelection(TrainerCallback):
     """Trainer callback: every `refresh_steps` steps, the model being trained re-selects the demonstrations
     of the next `window` training rows of the stream (Stage 2 in score mode), and the changes are counted.
@@ -227,13 +483,14 @@ class SelfAdaptiveSelection(TrainerCallback):
     # A plain object holding rows and selections; TrainerCallback has no __init__ to call.
 
     def __init__(self, program, rows: list[dict], refresh_steps: int, window: int, seed: int = 0,
-                 prompt_format: str = "auto"):
+                 prompt_format: str = "auto", render=None):
         import numpy as np
 
         from adaptrec_prompts.sft_data import select_indices
 
         self.program, self.rows, self.refresh_steps, self.window = program, rows, refresh_steps, window
         self.prompt_format = prompt_format
+        self.render = render  # program, row, indices -> a training row (default: sft_data.stage3_row)
         self.indices = {r["example_id"]: select_indices(program, r) for r in rows}
         self.order = np.random.default_rng(seed).permutation(len(rows)).tolist()
         self.cursor = 0
@@ -243,12 +500,13 @@ class SelfAdaptiveSelection(TrainerCallback):
     def stream(self, tokenize):
         from adaptrec_prompts.sft_data import stage3_row
 
+        render = self.render or stage3_row
         epoch = 0
         while True:
             for pos, i in enumerate(self.order):
                 self.cursor = pos
                 row = self.rows[i]
-                yield tokenize(stage3_row(self.program, row, self.indices[row["example_id"]]))
+                yield tokenize(render(self.program, row, self.indices[row["example_id"]]))
             epoch += 1
 
     def select_with_model(self, model, tokenizer, row: dict) -> list[int]:
@@ -330,7 +588,8 @@ class LiveStream:
         a = self.adaptive
         return _sha({"program": program_state(a.program), "rows": [r["example_id"] for r in a.rows],
                      "order": a.order, "refresh_steps": a.refresh_steps, "window": a.window,
-                     "prompt_format": a.prompt_format})
+                     "prompt_format": a.prompt_format,
+                     **({"render": a.render.__name__} if a.render is not None else {})})
 
     def __copy__(self):
         return self
@@ -377,6 +636,11 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
         use_cpu = trainer_use_cpu(script_args.device)
         if use_cpu != training_args.use_cpu:  # the arguments fix their device when built: build them again
             training_args = dataclasses.replace(training_args, use_cpu=use_cpu)
+    if script_args.loss not in LOSSES:
+        raise ConfigError(f"loss={script_args.loss!r} is not one of {LOSSES}")
+    if script_args.diagnostics_split == "test":
+        raise ConfigError("diagnostics_split='test': training choices are made on validation rows, never on test; "
+                          "use valid")
     if script_args.selection == "adaptive" and training_args.dataloader_num_workers:
         # a worker process would render rows with its own copy of the selections, never the refreshed ones
         raise ConfigError(f"dataloader_num_workers={training_args.dataloader_num_workers}: adaptive selection "
@@ -413,17 +677,35 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
     callbacks = []
+    listwise = script_args.loss == "listwise"
+    if listwise:  # the rows carry candidates: keep the columns and collate them (`listwise_collator`)
+        if script_args.train_stage2:
+            raise ConfigError("loss='listwise' trains the Stage-3 choice; train_stage2 rows have no candidates")
+        training_args.remove_unused_columns = False
+        if training_args.gradient_checkpointing:  # TRL's default; it turns the KV cache off in training
+            print("loss='listwise' scores the K candidates over the prompt's KV cache, which activation checkpointing "
+                  "turns off: training without it (gradient_checkpointing=False)", flush=True)
+            training_args.gradient_checkpointing = False
+        training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     if script_args.selection == "adaptive":
+        from adaptrec_prompts.sft_data import listwise_row
+
         adaptive = SelfAdaptiveSelection(program, rows, script_args.selection_refresh_steps,
                                          script_args.selection_refresh_window, seed=training_args.seed,
-                                         prompt_format=script_args.prompt_format)
-        tokenize = tokenize_fn(model, tokenizer, script_args.prompt_format)
+                                         prompt_format=script_args.prompt_format,
+                                         render=listwise_row if listwise else None)
+        tokenize = (listwise_tokenize_fn if listwise else tokenize_fn)(model, tokenizer, script_args.prompt_format)
         train_dataset = datasets.IterableDataset.from_generator(LiveStream(adaptive, tokenize))
         training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         if training_args.max_steps <= 0:
             per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
             training_args.max_steps = max(1, int(training_args.num_train_epochs * len(rows) / per_step))
         callbacks.append(adaptive)
+    elif listwise:
+        from adaptrec_prompts.sft_data import listwise_row
+
+        tokenize = listwise_tokenize_fn(model, tokenizer, script_args.prompt_format)
+        train_dataset = datasets.Dataset.from_list([tokenize(listwise_row(program, r)) for r in rows])
     elif script_args.prompt_format == "plain":  # TRL would apply a chat template: tokenize as inference does
         tokenize = tokenize_fn(model, tokenizer, "plain")
         train_dataset = datasets.Dataset.from_list(
@@ -435,20 +717,28 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
              for r in build_rows(program, rows, train_stage2=script_args.train_stage2)])
     if script_args.checkpoint_minutes > 0:
         callbacks.append(timed_checkpoints(script_args.checkpoint_minutes))
+    diagnostics = None
+    if script_args.diagnostics_rows or script_args.diagnostics_train_rows:
+        diagnostics = _diagnostics(script_args, manifest, program, rows, Path(training_args.output_dir))
+        callbacks.append(diagnostics)
     resume = training_args.resume_from_checkpoint or (
         last_checkpoint(training_args.output_dir) if script_args.auto_resume else None)
     if resume and script_args.selection == "adaptive":
         adaptive.load(resume)
     if resume:
         print(f"resuming from {resume}", flush=True)
-    trainer_cls = answer_only_trainer() if script_args.answer_only_logits else SFTTrainer
+    if listwise:
+        trainer_cls, extra = listwise_trainer(), {"data_collator": listwise_collator(tokenizer.pad_token_id)}
+    else:
+        trainer_cls, extra = (answer_only_trainer() if script_args.answer_only_logits else SFTTrainer), {}
     trainer = trainer_cls(model=model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer,
-                          peft_config=get_peft_config(model_args), callbacks=callbacks)
+                          peft_config=get_peft_config(model_args), callbacks=callbacks, **extra)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     try:
         loss_curve(trainer.state.log_history, Path(training_args.output_dir) / "loss.png",
-                   f"{Path(training_args.output_dir).name}: {script_args.selection}, {len(rows)} rows")
+                   f"{Path(training_args.output_dir).name}: {script_args.selection}, {len(rows)} rows, "
+                   f"{script_args.loss} loss", diagnostics.records if diagnostics else None)
     except ImportError:  # matplotlib is the plots extra; the log history is in the manifest either way
         print("loss.png not written: pip install -e '.[plots]'", flush=True)
     out = {
@@ -467,6 +757,7 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
                                                if "train_runtime" in e), None),
         "loss_curve": "loss.png",
         "selection_history": adaptive.history if script_args.selection == "adaptive" else None,
+        "choice_diagnostics": diagnostics.records if diagnostics else None,
         "log_history": trainer.state.log_history,
         "versions": package_versions(),
         "config": {"script": asdict(script_args), "model": asdict(model_args),

@@ -355,3 +355,119 @@ def test_sft_experiment_trains_each_variant_on_the_same_rows_and_resumes(gr_nb, 
     run(config, "test")  # resumes: no example re-run (SASRec retrains in other seconds: not a different run)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "exp").rglob("*.jsonl")} == before
     assert json.loads((tmp_path / "exp" / "train" / "none" / "adaptrec_manifest.json").read_text()) == manifests["none"]
+
+
+# ---- the choice: title answers, the listwise loss, choice diagnostics (docs/design.md, Fine-tuning objectives) ----
+
+@pytest.fixture(scope="module")
+def gr_valid(tmp_path_factory, goodreads_raw):
+    """The GoodReads fixture with neighbours for train and valid (diagnostics score validation rows)."""
+    return goodreads_with_neighbors(tmp_path_factory.mktemp("sft-valid"), goodreads_raw, 6, ["train", "valid"])[1]
+
+
+@pytest.mark.parametrize("labels", ["titles", "letters"])
+def test_listwise_rows_are_the_inference_prompt_and_score_mode_completions(ml100k, labels):
+    from conftest import with_fake_neighbors
+
+    from adaptrec_prompts.sft_data import listwise_row
+
+    row = with_fake_neighbors(ml100k["train"][500], ml100k["train"].select(range(40, 60)))
+    program = AdaptRec(load_template("movies"), selection="static", m_select=4, mode="score", prompt="compact",
+                       demo_items=5, labels=labels)
+    item = listwise_row(program, row)
+    assert item["prompt"] == stage3_row(program, row)["prompt"]
+    rec = program.recommender
+    assert item["candidates"] == rec.completions(rec.adapter(), row["candidate_titles"])
+    target = row["candidate_item_ids"].index(row["target_item_id"])
+    assert item["target_index"] == target
+    expected = row["target_title"] if labels == "titles" else f"{chr(65 + target)}. {row['target_title']}"
+    assert item["candidates"][target] == f"[[ ## answer ## ]]\n{expected}\n"
+    assert stage3_row(program, row)["completion"][0]["content"].startswith(f"[[ ## answer ## ]]\n{expected}\n")
+
+
+def test_candidate_log_likelihoods_are_score_modes_scores_with_gradients(ml100k, tiny_model):
+    from conftest import with_fake_neighbors
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adaptrec_prompts.backends.hf import HFEngine
+    from adaptrec_prompts.sft_data import listwise_row
+    from adaptrec_prompts.training import candidate_log_likelihoods
+
+    row = with_fake_neighbors(ml100k["test"][3], ml100k["train"].select(range(40, 60)))
+    program = AdaptRec(load_template("movies"), selection="static", m_select=3, mode="score", prompt="compact",
+                       demo_items=3, labels="titles")
+    item = listwise_row(program, row)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+    engine = HFEngine(model, tokenizer)
+    reference = np.array(engine.score(item["prompt"], item["candidates"]))
+    ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in item["candidates"]]
+    scores = candidate_log_likelihoods(model, engine.prompt_ids(item["prompt"]), ids)
+    got = scores.detach().numpy()
+    # the shared answer header is left out: a constant shift, the same ranking and choice distribution
+    np.testing.assert_allclose(got - got.max(), reference - reference.max(), atol=1e-4)
+    scores.logsumexp(0).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_listwise_training_with_title_answers_learns_its_rows_and_records_the_choice(gr_valid, tmp_path):
+    sft = _sft()
+    out = sft.main(*_args(sft, tmp_path, gr_valid, "--labels", "titles", "--loss", "listwise", "--m_select", "3",
+                          "--n_retrieve", "6", "--max_train_examples", "10", "--max_steps", "8",
+                          "--learning_rate", "2e-2", "--lr_scheduler_type", "constant", "--warmup_steps", "0",
+                          "--diagnostics_rows", "3", "--diagnostics_train_rows", "4", "--diagnostics_steps", "4"))
+    assert out["program"]["labels"] == "titles"
+    records = out["choice_diagnostics"]
+    assert [(r["step"], r["slice"]) for r in records] == [(s, sl) for s in (0, 4, 8) for sl in ("valid", "train")]
+    train = {r["step"]: r for r in records if r["slice"] == "train"}
+    assert train[8]["choice_nll"] < train[0]["choice_nll"] - 0.1  # the choice on its own rows was learned
+    assert all(r["n_target_shown"] + r["n_target_not_shown"] == r["n"] for r in records)
+    lines = (tmp_path / "out" / "choice_diagnostics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == records
+    assert (tmp_path / "out" / "loss.png").stat().st_size > 0
+    assert all(np.isfinite(e["loss"]) for e in out["log_history"] if "loss" in e)
+
+
+def test_adaptive_listwise_training_runs_through_the_live_stream(gr_valid, tmp_path):
+    sft = _sft()
+    out = sft.main(*_args(sft, tmp_path, gr_valid, "--selection", "adaptive", "--loss", "listwise", "--labels",
+                          "letters", "--m_select", "3", "--n_retrieve", "6", "--selection_refresh_steps", "2",
+                          "--selection_refresh_window", "3"))
+    assert [h["step"] for h in out["selection_history"]] == [2, 4]
+    assert all(np.isfinite(e["loss"]) for e in out["log_history"] if "loss" in e)
+
+
+def test_choice_diagnostics_refuse_the_test_split_and_unknown_losses(gr_valid, tmp_path):
+    sft = _sft()
+    with pytest.raises(ConfigError, match="never on test"):
+        sft.main(*_args(sft, tmp_path, gr_valid, "--diagnostics_rows", "2", "--diagnostics_split", "test"))
+    with pytest.raises(ConfigError, match="loss='pairwise'"):
+        sft.main(*_args(sft, tmp_path, gr_valid, "--loss", "pairwise"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_sft_experiment_with_title_answers_reports_the_floor_and_the_choice(gr_valid, tmp_path):
+    import datasets
+
+    from adaptrec_prompts.sft_experiment import SFTExperiment, run
+
+    config = SFTExperiment(data=str(gr_valid), out=str(tmp_path / "exp"), model="tiny", variants=("none", "static"),
+                           train_rows=6, epochs=1.0, batch_size=2, grad_accum=1, learning_rate=5e-3, lora_r=4, n=6, m=3,
+                           labels="titles", loss="listwise", diagnostics_rows=2, diagnostics_train_rows=2,
+                           diagnostics_steps=2, split="valid", limit=4, checkpoint_minutes=0)
+    report = run(config, "test")
+    text = (report / "table.md").read_text()
+    assert "| demo-match | baseline:demo-match |" in text and "tuned-static vs demo-match" in text
+    assert "#### Does the model read the demonstrations?" in text and "HR@1, target shown" in text
+    exposure = json.loads((report / "exposure.json").read_text())
+    valid = datasets.load_from_disk(str(gr_valid))["valid"].num_rows
+    assert exposure["rows"] == min(4, valid) >= 2 and {r["run"] for r in exposure["runs"]} >= {"demo-match", "tuned-static"}
+    assert all(r["n_shown"] + r["n_not_shown"] == exposure["rows"] for r in exposure["runs"])
+    assert "#### Is the choice learned?" in text
+    for variant in ("none", "static"):
+        records = [json.loads(line) for line in
+                   (tmp_path / "exp" / "train" / variant / "choice_diagnostics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records if r["slice"] == "valid"] == [0, 2, 3]
+        assert f"| {variant} | 6 | valid (2) |" in text  # 3 steps of 2 rows: rows seen at the end
+    changed = SFTExperiment(**{**config.__dict__, "loss": "answer"})
+    with pytest.raises(ConfigError, match="'loss': 'listwise'"):  # an adapter is not reused for another objective
+        run(changed, "test")

@@ -6,6 +6,8 @@
   with its cosine similarity for its next item (weight 1) and for the items of its history (weight
   `history_weight`); candidates are ranked by votes, then popularity.
 - `SASRecBaseline` (`baselines.sasrec`, needs torch): a small self-attentive sequential model.
+- `DemoMatchBaseline` (`baselines.demo_match`): the no-LLM reading of the AdaptRec prompt: the M users the
+  program shows vote for the candidates they chose next or show in their histories.
 """
 
 from __future__ import annotations
