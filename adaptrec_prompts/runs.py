@@ -25,7 +25,7 @@ from pathlib import Path
 from adaptrec_prompts.errors import ConfigError, IncompleteRunError
 
 PROGRAM_CHOICES = ("none|random|random-retrieved|static|adaptive (AdaptRec selection), "
-                   "baseline:random|popularity|userknn|sasrec|demo-match[:random|:random-retrieved], or a .json")
+                   "baseline:random|popularity|userknn|sasrec[:early-stop]|demo-match[:random|:random-retrieved], or a .json")
 NEEDS_LM = "this program needs an LM: pass --lm hf:PATH (local) or e.g. --lm openai/gpt-4o"
 
 
@@ -38,7 +38,8 @@ class RunConfig:
         out: the run folder (results.json, manifest.json, predictions.jsonl); rerunning into it resumes.
         split: which frozen split to score.
         program: an AdaptRec selection (none, random, random-retrieved, static, adaptive), a baseline
-            (baseline:random, baseline:popularity, baseline:userknn, baseline:sasrec, baseline:demo-match: the
+            (baseline:random, baseline:popularity, baseline:userknn, baseline:sasrec (`:early-stop`: epochs chosen by
+            validation HR@1), baseline:demo-match: the
             votes of the users the static program shows, with its n, m and demo_items; `:random` or
             `:random-retrieved` for those selections) or a saved program (.json).
         lm: "hf:PATH" for a local model, the "gemma-3-270m" preset, or a provider/model for `dspy.LM`
@@ -225,10 +226,13 @@ def build_program(spec: str, data_dir: str | Path, *, n: int = 10, m: int = 5, m
         selection = name.partition(":")[2] or "static"
         return DemoMatchBaseline(training_sequences(train), selection=selection, n_retrieve=n, m_select=m,
                                  demo_items=demo_items, seed=seed)
-    if name == "sasrec":
+    if name in ("sasrec", "sasrec:early-stop"):
         from adaptrec_prompts.baselines.sasrec import SASRecBaseline
 
-        return SASRecBaseline(train, seed=seed)
+        if name == "sasrec":
+            return SASRecBaseline(train, seed=seed)
+        valid = load_prepared(data_dir)["valid"]  # epochs chosen on validation HR@1, never on test
+        return SASRecBaseline(train, seed=seed, epochs=30, valid=valid.to_list())
     raise ConfigError(f"unknown program {spec!r}; use {PROGRAM_CHOICES}")
 
 

@@ -30,6 +30,9 @@ from adaptrec_prompts.errors import ConfigError
 
 VARIANTS = ("none", "static", "adaptive")
 BASELINES = ("random", "popularity", "userknn", "sasrec", "demo-match")
+# SASRec at its best: its epochs chosen by validation HR@1 (early stopping); demo-match with the experiment's M
+# and demo items (the floor of a model that reads the static prompt)
+BASELINE_SPECS = {"sasrec": "baseline:sasrec:early-stop"}
 LOSSES = ("answer", "listwise")
 
 
@@ -280,10 +283,11 @@ def run(config: SFTExperiment, command: str = "", *, config_file: str | Path | N
     base_config = {"data": str(config.data), "data_hash": manifest.get("data_hash"), "split": config.split,
                    "limit": config.limit, "examples": len(rows)}
     runs: list[str] = []
-    for name in BASELINES:  # built as `adaptrec eval --program baseline:NAME` builds them (SASRec trains here)
-        baseline = build_program(f"baseline:{name}", config.data, n=config.n, m=config.m, demo_items=config.demo_items,
+    for name in BASELINES:  # built as `adaptrec eval --program SPEC` builds them (SASRec trains here)
+        spec = BASELINE_SPECS.get(name, f"baseline:{name}")
+        baseline = build_program(spec, config.data, n=config.n, m=config.m, demo_items=config.demo_items,
                                  seed=config.seed)
-        evaluate(baseline, rows, out / "runs" / name, {**base_config, "program": f"baseline:{name}"},
+        evaluate(baseline, rows, out / "runs" / name, {**base_config, "program": spec},
                  progress=progress, data_manifest=manifest)
         runs.append(name)
     lms = {"untuned": None, **{v: str(out / "train" / v) for v in trained}}

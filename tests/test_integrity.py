@@ -199,6 +199,22 @@ def test_sasrec_scores_are_finite_for_short_histories(ml100k):
     assert any(rank != r["candidate_item_ids"] for rank, r in zip(rankings, short))
 
 
+def test_sasrec_early_stopping_keeps_the_best_validation_epoch(ml100k):
+    from adaptrec_prompts.baselines.sasrec import SASRecBaseline
+
+    valid = ml100k["valid"].to_list()
+    model = SASRecBaseline(ml100k["train"].select(range(1500)), epochs=4, valid=valid, patience=1, seed=1, dim=16)
+    record = model.training_record()
+    curve = record["valid_hr1_per_epoch"]
+    assert len(curve) == record["epochs_trained"] <= 4
+    best = max(range(len(curve)), key=lambda e: (curve[e], -e))  # the first epoch with the highest HR@1
+    assert record["best_epoch"] == best + 1
+    assert len(curve) == 4 or len(curve) - 1 - best == 1  # stopped after `patience` epochs without a gain
+    kept = sum(model.predict_row(r)["ranking"][0] == r["target_item_id"] for r in valid) / len(valid)
+    assert kept == pytest.approx(curve[best], abs=1e-4)  # the kept weights are the best epoch's, not the last
+    assert model.config()["epochs_chosen_on"] == "valid HR@1" and "epochs" not in model.config()
+
+
 def test_popularity_counts_are_the_training_users_interactions(ml100k, ml100k_raw):
     from adaptrec_prompts.baselines import PopularityBaseline
     from adaptrec_prompts.embed import training_sequences

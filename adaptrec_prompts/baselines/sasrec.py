@@ -1,7 +1,10 @@
 """SASRec (Kang & McAuley, ICDM 2018), small and CPU-trainable, as a harness baseline.
 
 Trained on the training windows (history of up to `history_len` items -> next item) with full-softmax
-cross-entropy at the last position, Adam; scores the K candidates by their logits.
+cross-entropy at the last position, Adam; scores the K candidates by their logits. With `valid` rows
+(a validation split with its frozen candidates), the number of epochs is chosen by early stopping: after
+each epoch HR@1 on those rows is measured, training stops after `patience` epochs without a gain (or at
+`epochs`), and the weights of the best epoch are kept - SASRec compared at its best, never tuned on test.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class SASRecBaseline:
     """Train on a prepared train split; rank candidates by SASRec logits."""
 
     def __init__(self, train, epochs: int = 5, dim: int = 64, batch_size: int = 256, lr: float = 1e-3,
-                 history_len: int = 10, seed: int = 0):
+                 history_len: int = 10, seed: int = 0, valid=None, patience: int = 3):
         torch.manual_seed(seed)
         hist, targets = column(train, "history_item_ids"), column(train, "target_item_id")
         items = sorted({i for h in hist for i in h} | set(targets))
@@ -64,12 +67,16 @@ class SASRecBaseline:
                        "seed": seed, "training_windows": len(targets), "history_len": history_len,
                        "layers": len(self.model.encoder.layers), "heads": layer.self_attn.num_heads,
                        "dropout": layer.dropout.p}
+        if valid is not None:  # a different model from the fixed-epoch one: its identity says so
+            self.params.update({"max_epochs": epochs, "epochs_chosen_on": "valid HR@1", "patience": patience,
+                                "valid_rows": len(valid)})
+            del self.params["epochs"]
         x = self._encode(hist)
         y = torch.tensor([self.index[t] for t in targets])
         opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         started = time.perf_counter()
-        self.losses = []
-        for _ in range(epochs):
+        self.losses, self.valid_hr1, best = [], [], None
+        for epoch in range(epochs):
             self.model.train()
             order = torch.randperm(len(y))
             total = 0.0
@@ -81,6 +88,17 @@ class SASRecBaseline:
                 opt.step()
                 total += loss.item() * len(idx)
             self.losses.append(total / len(y))
+            if valid is not None:
+                self.model.eval()
+                self.valid_hr1.append(sum(self.predict_row(r)["ranking"][0] == r["target_item_id"] for r in valid)
+                                      / max(1, len(valid)))
+                if best is None or self.valid_hr1[-1] > self.valid_hr1[best[0]]:
+                    best = (epoch, {k: v.clone() for k, v in self.model.state_dict().items()})
+                elif epoch - best[0] >= patience:
+                    break
+        if best is not None:
+            self.model.load_state_dict(best[1])
+        self.best_epoch = best[0] + 1 if best is not None else None
         self.train_seconds = time.perf_counter() - started
         self.model.eval()
 
@@ -98,7 +116,11 @@ class SASRecBaseline:
 
     def training_record(self) -> dict:
         """Recorded in the run manifest, outside the run's identity: seconds differ on every retraining."""
-        return {"train_seconds": round(self.train_seconds, 1), "final_loss": round(self.losses[-1], 4)}
+        record = {"train_seconds": round(self.train_seconds, 1), "final_loss": round(self.losses[-1], 4)}
+        if self.best_epoch is not None:
+            record.update({"epochs_trained": len(self.losses), "best_epoch": self.best_epoch,
+                           "valid_hr1_per_epoch": [round(v, 4) for v in self.valid_hr1]})
+        return record
 
     @torch.no_grad()
     def predict_row(self, row: dict) -> dict:
