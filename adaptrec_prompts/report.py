@@ -164,14 +164,14 @@ def load_log(path: Path, ids: set[str] | None = None) -> dict:
     return log if ids is None else {e: r for e, r in log.items() if e in ids}
 
 
-def exposure_split(folder: Path, runs: list[str], exposure: dict[str, str | None]) -> tuple[str, list[dict]]:
+def exposure_split(runs: list[tuple[str, Path]], exposure: dict[str, str | None]) -> tuple[str, list[dict]]:
     """HR@1 of each run on the rows whose target the demonstrations show (as a shown user's next item or in
     a shown history: `baselines.demo_match.demo_exposure`) and on the rest: (a markdown table, the same as
     data). A model that reads the demonstrations gains on the first group; one that does not is the same on
     both."""
     data = []
-    for name in runs:
-        log = load_log(folder / name / "predictions.jsonl", set(exposure))
+    for name, folder in runs:
+        log = load_log(folder / "predictions.jsonl", set(exposure))
         shown = [r["hit1"] for e, r in log.items() if exposure[e] and "hit1" in r]
         hidden = [r["hit1"] for e, r in log.items() if not exposure[e] and "hit1" in r]
         data.append({"run": name, "n_shown": len(shown), "hr1_shown": sum(shown) / len(shown) if shown else None,
@@ -184,6 +184,40 @@ def exposure_split(folder: Path, runs: list[str], exposure: dict[str, str | None
     lines += [_row([d["run"], cell(d["hr1_shown"], d["n_shown"]), cell(d["hr1_not_shown"], d["n_not_shown"])])
               for d in data]
     return "\n".join(lines) + "\n", data
+
+
+def run_exposure(folders: list[Path], m: int, demo_items: int | None, n: int = 10) -> dict[str, str | None]:
+    """Example id -> where the static program (N, M, demo items) shows the target (`demo_exposure`), for the
+    examples of these runs, read from the data folder their manifests name (one folder for all of them)."""
+    from adaptrec_prompts.baselines.demo_match import DemoMatchBaseline, demo_exposure
+    from adaptrec_prompts.prepare import load_prepared
+
+    data = {json.loads((f / "manifest.json").read_text())["config"].get("data") for f in folders}
+    if len(data) != 1 or None in data:
+        raise ValueError(f"--exposure needs runs of one data folder; these name {sorted(map(str, data))}")
+    ids = set().union(*(load_log(f / "predictions.jsonl").keys() for f in folders))
+    program = DemoMatchBaseline([], n_retrieve=n, m_select=m, demo_items=demo_items).program
+    out = {}
+    for split in load_prepared(data.pop()).values():
+        if "neighbor_next_item_ids" in split.column_names:
+            for row in split:
+                if row["example_id"] in ids and row["neighbor_next_item_ids"]:
+                    out[row["example_id"]] = demo_exposure(row, program=program)
+    return out
+
+
+def exposure_text(runs: list[tuple[str, Path]], exposure: dict[str, str | None], m: int,
+                  demo_items: int | None) -> tuple[str, list[dict]]:
+    """The "does the model read the demonstrations?" section: how often the prompt shows the target, and
+    `exposure_split`."""
+    table_text, data = exposure_split(runs, exposure)
+    shown = sum(1 for v in exposure.values() if v)
+    nxt = sum(1 for v in exposure.values() if v == "next")
+    text = (f"The static prompt (M = {m}, each similar user's last {demo_items or 'all'} items) shows the target on "
+            f"{shown} of {len(exposure)} rows ({nxt} as a shown user's next item). `demo-match` ranks the candidates "
+            "by those users' votes alone. A model that reads the demonstrations scores higher on the rows where the "
+            "target is shown; zero-shot rows never see them (the same split, for comparison).\n\n" + table_text)
+    return text, data
 
 
 def claims_data(folder: Path, pairs: list[tuple[str, str, str]], ids: set[str] | None = None) -> list[dict]:
@@ -261,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", help="program-config key for a sweep curve (m_select, n_retrieve)")
     p.add_argument("--reference", help="one of the run folders: every other run is compared with it, paired on "
                    "the examples both ran (e.g. the same variant of two experiments)")
+    p.add_argument("--exposure", metavar="M,DEMO_ITEMS", help="also split HR@1 by whether the static prompt with M "
+                   "users and DEMO_ITEMS items each (0: all) shows the target (e.g. 5,5)")
     args = p.parse_args(argv)
     folders = []
     for r in args.runs:  # each run once, as typed (a symlink keeps the name it was given)
@@ -278,6 +314,17 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         reference = matches[0]
+    exposure_settings = None
+    if args.exposure is not None:
+        try:
+            m, demo_items = (int(x) for x in args.exposure.split(","))
+            if m < 1 or demo_items < 0:
+                raise ValueError
+        except ValueError:
+            print(f"error: --exposure {args.exposure!r}: expected M,DEMO_ITEMS with M >= 1 and DEMO_ITEMS >= 0 "
+                  "(0: whole histories), e.g. 5,5", file=sys.stderr)
+            return 2
+        exposure_settings = (m, demo_items or None)
     runs = [{**load_run(f), "name": names[f]} for f in folders]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -293,6 +340,16 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:  # no shared examples, or the same example ids on other data
             print(f"error: --reference {args.reference}: {e}", file=sys.stderr)
             return 2
+    if exposure_settings is not None:
+        try:
+            exposure = run_exposure(folders, *exposure_settings)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        section, data = exposure_text([(names[f], f) for f in folders], exposure, *exposure_settings)
+        text += "\n#### Does the model read the demonstrations?\n\n" + section
+        write_json(out / "exposure.json", {"shown": sum(1 for v in exposure.values() if v), "rows": len(exposure),
+                                           "m": exposure_settings[0], "demo_items": exposure_settings[1], "runs": data})
     (out / "table.md").write_text(text)
     write_json(out / "runs.json", runs_data(runs))
     print(text)

@@ -310,7 +310,7 @@ def run(config: SFTExperiment, command: str = "", *, config_file: str | Path | N
 
 def write_report(config: SFTExperiment, out: Path, runs: list[str], command: str) -> Path:
     """table.md (every run, CIs, top-1 positions), the paired claims, loss curves, claims.json / runs.json."""
-    from adaptrec_prompts.report import (bars, claims, claims_data, exposure_split, load_run, runs_data, table,
+    from adaptrec_prompts.report import (bars, claims, claims_data, exposure_text, load_run, runs_data, table,
                                          write_json)
 
     report = Path(config.report) if config.report else out / "report"
@@ -331,15 +331,10 @@ def write_report(config: SFTExperiment, out: Path, runs: list[str], command: str
     write_json(report / "claims.json", data)
     write_json(report / "runs.json", runs_data(loaded))
     exposure = target_exposure(config)
-    split_text, split_data = exposure_split(out / "runs", runs, exposure)
-    shown = sum(1 for v in exposure.values() if v)
-    text += (f"\n#### Does the model read the demonstrations?\n\nThe static prompt (M = {config.m}, each similar user's "
-             f"last {config.demo_items or 'all'} items) shows the target on {shown} of {len(exposure)} rows "
-             f"({sum(1 for v in exposure.values() if v == 'next')} as a shown user's next item). `demo-match` ranks "
-             "the candidates by those users' votes alone. A model that reads the demonstrations scores higher on the "
-             "rows where the target is shown; zero-shot rows never see them (the same split, for comparison).\n\n"
-             + split_text)
-    write_json(report / "exposure.json", {"shown": shown, "rows": len(exposure), "runs": split_data})
+    section, split_data = exposure_text([(r, out / "runs" / r) for r in runs], exposure, config.m, config.demo_items)
+    text += "\n#### Does the model read the demonstrations?\n\n" + section
+    write_json(report / "exposure.json", {"shown": sum(1 for v in exposure.values() if v), "rows": len(exposure),
+                                          "m": config.m, "demo_items": config.demo_items, "runs": split_data})
     text += diagnostics_section(config, out)
     sample = json.loads((out / "sample.json").read_text())
     text += (f"\nTraining sample: {sample['train_rows']} windows (seed {sample['seed']}), target list positions "

@@ -69,3 +69,24 @@ def test_the_harness_builds_it_with_the_programs_settings(tmp_path, goodreads_ra
     assert results.n > 0 and results.errors == 0 and 0.0 <= results.metrics["HR@1"]["value"] <= 1.0
     with pytest.raises(ConfigError, match="--n 7"):
         run_eval(RunConfig(data=data, out=tmp_path / "run7", program="baseline:demo-match", n=7, m=3))
+
+    # the report splits every run by whether the static prompt shows the target, and demo-match only ever
+    # hits where it is shown (it has no other signal than popularity)
+    import json
+
+    from adaptrec_prompts.baselines.demo_match import demo_exposure
+    from adaptrec_prompts.prepare import load_prepared
+    from adaptrec_prompts.report import main as report
+
+    run_eval(RunConfig(data=data, out=tmp_path / "pop", program="baseline:popularity"))
+    assert report([str(tmp_path / "run"), str(tmp_path / "pop"), "--out", str(tmp_path / "rep"),
+                   "--exposure", "3,0"]) == 0
+    text = (tmp_path / "rep" / "table.md").read_text()
+    assert "#### Does the model read the demonstrations?" in text
+    saved = json.loads((tmp_path / "rep" / "exposure.json").read_text())
+    rows = load_prepared(data)["test"].to_list()
+    shown = [r for r in rows if demo_exposure(r, m_select=3, n_retrieve=10)]
+    assert saved["rows"] == len(rows) and saved["shown"] == len(shown) and (saved["m"], saved["demo_items"]) == (3, None)
+    by_run = {r["run"]: r for r in saved["runs"]}
+    assert by_run["run"]["n_shown"] == len(shown) and by_run["pop"]["n_not_shown"] == len(rows) - len(shown)
+    assert report([str(tmp_path / "run"), "--out", str(tmp_path / "rep2"), "--exposure", "0,5"]) == 2
