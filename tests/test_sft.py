@@ -410,6 +410,8 @@ def test_candidate_log_likelihoods_are_score_modes_scores_with_gradients(ml100k,
 
 
 def test_listwise_training_with_title_answers_learns_its_rows_and_records_the_choice(gr_valid, tmp_path):
+    import datasets
+
     sft = _sft()
     out = sft.main(*_args(sft, tmp_path, gr_valid, "--labels", "titles", "--loss", "listwise", "--m_select", "3",
                           "--n_retrieve", "6", "--max_train_examples", "10", "--max_steps", "8",
@@ -425,6 +427,21 @@ def test_listwise_training_with_title_answers_learns_its_rows_and_records_the_ch
     assert [json.loads(line) for line in lines] == records
     assert (tmp_path / "out" / "loss.png").stat().st_size > 0
     assert all(np.isfinite(e["loss"]) for e in out["log_history"] if "loss" in e)
+
+    from adaptrec_prompts.baselines.demo_match import DemoMatchBaseline
+    from adaptrec_prompts.embed import training_sequences
+    from adaptrec_prompts.report import choice_report
+
+    report = choice_report([tmp_path / "out"], tmp_path / "rep", "objectives")
+    saved = json.loads((report / "choice.json").read_text())
+    valid = datasets.load_from_disk(str(gr_valid))
+    floor = DemoMatchBaseline(training_sequences(valid["train"]), n_retrieve=6, m_select=3)
+    rows = valid["valid"].select(range(min(3, valid["valid"].num_rows))).to_list()
+    assert saved["rows"] == len(rows) == records[0]["n"]
+    assert saved["floor_hr1"] == sum(floor.predict_row(r)["ranking"][0] == r["target_item_id"] for r in rows) / len(rows)
+    text = (report / "table.md").read_text()
+    assert text.count("| out | titles | listwise |") == len(records) and (report / "choice.png").stat().st_size > 0
+    assert "| 16 | train (4) |" in text  # 8 steps of 2 rows
 
 
 def test_adaptive_listwise_training_runs_through_the_live_stream(gr_valid, tmp_path):
