@@ -277,6 +277,9 @@ def run_eval(config: RunConfig, lm=None, progress: bool = True, *, config_file: 
     from adaptrec_prompts.modules import AdaptRec
     from adaptrec_prompts.prepare import load_manifest, load_prepared
 
+    if config.program == "baseline:sasrec:early-stop" and config.split == "valid":
+        raise ConfigError("baseline:sasrec:early-stop chooses its epochs on the valid split: evaluated on valid it "
+                          "would be tuned on the rows it is scored on; use baseline:sasrec there")
     manifest = load_manifest(config.data)
     split = load_prepared(config.data)[config.split]
     if config.limit:

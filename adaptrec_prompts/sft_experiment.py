@@ -30,8 +30,8 @@ from adaptrec_prompts.errors import ConfigError
 
 VARIANTS = ("none", "static", "adaptive")
 BASELINES = ("random", "popularity", "userknn", "sasrec", "demo-match")
-# SASRec at its best: its epochs chosen by validation HR@1 (early stopping); demo-match with the experiment's M
-# and demo items (the floor of a model that reads the static prompt)
+# SASRec with its epochs chosen by validation HR@1 (early stopping; on split="valid" itself, the fixed 5 epochs);
+# demo-match with the experiment's M and demo items (the floor of a model that reads the static prompt)
 BASELINE_SPECS = {"sasrec": "baseline:sasrec:early-stop"}
 LOSSES = ("answer", "listwise")
 
@@ -284,7 +284,8 @@ def run(config: SFTExperiment, command: str = "", *, config_file: str | Path | N
                    "limit": config.limit, "examples": len(rows)}
     runs: list[str] = []
     for name in BASELINES:  # built as `adaptrec eval --program SPEC` builds them (SASRec trains here)
-        spec = BASELINE_SPECS.get(name, f"baseline:{name}")
+        # early-stopped SASRec picks its epochs on valid: evaluated on valid, it falls back to the fixed epochs
+        spec = BASELINE_SPECS.get(name, f"baseline:{name}") if config.split != "valid" else f"baseline:{name}"
         baseline = build_program(spec, config.data, n=config.n, m=config.m, demo_items=config.demo_items,
                                  seed=config.seed)
         evaluate(baseline, rows, out / "runs" / name, {**base_config, "program": spec},
@@ -363,7 +364,8 @@ def write_report(config: SFTExperiment, out: Path, runs: list[str], command: str
     lm_seconds = sum(r["results"].get("lm_seconds") or 0.0 for r in loaded)
     text += (f"\nCPU time: training {train_seconds / 3600:.2f} h{' (+ resumed runs, see above)' if resumed else ''}, "
              f"LM evaluation {lm_seconds / 3600:.2f} h (`LM s` above), fp32, {config.device}, LoRA r={config.lora_r} on "
-             f"`{config.lora_targets}`, activation checkpointing {'on' if config.gradient_checkpointing else 'off'}. "
+             f"`{config.lora_targets}`, activation checkpointing {'on' if config.gradient_checkpointing else 'off'}, loss "
+             f"`{config.loss}`{diagnostics_seconds(config, out)}. "
              f"Prompt `{config.prompt}`, each similar user's last {config.demo_items or 'all'} items, candidate labels "
              f"`{config.labels}`, score mode `{config.mode}`.\n")
     (report / "table.md").write_text(text)
@@ -382,6 +384,19 @@ def target_exposure(config: SFTExperiment) -> dict[str, str | None]:
     return {r["example_id"]: demo_exposure(r, program=program) for r in rows}
 
 
+def diagnostics_seconds(config: SFTExperiment, out: Path) -> str:
+    """", of which N s choice diagnostics" when the variants recorded them (they run inside the trainer, so
+    the training seconds above include them)."""
+    seconds = 0.0
+    for variant in config.variants:
+        path = out / "train" / variant / "choice_diagnostics.jsonl"
+        if path.is_file():
+            from adaptrec_prompts.training import ChoiceDiagnostics
+
+            seconds += sum(r.get("seconds") or 0.0 for r in ChoiceDiagnostics.read(path))
+    return f" (the training times include {seconds:.0f} s of choice diagnostics)" if seconds else ""
+
+
 def diagnostics_section(config: SFTExperiment, out: Path) -> str:
     """The choice diagnostics each variant recorded while training (`training.ChoiceDiagnostics`), as a table:
     rows seen, slice, choice NLL against ln K, HR@1 and HR@1 by whether the target is shown."""
@@ -392,8 +407,9 @@ def diagnostics_section(config: SFTExperiment, out: Path) -> str:
         path = out / "train" / variant / "choice_diagnostics.jsonl"
         if not path.is_file():
             continue
-        for line in path.read_text().splitlines():
-            d = json.loads(line)
+        from adaptrec_prompts.training import ChoiceDiagnostics
+
+        for d in ChoiceDiagnostics.read(path):  # one record per (step, slice), in step order
             k = d["k"]
 
             def part(value, n):

