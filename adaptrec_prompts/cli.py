@@ -322,13 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except Interrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
+        print(f"interrupted: {exc.cli_message}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:  # outside a run's example loop (loading, building): nothing half-written
         print("interrupted; finished work is kept on disk, run the same command again to continue", file=sys.stderr)
         return 130
-    except AdaptRecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except AdaptRecError as exc:  # the message in the command line's words (flags, not Python arguments)
+        print(f"error: {exc.cli_message}", file=sys.stderr)
         return 2
     return 0
 
