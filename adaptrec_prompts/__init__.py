@@ -35,6 +35,7 @@ _LAZY = {
     "UserIndex": "adaptrec_prompts.retriever",
     "NEW_USER": "adaptrec_prompts.retriever",
     "UserRetriever": "adaptrec_prompts.live",
+    "build_neighbors": "adaptrec_prompts.neighbors",
     "AdaptRec": "adaptrec_prompts.modules",
     "UserSelector": "adaptrec_prompts.modules",
     "NextItemRecommender": "adaptrec_prompts.modules",

@@ -76,13 +76,16 @@ def cmd_index_build(args: argparse.Namespace) -> None:
 
 
 def cmd_index_neighbors(args: argparse.Namespace) -> None:
-    from adaptrec_prompts.neighbors import add_neighbors
+    from adaptrec_prompts.neighbors import build_neighbors
+    from adaptrec_prompts.prepare import load_manifest, refuse_existing
 
-    embedder, index = index_parts(args)
-    section = add_neighbors(args.data, args.out, index, embedder, n=args.n, splits=args.splits.split(","),
-                            overfetch=args.overfetch, overwrite=args.overwrite, train_sample=args.train_sample,
-                            train_sample_seed=args.train_sample_seed, random_seed=args.random_seed,
-                            progress=not args.no_progress)
+    refuse_existing(args.out, args.overwrite)  # before the index is opened or built
+    _embedder, index = index_parts(args)
+    out = build_neighbors(args.data, args.out, index, n=args.n, splits=args.splits.split(","),
+                          overfetch=args.overfetch, overwrite=args.overwrite, train_sample=args.train_sample,
+                          train_sample_seed=args.train_sample_seed, random_seed=args.random_seed,
+                          progress=not args.no_progress)
+    section = load_manifest(out)["neighbors"]
     print(f"wrote {args.out}: top-{args.n} neighbours from {index.name}")
     for split, st in section["splits"].items():
         ex = st["excluded"]
