@@ -42,6 +42,7 @@ _LAZY = {
     "save_program": "adaptrec_prompts.modules",
     "load_program": "adaptrec_prompts.modules",
     "make_lm": "adaptrec_prompts.backends.api",
+    "build_tiny_model": "adaptrec_prompts.backends.tiny",
     "evaluate": "adaptrec_prompts.evaluation",
     "RunConfig": "adaptrec_prompts.runs",
     "run_eval": "adaptrec_prompts.runs",
