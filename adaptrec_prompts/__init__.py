@@ -5,17 +5,21 @@ are resolved on first use (PEP 562 `__getattr__`), each from the module that def
 `from adaptrec_prompts import AdaptRec` imports DSPy but not Chroma, and `UserIndex.open` imports
 chromadb only when it opens a client.
 
-    from adaptrec_prompts import AdaptRec, RunConfig, UserIndex, make_lm, prepare_dataset, run_eval
+    from adaptrec_prompts import (AdaptRec, RunConfig, UserIndex, build_neighbors, build_tiny_model, make_lm,
+                                  prepare_dataset, run_eval)
     prepare_dataset("ml-100k", "artifacts/ml-100k", raw_dir="../shared/data/ml-100k")
     index = UserIndex.open("artifacts/chroma", data="artifacts/ml-100k")
+    build_neighbors("artifacts/ml-100k", "artifacts/ml-100k-nb", index, splits=["test"])
+    lm = make_lm(f"hf:{build_tiny_model('artifacts/ml-100k', 'artifacts/models/tiny')}")
     program = AdaptRec.from_index(index, template="movies", selection="static", m_select=5, mode="score")
-    with dspy.context(lm=make_lm("hf:artifacts/models/tiny")):
-        program(history_titles=[...], candidate_titles=[...]).ranked_titles
+    with dspy.context(lm=lm):
+        pred = program(history_titles=[...], candidate_titles=[...])
+        pred.top_title, pred.ranked_titles, pred.selected_users
     results = run_eval(RunConfig(data="artifacts/ml-100k-nb", out="runs/static", program="static",
                                  lm="hf:artifacts/models/tiny", limit=20))  # = adaptrec eval
     results.metrics["HR@1"], results.to_pandas()
 
-(examples/quickstart.py runs the program part end to end; `run_eval` is `adaptrec eval` as a call.)
+(examples/notebook.py runs the whole path, save and load included; examples/quickstart.py a shorter tour.)
 """
 
 from __future__ import annotations
@@ -35,12 +39,14 @@ _LAZY = {
     "UserIndex": "adaptrec_prompts.retriever",
     "NEW_USER": "adaptrec_prompts.retriever",
     "UserRetriever": "adaptrec_prompts.live",
+    "build_neighbors": "adaptrec_prompts.neighbors",
     "AdaptRec": "adaptrec_prompts.modules",
     "UserSelector": "adaptrec_prompts.modules",
     "NextItemRecommender": "adaptrec_prompts.modules",
     "save_program": "adaptrec_prompts.modules",
     "load_program": "adaptrec_prompts.modules",
     "make_lm": "adaptrec_prompts.backends.api",
+    "build_tiny_model": "adaptrec_prompts.backends.tiny",
     "evaluate": "adaptrec_prompts.evaluation",
     "RunConfig": "adaptrec_prompts.runs",
     "run_eval": "adaptrec_prompts.runs",

@@ -167,9 +167,15 @@ def make_parser() -> argparse.ArgumentParser:
     add_config_option(ev)
     ev.set_defaults(func=commands.cmd_eval)
 
-    cmp2 = groups.add_parser("compare", help="paired comparison of two runs on the same examples")
-    cmp2.add_argument("a")
-    cmp2.add_argument("b")
+    cmp2 = groups.add_parser("compare", help="paired comparison of two runs on the same examples",
+                             description="Paired comparison of two finished runs on the examples both scored "
+                             "(errored examples left out): HR@1 and NDCG@5 of each, B-A with a 95% paired bootstrap "
+                             "CI, and a p-value: McNemar's exact test for HR@1 and a sign-flip permutation test for "
+                             "NDCG@5 (with one row per user; when users have several rows, users are resampled and "
+                             "both p-values flip each user's summed difference). Also prints how many examples "
+                             "only one run has.")
+    cmp2.add_argument("a", help="run folder A, the reference (an `adaptrec eval --out` folder with predictions.jsonl)")
+    cmp2.add_argument("b", help="run folder B, compared with A (B-A is reported)")
     cmp2.set_defaults(func=commands.cmd_compare)
 
     model = groups.add_parser("model", help="local models").add_subparsers(dest="command", required=True)
@@ -284,13 +290,27 @@ def make_parser() -> argparse.ArgumentParser:
     fx.set_defaults(func=commands.cmd_sft_experiment)
 
     pipe = groups.add_parser("pipeline", help="the main job: ML-100K -> Stage 1 -> baselines -> AdaptRec vs "
-                             "zero-shot with an LM (default Gemma 3 270M), one table with CIs")
-    pipe.add_argument("--raw-dir", help="ml-100k raw folder (default: download from GroupLens)")
-    pipe.add_argument("--out", default="artifacts/main")
-    pipe.add_argument("--lm", default="gemma-3-270m", help="gemma-3-270m (extra .[gemma]), hf:PATH, or an API model")
-    pipe.add_argument("--limit", type=positive_int, default=40, help="test users for the LLM rows (95 = all)")
-    pipe.add_argument("--n", type=int, default=10)
-    pipe.add_argument("--m", type=int, default=5)
+                             "zero-shot with an LM (default Gemma 3 270M), one table with CIs",
+                             description="The README's main job, resumable: prepare ML-100K (OUT/ml-100k), embed "
+                             "its training users in an embedded Chroma index (OUT/chroma) and write N Stage-1 "
+                             "neighbours per test user (OUT/ml-100k-nb), score Random, Popularity and UserKNN on all "
+                             "95 test users, then the LM zero-shot and AdaptRec (static selection, M users, score "
+                             "mode) on the first --limit users (OUT/runs). Prints one table with 95% CIs, the "
+                             "chance level, what each metric means and a flag for runs that mostly rank one list "
+                             "position first.")
+    pipe.add_argument("--raw-dir", help="ml-100k raw folder (default: download from GroupLens into OUT/raw)")
+    pipe.add_argument("--out", default="artifacts/main", help="the job folder: ml-100k (prepared), ml-100k-nb (with "
+                      "neighbours), chroma, runs/<name>; a rerun reuses everything finished in it "
+                      "(default: %(default)s)")
+    pipe.add_argument("--lm", default="gemma-3-270m", help="gemma-3-270m (extra .[gemma]), hf:PATH, or an API model "
+                      "(default: %(default)s)")
+    pipe.add_argument("--limit", type=positive_int, default=40, help="test users for the LLM rows (95 = all; "
+                      "default: %(default)s)")
+    pipe.add_argument("--n", type=int, default=10, help="N, similar users retrieved per test user in Stage 1 "
+                      "(also UserKNN's neighbours; default: %(default)s)")
+    pipe.add_argument("--m", type=int, default=5, help="M, of the N retrieved users those shown to the LM as "
+                      "demonstrations in the AdaptRec row (static selection: the M most similar; "
+                      "default: %(default)s)")
     add_device_option(pipe)
     pipe.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     pipe.set_defaults(func=commands.cmd_pipeline)
@@ -334,13 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except Interrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
+        print(f"interrupted: {exc.cli_message}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:  # outside a run's example loop (loading, building): nothing half-written
         print("interrupted; finished work is kept on disk, run the same command again to continue", file=sys.stderr)
         return 130
-    except AdaptRecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except AdaptRecError as exc:  # the message in the command line's words (flags, not Python arguments)
+        print(f"error: {exc.cli_message}", file=sys.stderr)
         return 2
     return 0
 

@@ -76,13 +76,16 @@ def cmd_index_build(args: argparse.Namespace) -> None:
 
 
 def cmd_index_neighbors(args: argparse.Namespace) -> None:
-    from adaptrec_prompts.neighbors import add_neighbors
+    from adaptrec_prompts.neighbors import build_neighbors
+    from adaptrec_prompts.prepare import load_manifest, refuse_existing
 
-    embedder, index = index_parts(args)
-    section = add_neighbors(args.data, args.out, index, embedder, n=args.n, splits=args.splits.split(","),
-                            overfetch=args.overfetch, overwrite=args.overwrite, train_sample=args.train_sample,
-                            train_sample_seed=args.train_sample_seed, random_seed=args.random_seed,
-                            progress=not args.no_progress)
+    refuse_existing(args.out, args.overwrite)  # before the index is opened or built
+    _embedder, index = index_parts(args)
+    out = build_neighbors(args.data, args.out, index, n=args.n, splits=args.splits.split(","),
+                          overfetch=args.overfetch, overwrite=args.overwrite, train_sample=args.train_sample,
+                          train_sample_seed=args.train_sample_seed, random_seed=args.random_seed,
+                          progress=not args.no_progress)
+    section = load_manifest(out)["neighbors"]
     print(f"wrote {args.out}: top-{args.n} neighbours from {index.name}")
     for split, st in section["splits"].items():
         ex = st["excluded"]
@@ -218,16 +221,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> None:
-    from adaptrec_prompts.backends.tiny import build_tiny_llama, prompt_corpus
-    from adaptrec_prompts.prepare import load_manifest, load_prepared
-    from adaptrec_prompts.render import manifest_template
+    from adaptrec_prompts.backends.tiny import build_tiny_model
+    from adaptrec_prompts.prepare import load_prepared
 
-    train = load_prepared(args.data)["train"]
-    texts = prompt_corpus(train.select(range(min(args.texts, train.num_rows))), manifest_template(
-        load_manifest(args.data)))
-    out = build_tiny_llama(texts, args.out, size=args.size, vocab_size=args.vocab_size, chat_template=args.chat,
-                           seed=args.seed)
-    print(f"wrote {out} (random {args.size} Llama, tokenizer trained on {len(texts)} rendered training prompts)")
+    out = build_tiny_model(args.data, args.out, size=args.size, texts=args.texts, vocab_size=args.vocab_size,
+                           chat_template=args.chat, seed=args.seed)
+    texts = min(args.texts, load_prepared(args.data)["train"].num_rows)
+    print(f"wrote {out} (random {args.size} Llama, tokenizer trained on {texts} rendered training prompts)")
 
 
 def cmd_compile(args: argparse.Namespace) -> None:

@@ -2,7 +2,21 @@
 
 
 class AdaptRecError(Exception):
-    """Base class of every error this package raises on purpose."""
+    """Base class of every error this package raises on purpose.
+
+    The message names what a Python caller passes (`overwrite=True`, `build_neighbors(...)`). Where the
+    command line spells the fix differently (`--overwrite`, `adaptrec index neighbors`), the error also
+    carries that wording as `cli` (keyword argument), and `adaptrec` prints `cli_message` instead.
+    """
+
+    def __init__(self, *args, cli: str | None = None):
+        super().__init__(*args)
+        self.cli = cli
+
+    @property
+    def cli_message(self) -> str:
+        """The message as the command line words it (flags and subcommands instead of Python arguments)."""
+        return self.cli if self.cli is not None else str(self)
 
 
 class DataError(AdaptRecError, ValueError):
@@ -49,6 +63,6 @@ class IncompleteRunError(AdaptRecError):
     report it: the metrics cover the scored examples only, which is why the run is not called finished.
     """
 
-    def __init__(self, message: str, results=None):
-        super().__init__(message)
+    def __init__(self, message: str, results=None, *, cli: str | None = None):
+        super().__init__(message, cli=cli)
         self.results = results

@@ -39,6 +39,7 @@ from adaptrec_prompts.errors import ConfigError, Interrupted, RunInUseError
 from adaptrec_prompts.metrics import RESULTS_SCHEMA_VERSION, aggregate, example_metrics
 from adaptrec_prompts.modules import AdaptRec, eval_adapter
 from adaptrec_prompts.progress import bar as progress_bar
+from adaptrec_prompts.runs import Results
 
 logger = logging.getLogger(__name__)
 PACKAGES = ("adaptrec-prompts", "dspy", "datasets", "transformers", "torch", "peft", "trl", "chromadb", "litellm")
@@ -94,7 +95,7 @@ def predict_row(program, row: dict) -> dict:
     if isinstance(program, AdaptRec):
         pred = program(**program.row_inputs(row))
         out = {"raw": pred.raw, "answer": pred.answer, "ranking": list(pred.ranking), "valid": bool(pred.valid),
-               "reason": pred.reason, "selection": pred.selection}
+               "reason": pred.reason, "selection": pred.selection, "top_title": pred.top_title}
         if getattr(program, "retriever", None) is not None:  # live Stage 1: log the neighbours it retrieved
             out["neighbor_example_ids"] = list(pred.neighbor_example_ids)
         return out
@@ -212,7 +213,7 @@ def _run_one(program, row: dict, lm, callbacks, retries: int = 2, backoff: float
 
 def evaluate(program, rows, out_dir: str | Path, config: dict | None = None, lm=None, threads: int = 1,
              progress: bool = True, data_manifest: dict | None = None, retries: int = 2,
-             backoff: float = 1.0, extra: dict | None = None) -> dict:
+             backoff: float = 1.0, extra: dict | None = None) -> Results:
     """Run `program` on every row (a datasets split or list of dicts), resuming from `out_dir`.
 
     Args:
@@ -230,7 +231,8 @@ def evaluate(program, rows, out_dir: str | Path, config: dict | None = None, lm=
             resolved setting and the config file); a rerun that changes them records the latest.
 
     Returns:
-        The results dict also written to `out_dir/results.json`.
+        A `runs.Results` (what `run_eval` returns too): `.metrics`, `.n`, `.errors`, `.to_pandas()` over these
+        rows, and a read-only mapping over the dict written to `out_dir/results.json` (`results["metrics"]`).
     """
     out = Path(out_dir)
     config = {} if config is None else config
@@ -240,8 +242,9 @@ def evaluate(program, rows, out_dir: str | Path, config: dict | None = None, lm=
                           "--limit and that the prepared folder holds data")
     out.mkdir(parents=True, exist_ok=True)
     with _RunLock(out):
-        return _evaluate(program, rows, out, config, lm, threads, progress, data_manifest, retries, backoff,
-                         json.loads(json.dumps(extra or {}, default=str)))
+        raw = _evaluate(program, rows, out, config, lm, threads, progress, data_manifest, retries, backoff,
+                        json.loads(json.dumps(extra or {}, default=str)))
+    return Results(out, raw, tuple(row["example_id"] for row in rows))
 
 
 class _RunLock:

@@ -28,7 +28,7 @@ import dspy
 import numpy as np
 
 from adaptrec_prompts.errors import ConfigError, LeakageError, UnknownItemError
-from adaptrec_prompts.modules import AdaptRec, load_template_obj
+from adaptrec_prompts.modules import AdaptRec, check_titles, load_template_obj
 from adaptrec_prompts.neighbors import MAX_N, RandomUsers
 from adaptrec_prompts.prepare import ITEMS, load_items, load_manifest, load_prepared
 from adaptrec_prompts.render import Template, manifest_template
@@ -86,6 +86,7 @@ class ItemTable:
             raise ConfigError(f"give {what}_titles or {what}_ids" + ("" if what == "candidate" else
                                                                      " (history_item_ids)"))
         field = "history_item_ids" if what == "history" else "candidate_ids"
+        check_titles(titles, f"{what}_titles")
         if titles is None:
             return list(ids), self.titles(ids, field)
         if ids is None:
@@ -139,6 +140,7 @@ class UserRetriever(dspy.Module):
         train = load_prepared(index.data)["train"]
         self._row = {e: k for k, e in enumerate(column(train, "example_id"))}
         self._histories = column(train, "history_titles")
+        self._users = column(train, "user_id")
         self._next_titles = column(train, "target_title")
         self._random: RandomUsers | None = None  # built on first use (selection="random")
         self.items = ItemTable(load_items(index.data), Path(index.data) / ITEMS)
@@ -189,6 +191,16 @@ class UserRetriever(dspy.Module):
                      ) -> list[tuple[list[str], str]]:
         """The random-users control for one query, as `index neighbors` draws it (`neighbors.RandomUsers`,
         seeded by (random_seed, example id); a new history, without an example id, uses "")."""
+        picked = self.random_example_ids(user_id, timestamp, example_id, n)
+        return [(self._histories[self._row[e]], self._next_titles[self._row[e]]) for e in picked]
+
+    def pool_user(self, example_id: str) -> str:
+        """The user id of a pool (training) example."""
+        return self._users[self._row[example_id]]
+
+    def random_example_ids(self, user_id: str | NewUser, timestamp: int | None, example_id: str | None, n: int
+                           ) -> list[str]:
+        """The example ids `random_users` draws (the same draw)."""
         _check_user(user_id, example_id)
         if self._random is None:
             lookup = self.index.lookup
@@ -197,8 +209,7 @@ class UserRetriever(dspy.Module):
                 lookup = {e: (u, t, ts) for e, u, t, ts in zip(*(column(train, c) for c in (
                     "example_id", "user_id", "target_item_id", "timestamp")), strict=True)}
             self._random = RandomUsers(lookup, seed=self.random_seed)
-        picked = self._random.draw(example_id or "", user_id, timestamp, n)
-        return [(self._histories[self._row[e]], self._next_titles[self._row[e]]) for e in picked]
+        return self._random.draw(example_id or "", user_id, timestamp, n)
 
 
 class LiveAdaptRec(AdaptRec):
@@ -208,8 +219,10 @@ class LiveAdaptRec(AdaptRec):
     (titles and/or ids); a dataset row also passes its `user_id`, `timestamp` and `example_id`
     (`row_inputs` does, for the evaluation harness), a new history passes none of them.
 
-    The Prediction is AdaptRec's (`ranking` holds candidate ids) plus `ranked_titles`, and the retrieval:
+    The Prediction is AdaptRec's (`ranking` holds candidate ids, `top_title` the first one's title,
+    `selected_users` the users shown to the LM) plus `ranked_titles`, and the retrieval:
     `neighbor_example_ids`, `neighbor_user_ids`, `neighbor_scores` (empty for selection "none"/"random").
+    Here `selected_users` also name each user (`user_id`) and the training window shown (`example_id`).
     """
 
     def __init__(self, retriever: UserRetriever, template: Template, **config):
@@ -232,15 +245,19 @@ class LiveAdaptRec(AdaptRec):
         history_item_ids, history_titles = items.resolve(history_item_ids, history_titles, "history")
         candidate_ids, candidate_titles = items.resolve(candidate_ids, candidate_titles, "candidate")
         _check_user(user_id, example_id)
-        neighbors, random_users, retrieved = [], [], None
+        neighbors, random_users, retrieved, pool_ids = [], [], None, []
         if self.selection == "random":
+            pool_ids = self.retriever.random_example_ids(user_id, timestamp, example_id, self.n_retrieve)
             random_users = self.retriever.random_users(user_id, timestamp, example_id, self.n_retrieve)
         elif self.selection != "none":
             retrieved = self.retriever(history_item_ids=history_item_ids, user_id=user_id, timestamp=timestamp,
                                        example_id=example_id, n=self.n_retrieve)
-            neighbors = retrieved.users
+            neighbors, pool_ids = retrieved.users, list(retrieved.example_ids)
         pred = super().forward(history_titles, candidate_ids, candidate_titles, neighbors=neighbors,
                                example_id=example_id, random_users=random_users)
+        for user, index in zip(pred.selected_users, pred.selection["indices"], strict=True):
+            user["example_id"] = pool_ids[index]
+            user["user_id"] = self.retriever.pool_user(pool_ids[index])
         found = {"example_ids": [], "user_ids": [], "scores": []} if retrieved is None else retrieved
         return dspy.Prediction(**dict(pred.items()), ranked_titles=[items.title_of[i] for i in pred.ranking],
                                **{f"neighbor_{k}": list(found[k]) for k in ("example_ids", "user_ids", "scores")})

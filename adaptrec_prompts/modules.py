@@ -50,6 +50,29 @@ def _check_prompt(prompt: str) -> str:
     return prompt
 
 
+def _as_template(template, where: str) -> Template:
+    """A `Template` from a Template, a domain name or a .toml path (`render.load_template`); anything else is
+    refused here, when the module is built, not at its first call."""
+    if isinstance(template, Template):
+        return template
+    if isinstance(template, (str, Path)):
+        return load_template(str(template))
+    raise TypeError(f"{where}: template={template!r} is a {type(template).__name__}; pass a Template, a domain "
+                    "name (\"movies\", \"music\", \"books\") or a .toml path")
+
+
+def check_titles(value, name: str) -> None:
+    """Refuse a bare string where a list of titles is expected (it would be read as one title per letter)."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a list of titles, got the string {value[:60]!r}; pass [{value[:60]!r}] "
+                        "for a single title")
+
+
+def lm_of(predictor: dspy.Predict):
+    """The LM a predictor runs on, as DSPy resolves it: its own (`set_lm`) before the global one."""
+    return predictor.lm or dspy.settings.lm
+
+
 STAGE2_MODES = ("auto", "generate", "score")
 
 
@@ -79,11 +102,11 @@ class UserSelector(dspy.Module):
     self-adaptive fine-tuning callback uses too. "auto": score when the LM's engine can, else generate.
     """
 
-    def __init__(self, template: Template, m_select: int = 5, mode: str = "auto", prompt: str = "full"):
+    def __init__(self, template: Template | str, m_select: int = 5, mode: str = "auto", prompt: str = "full"):
         super().__init__()
         if mode not in STAGE2_MODES:
             raise ConfigError(f"Stage-2 mode must be one of {STAGE2_MODES}, got {mode!r}")
-        self.template = template
+        self.template = _as_template(template, "UserSelector")
         self.m_select = m_select
         self.mode = mode
         self.prompt = _check_prompt(prompt)
@@ -98,9 +121,11 @@ class UserSelector(dspy.Module):
                 "candidate_users": self.template.render_pool(pool_histories), "select_count": m}
 
     def forward(self, history_titles: Sequence[str], pool_histories: Sequence[Sequence[str]]) -> dspy.Prediction:
+        check_titles(history_titles, "history_titles")
         m = min(self.m_select, len(pool_histories))
         inputs = self.inputs(history_titles, pool_histories, m)
-        engine = getattr(dspy.settings.lm, "engine", None)
+        lm = lm_of(self.select)  # a predictor's own LM wins, as in generate mode (dspy.Predict)
+        engine = getattr(lm, "engine", None)
         can_score = callable(getattr(engine, "score", None))
         if self.mode == "score" and not can_score:
             raise ConfigError("Stage-2 score mode needs a local model whose engine scores (hf:PATH or "
@@ -108,7 +133,7 @@ class UserSelector(dspy.Module):
         if self.mode == "score" or (self.mode == "auto" and can_score):
             adapter = self.adapter()
             messages = adapter.format(signature=self.select.signature, demos=self.select.demos, inputs=inputs)
-            scores = score_completions(dspy.settings.lm, messages, stage2_completions(len(pool_histories), m))
+            scores = score_completions(lm, messages, stage2_completions(len(pool_histories), m))
             return dspy.Prediction(indices=top_m_by_score(scores, m), fallback=False, padded=False, reason="",
                                    method="score")
         raw, values = None, None
@@ -151,9 +176,10 @@ class NextItemRecommender(dspy.Module):
     Zero-Shot Rankers", bootstrapped orders). `orders` prefills per example.
     """
 
-    def __init__(self, template: Template, mode: str = "generate", zero_shot: bool = False,
+    def __init__(self, template: Template | str, mode: str = "generate", zero_shot: bool = False,
                  orders: int = SCORE_ORDERS, prompt: str = "full", labels: str = "numbers"):
         super().__init__()
+        template = _as_template(template, "NextItemRecommender")
         if labels not in LABELS:
             raise ConfigError(f"labels must be one of {LABELS}, got {labels!r}")
         if mode not in MODES:
@@ -200,7 +226,7 @@ class NextItemRecommender(dspy.Module):
         return [answer_block(adapter.format_assistant_message_content(signature, {"answer": self.answer_text(i, t)}))
                 for i, t in enumerate(candidate_titles, start=1)]
 
-    def permuted_scores(self, adapter, first: list[float], history_titles, candidate_titles, similar_users
+    def permuted_scores(self, adapter, first: list[float], history_titles, candidate_titles, similar_users, lm=None
                         ) -> list[float]:
         """Mean score of each candidate over `orders` cyclic shifts of the list (`first`: the shift by 0)."""
         k = len(candidate_titles)
@@ -211,28 +237,32 @@ class NextItemRecommender(dspy.Module):
             titles = [candidate_titles[i] for i in order]
             messages = adapter.format(signature=self.recommend.signature, demos=self.recommend.demos,
                                       inputs=self.inputs(history_titles, titles, similar_users))
-            for j, score in enumerate(score_completions(dspy.settings.lm, messages, self.completions(adapter, titles),
+            for j, score in enumerate(score_completions(lm or lm_of(self.recommend), messages,
+                                                        self.completions(adapter, titles),
                                                         labels=self.candidate_labels(k))):
                 totals[order[j]] += score
         return [t / self.orders for t in totals]
 
     def forward(self, history_titles: Sequence[str], candidate_ids: Sequence[int], candidate_titles: Sequence[str],
                 similar_users: Sequence[tuple[Sequence[str], str]] = ()) -> dspy.Prediction:
+        check_titles(history_titles, "history_titles")
+        check_titles(candidate_titles, "candidate_titles")
         inputs = self.inputs(history_titles, candidate_titles, similar_users)
         if self.mode in ("score", "score-calibrated", "score-permuted"):
+            lm = lm_of(self.recommend)  # a predictor's own LM wins, as in generate mode (dspy.Predict)
             adapter = self.adapter()
             signature = self.recommend.signature
             messages = adapter.format(signature=signature, demos=self.recommend.demos, inputs=inputs)
             completions = self.completions(adapter, candidate_titles)
             labels = self.candidate_labels(len(candidate_titles))
-            scores = score_completions(dspy.settings.lm, messages, completions, labels=labels)
+            scores = score_completions(lm, messages, completions, labels=labels)
             if self.mode == "score-permuted":
-                scores = self.permuted_scores(adapter, scores, history_titles, candidate_titles, similar_users)
+                scores = self.permuted_scores(adapter, scores, history_titles, candidate_titles, similar_users, lm)
             if self.mode == "score-calibrated":
                 null = adapter.format(signature=self.null_signature, demos=[], inputs={
                     "user_history": NULL_HISTORY, "candidates": inputs["candidates"]})
-                scores = [s - b for s, b in zip(scores, score_completions(dspy.settings.lm, null, completions,
-                                                                          labels=labels), strict=True)]
+                scores = [s - b for s, b in zip(scores, score_completions(lm, null, completions, labels=labels),
+                                                strict=True)]
             if all(s == float("-inf") for s in scores):
                 return dspy.Prediction(answer=None, raw=None, scores=scores, valid=False, ranking=[],
                                        reason="no candidate label found in the answer's token logprobs")
@@ -256,7 +286,7 @@ class AdaptRec(dspy.Module):
     """The full method: Stage-1 neighbours (inputs) -> Stage-2 selection -> Stage-3 recommendation.
 
     Args:
-        template: domain wording.
+        template: domain wording: a `Template`, a domain name ("movies", "music", "books") or a .toml path.
         selection: "none" (zero-shot, no demonstrations), "random" (M users drawn at random from the whole
             Stage-1 pool under the same exclusion rules: the row's persisted `random_*` columns, seeded per
             example), "random-retrieved" (M of the N retrieved users, drawn with a generator seeded by
@@ -281,10 +311,11 @@ class AdaptRec(dspy.Module):
         >>> program(**example_inputs(row)).ranking  # doctest: +SKIP
     """
 
-    def __init__(self, template: Template, selection: str = "static", n_retrieve: int = 10, m_select: int = 5,
+    def __init__(self, template: Template | str, selection: str = "static", n_retrieve: int = 10, m_select: int = 5,
                  mode: str = "generate", seed: int = 0, stage2: str = "auto", orders: int = SCORE_ORDERS,
                  prompt: str = "full", demo_items: int | None = None, labels: str = "numbers"):
         super().__init__()
+        template = _as_template(template, type(self).__name__)
         if selection not in SELECTIONS:
             raise ConfigError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         if not 1 <= m_select <= n_retrieve:
@@ -379,8 +410,9 @@ class AdaptRec(dspy.Module):
         if required and self.selection != "none" and not pool:
             what = ("random pool users (`random_*` columns, written by `adaptrec index neighbors` since 0.2: "
                     "rebuild the neighbour folder)" if self.selection == "random" else "Stage-1 neighbours")
-            raise ConfigError(f"this program needs {what}: run `adaptrec index neighbors` on the data, "
-                              "or use selection='none'")
+            raise ConfigError(f"this program needs {what}: run `adaptrec index neighbors` on the data "
+                              "(in Python: adaptrec_prompts.build_neighbors), serve it live with "
+                              "AdaptRec.from_index(index, ...), or use selection='none'")
         return pool
 
     def preset_indices(self, pool_size: int, example_id: str) -> list[int]:
@@ -398,6 +430,8 @@ class AdaptRec(dspy.Module):
     def forward(self, history_titles: Sequence[str], candidate_ids: Sequence[int], candidate_titles: Sequence[str],
                 neighbors: Sequence[tuple[Sequence[str], str]] = (), example_id: str = "",
                 random_users: Sequence[tuple[Sequence[str], str]] = ()) -> dspy.Prediction:
+        check_titles(history_titles, "history_titles")
+        check_titles(candidate_titles, "candidate_titles")
         pool = self.demonstration_pool(neighbors, random_users)
         selection = {"indices": [], "fallback": False, "padded": False, "reason": ""}
         if self.selection in ("static", "random", "random-retrieved"):
@@ -410,8 +444,32 @@ class AdaptRec(dspy.Module):
         similar = [pool[i] for i in selection["indices"]]
         rec = self.recommender(history_titles=history_titles, candidate_ids=candidate_ids,
                                candidate_titles=candidate_titles, similar_users=similar)
+        ranking = list(rec.ranking)
+        top_title = candidate_titles[list(candidate_ids).index(ranking[0])] if ranking else None
+        # who was shown to the LM (histories cut to `demo_items` as shown); ids are known to a live program only
+        selected_users = [{"user_id": None, "example_id": None, "history_titles": list(history), "next_title": nxt}
+                          for history, nxt in similar]
         return dspy.Prediction(**{k: rec[k] for k in ("answer", "raw", "scores", "valid", "ranking", "reason")},
-                               selection=selection)
+                               selection=selection, selected_users=selected_users, top_title=top_title)
+
+    def load(self, path, allow_pickle: bool = False, allow_unsafe_lm_state: bool = False):
+        """DSPy's `program.load(path)`: a file from `program.save` as DSPy reads it, or a `save_program` file
+        when it was saved from a program of this configuration (its DSPy state is loaded into this one).
+
+        Raises:
+            ConfigError: a `save_program` file of another configuration (use `load_program(path)`, which builds
+                the program the file describes).
+        """
+        payload = _saved_program(path)
+        if payload is None:
+            return super().load(path, allow_pickle=allow_pickle, allow_unsafe_lm_state=allow_unsafe_lm_state)
+        if payload["config"] != self.config():
+            differ = sorted(k for k in {*payload["config"], *self.config()}
+                            if payload["config"].get(k) != self.config().get(k))
+            raise ConfigError(f"{path} was written by save_program for another configuration (differs in "
+                              f"{', '.join(differ)}); build the program it describes with load_program({str(path)!r})")
+        self.load_state(payload["state"], allow_unsafe_lm_state=allow_unsafe_lm_state)
+        return self
 
 
 def example_inputs(row: dict) -> dict:
@@ -447,6 +505,10 @@ def load_program(path: str | Path, **overrides) -> AdaptRec:
     path = Path(path)
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(payload, dict) and "metadata" in payload and "config" not in payload:
+            raise ConfigError(f"{path} was written by DSPy's program.save: it holds DSPy state without the program's "
+                              "configuration; build the same AdaptRec and call program.load(path), or save with "
+                              "save_program(program, path) to read it back with load_program")
         saved = payload["config"].get("labels", "numbers")
         if overrides.get("labels", saved) != saved:  # the saved instructions and demos name the saved labels
             raise ConfigError(f"{path} was saved with labels={saved!r}: its instructions and demos say so; "
@@ -460,6 +522,17 @@ def load_program(path: str | Path, **overrides) -> AdaptRec:
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: not a saved AdaptRec program ({exc}); create one with save_program()") from None
     return program
+
+
+def _saved_program(path) -> dict | None:
+    """A `save_program` file's payload, or None for any other file (e.g. DSPy's own `program.save`)."""
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(payload, dict) and payload.get("class") == "AdaptRec" and "config" in payload:
+        return payload
+    return None
 
 
 def load_template_obj(value: dict | str) -> Template:

@@ -243,6 +243,59 @@ def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embed
     return section
 
 
+def build_neighbors(data: str | Path, out: str | Path, index: UserIndex, *, n: int = 10,
+                    splits: Sequence[str] = SPLITS, overfetch: int = 3, overwrite: bool = False,
+                    train_sample: int | None = None, train_sample_seed: int = 0, random_seed: int = 0,
+                    progress: bool = True) -> Path:
+    """`adaptrec index neighbors` as a call: a copy of the prepared folder `data` at `out` with the top-`n`
+    Stage-1 neighbours (and the random-users control) of every row of `splits`, from `index`.
+
+    What AdaptRec programs evaluated on persisted rows need (`run_eval(RunConfig(data=out, program="static"))`);
+    a program served live (`AdaptRec.from_index`) retrieves per call instead and needs no such folder.
+
+    Args:
+        data: a prepared folder (`prepare_dataset`).
+        out: the folder to write (refused if it exists, unless `overwrite`; checked before any query).
+        index: the folder's user index, `UserIndex.open(chroma_path, data=data)` (it carries its embedder).
+        n: neighbours per row (1..50; the paper's N is 10).
+        splits: the splits to query (the others get empty neighbour lists).
+        overfetch, train_sample, train_sample_seed, random_seed, progress: as `add_neighbors`.
+
+    Returns:
+        `out`, which `load_prepared(out)` opens; its manifest's `neighbors` section has the query statistics.
+
+    Raises:
+        OutputExistsError: `out` exists and `overwrite` is false.
+        ConfigError: `index` was not opened with `UserIndex.open(..., data=...)`, or on another training split.
+        LeakageError: as `add_neighbors`.
+
+    Example:
+        >>> index = UserIndex.open("artifacts/chroma", data="artifacts/ml-100k")  # doctest: +SKIP
+        >>> build_neighbors("artifacts/ml-100k", "artifacts/ml-100k-nb", index, splits=["test"])  # doctest: +SKIP
+    """
+    from adaptrec_prompts.prepare import refuse_existing
+
+    refuse_existing(out, overwrite)
+    if not isinstance(index, UserIndex):
+        raise TypeError(f"index={index!r} is a {type(index).__name__}; pass the folder's index, "
+                        "UserIndex.open(chroma_path, data=data)")
+    if index.embedder is None or index.data is None:
+        raise ConfigError(f"the index {index.name!r} knows no embedder or prepared folder; open it with "
+                          "UserIndex.open(chroma_path, data=data)")
+
+    def pool_identity(folder) -> str:  # a neighbour copy keeps the training split of its source
+        manifest = load_manifest(folder)
+        return manifest.get("source_data_hash") or manifest["data_hash"]
+
+    if pool_identity(index.data) != pool_identity(data):
+        raise ConfigError(f"the index {index.name!r} holds the training split of {str(index.data)!r}, not of "
+                          f"{str(data)!r}; open the index with UserIndex.open(chroma_path, data={str(data)!r})")
+    add_neighbors(data, out, index, index.embedder, n=n, splits=splits, overfetch=overfetch, overwrite=overwrite,
+                  train_sample=train_sample, train_sample_seed=train_sample_seed, random_seed=random_seed,
+                  progress=progress)
+    return Path(out)
+
+
 def _refuse_unsure_users(manifest: dict, data_dir, splits: Sequence[str]) -> None:
     """Refuse to query a split whose re-linked users (LLaRA imports) may be incomplete: an ambiguous link left
     out may split one person into two "users" (train), and a held-out chain that continues a training row may

@@ -13,8 +13,10 @@ rerunning reuses the data, the neighbours and every finished example.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+from adaptrec_prompts.report import position_cell
 from adaptrec_prompts.runs import Results, RunConfig, format_results, load_lm, run_eval
 
 BASELINES = ("random", "popularity", "userknn")
@@ -79,14 +81,38 @@ def main_job(out: str | Path = "artifacts/main", *, raw_dir: str | Path | None =
     return results
 
 
-def table(results: dict[str, Results], *, limit: int = 40, n: int = 10, m: int = 5) -> str:
-    """The job's table: every run's n, HR@1 and NDCG@5 with 95% CIs, and ValidRatio."""
-    lines = [f"ML-100K test (LLaRA-compatible held-out users), K=20, score mode, M={m}, N={n}; "
+def chance_level(k: int) -> dict[str, float]:
+    """HR@1 and NDCG@5 of a ranking drawn at random among K candidates (one relevant item): 1/K, and the mean of
+    1/log2(1 + r) over the ranks r <= 5 the target falls at with probability 1/K each."""
+    return {"HR@1": 1 / k, "NDCG@5": sum(1 / math.log2(1 + r) for r in range(1, min(5, k) + 1)) / k}
+
+
+def table(results: dict[str, Results], *, limit: int = 40, n: int = 10, m: int = 5, k: int = 20) -> str:
+    """The job's table: every run's n, HR@1 and NDCG@5 with 95% CIs, ValidRatio and where its top-1s sit in the
+    candidate list; then the chance level, what the metrics mean, and a line for each run whose top-1 is mostly
+    one list position (`evaluation.top1_positions`: a flag above 3x chance that chance would not give)."""
+    chance = chance_level(k)
+    lines = [f"ML-100K test (LLaRA-compatible held-out users), K={k}, score mode, M={m}, N={n}; "
              f"LLM rows on the first {limit} users; 95% bootstrap CIs",
-             f"{'run':<26}{'n':>5}  {'HR@1':<22}{'NDCG@5':<22}{'ValidRatio':>10}"]
+             f"{'run':<26}{'n':>5}  {'HR@1':<22}{'NDCG@5':<22}{'ValidRatio':>10}  top-1 position"]
+    flagged = []
     for name, r in results.items():
-        cells = {k: f"{r.metrics[k]['value']:.3f} [{r.metrics[k]['ci_low']:.3f}, {r.metrics[k]['ci_high']:.3f}]"
-                 for k in ("HR@1", "NDCG@5")}
+        cells = {key: f"{r.metrics[key]['value']:.3f} [{r.metrics[key]['ci_low']:.3f}, {r.metrics[key]['ci_high']:.3f}]"
+                 for key in ("HR@1", "NDCG@5")}
+        position = r.get("top1_position") or {}
         lines.append(f"{name:<26}{r.n:>5}  {cells['HR@1']:<22}{cells['NDCG@5']:<22}"
-                     f"{r.metrics['ValidRatio']['value']:>10.3f}")
+                     f"{r.metrics['ValidRatio']['value']:>10.3f}  {position_cell(r)}")
+        if position.get("flag"):
+            top = position["most_common"]
+            flagged.append(f"(!) {name}: its top-1 is the candidate at list position {top} for "
+                           f"{position['counts'][top - 1]} of {position['n']} users (chance: 1 in {k}); it is "
+                           "picking a list position, not an item for the user")
+    lines += [f"Chance level (a random ranking of K={k}): HR@1 = {chance['HR@1']:.3f}, "
+              f"NDCG@5 = {chance['NDCG@5']:.3f}.",
+              "HR@1: share of users whose held-out next item is ranked first. NDCG@5: 1/log2(1 + rank) of that "
+              "item when it is in the top 5, else 0, averaged. ValidRatio: share of outputs that rank the "
+              "candidates (an invalid output counts as a miss). top-1 position: the list position most often "
+              "ranked first and its share; (!) above 3x chance and beyond what chance gives on n users "
+              "(binomial, p < 0.01).", *flagged]
     return "\n".join(lines)
+

@@ -134,9 +134,11 @@ def prepare_dataset(dataset: str, out: str | Path, raw_dir: str | Path | None = 
         `out`, which `load_prepared(out)` opens.
 
     Raises:
-        OutputExistsError: `out` exists and `overwrite` is false.
+        OutputExistsError: `out` exists and `overwrite` is false (checked first, before anything is read or
+            built).
         ConfigError, DataError: as `build`.
     """
+    refuse_existing(out, overwrite)
     if raw_dir is None:
         from adaptrec_prompts.data.download import download
 
@@ -144,6 +146,19 @@ def prepare_dataset(dataset: str, out: str | Path, raw_dir: str | Path | None = 
     ddict, titles, manifest = build(dataset, raw_dir, config or ProtocolConfig(), items_file=items_file,
                                     domain=domain)
     return save(ddict, titles, manifest, out, overwrite=overwrite)
+
+
+def refuse_existing(out: str | Path, overwrite: bool) -> None:
+    """Refuse an existing output folder up front (before minutes of building), unless `overwrite`.
+
+    Raises:
+        OutputExistsError: naming `overwrite=True` (and, for the command line, `--overwrite`).
+    """
+    if Path(out).exists() and not overwrite:
+        raise OutputExistsError(f"output folder {str(out)!r} exists; pass overwrite=True to replace it or choose "
+                                "another output folder",
+                                cli=f"output folder {str(out)!r} exists; pass --overwrite to replace it or choose "
+                                "another --out")
 
 
 def _fingerprinted(ds: datasets.Dataset) -> datasets.Dataset:

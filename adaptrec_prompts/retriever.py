@@ -172,6 +172,19 @@ class UserIndex:
     def count(self) -> int:
         return self.collection.count()
 
+    def __repr__(self) -> str:
+        try:
+            count = self.count()
+        except Exception as exc:  # a repr never raises: a server gone away is shown, not thrown
+            count = f"? ({type(exc).__name__})"
+        parts = [f"name={self.name!r}", f"count={count}",
+                 f"embedder={getattr(self.embedder, 'id', None)!r}",
+                 f"data={None if self.data is None else str(self.data)!r}"]
+        if self.pool and self.pool.get("seed") is not None:  # a sampled pool
+            parts.append(f"pool={self.pool['size']} of {self.pool['train_rows']} training examples "
+                         f"(seed {self.pool['seed']})")
+        return f"UserIndex({', '.join(parts)})"
+
     def probe(self, vectors: np.ndarray) -> list[bool]:
         """For vectors stored in the index: is each found again at (near) zero distance? A damaged HNSW file
         keeps the SQLite count right but stops finding stored vectors, or crashes the reader: an embedded

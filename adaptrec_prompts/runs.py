@@ -26,7 +26,9 @@ from adaptrec_prompts.errors import ConfigError, IncompleteRunError
 
 PROGRAM_CHOICES = ("none|random|random-retrieved|static|adaptive (AdaptRec selection), "
                    "baseline:random|popularity|userknn|sasrec[:early-stop]|demo-match[:random|:random-retrieved], or a .json")
-NEEDS_LM = "this program needs an LM: pass --lm hf:PATH (local) or e.g. --lm openai/gpt-4o"
+NEEDS_LM_CLI = "this program needs an LM: pass --lm hf:PATH (local) or e.g. --lm openai/gpt-4o"
+# the library's words start as the command line's (callers match on them) and name the Python argument
+NEEDS_LM = NEEDS_LM_CLI + "; in Python: RunConfig(lm='hf:PATH') or RunConfig(lm='openai/gpt-4o')"
 
 
 @dataclass
@@ -39,9 +41,12 @@ class RunConfig:
         split: which frozen split to score.
         program: an AdaptRec selection (none, random, random-retrieved, static, adaptive), a baseline
             (baseline:random, baseline:popularity, baseline:userknn, baseline:sasrec (`:early-stop`: epochs chosen by
-            validation HR@1), baseline:demo-match: the
-            votes of the users the static program shows, with its n, m and demo_items; `:random` or
-            `:random-retrieved` for those selections) or a saved program (.json).
+            validation HR@1), baseline:demo-match: the votes of the users the static program shows, with its n, m
+            and demo_items; `:random` or `:random-retrieved` for those selections), a saved program (.json),
+            or a program object (Python only): an `AdaptRec` (a compiled or loaded one, or a live one from
+            `AdaptRec.from_index`) or a baseline object, used as it is; `n`, `m`, `mode`, `prompt`,
+            `demo_items`, `labels` and `template` must then be left at their defaults or agree with it. The
+            manifest records it as "AdaptRec object" next to its configuration and DSPy state.
         lm: "hf:PATH" for a local model, the "gemma-3-270m" preset, or a provider/model for `dspy.LM`
             (e.g. "openai/gpt-4o"). Only AdaptRec programs use it.
         adapter: a peft LoRA adapter folder for local models.
@@ -68,7 +73,7 @@ class RunConfig:
     data: str | Path
     out: str | Path
     split: str = "test"
-    program: str = "static"
+    program: str | object = "static"
     lm: str | None = None
     adapter: str | None = None
     api_base: str | None = None
@@ -100,6 +105,9 @@ class RunConfig:
             if value not in valid:
                 raise ConfigError(f"RunConfig.{name}={value!r} is not valid; use one of "
                                   f"{', '.join(v for v in valid if v is not None)}")
+        if not isinstance(self.program, (str, os.PathLike)) and not callable(getattr(self.program, "config", None)):
+            raise TypeError(f"RunConfig.program={self.program!r} is a {type(self.program).__name__}; use a name "
+                            f"({PROGRAM_CHOICES}) or a program object (an AdaptRec or a baseline)")
         if device_problem(self.device):
             raise ConfigError(f"RunConfig.device={self.device!r} is not valid; use {DEVICES}")
         for name in ("limit", "threads", "max_new_tokens"):
@@ -109,8 +117,43 @@ class RunConfig:
                                   + (" (None scores the whole split)" if name == "limit" else ""))
 
     def to_dict(self) -> dict:
-        """The settings as JSON values (paths as strings), as recorded in the run manifest."""
-        return {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in asdict(self).items()}
+        """The settings as JSON values (paths as strings, a program object as `program_label`), as recorded in
+        the run manifest."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # asdict would deep-copy a program object
+        values["program"] = program_label(self.program)
+        return {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in values.items()}
+
+
+def program_label(program) -> str:
+    """How a run records `RunConfig.program`: the spec as given, or "<class> object" for a program object
+    (its configuration and DSPy state are in the manifest's `program` section)."""
+    if isinstance(program, (str, os.PathLike)):
+        return os.fspath(program)
+    return f"{type(program).__name__} object"
+
+
+# RunConfig fields a program object already answers, with the object's value of each
+_OBJECT_SETTINGS = {"mode": "mode", "n": "n_retrieve", "m": "m_select", "prompt": "prompt", "demo_items": "demo_items",
+                    "labels": "labels"}
+
+
+def _check_program_object(config: RunConfig, program) -> None:
+    """A program object is used as it is: a run setting that would change it must agree with it."""
+    defaults = {f.name: f.default for f in fields(RunConfig)}
+    for name, attribute in _OBJECT_SETTINGS.items():
+        given, own = getattr(config, name), getattr(program, attribute, None)
+        if given != defaults[name] and given != own:
+            raise ConfigError(f"RunConfig.{name}={given!r}, but the program's {attribute}={own!r}: a program object is "
+                              f"evaluated as it is; leave {name} at its default ({defaults[name]!r}) or build the "
+                              "program with the setting you want")
+    if config.template is not None:
+        raise ConfigError(f"RunConfig.template={config.template!r}: a program object brings its own template; leave "
+                          "template=None")
+    attached = [name for name, predictor in getattr(program, "named_predictors", list)() if predictor.lm is not None]
+    if attached:  # it would score with that LM while the manifest names RunConfig.lm
+        raise ConfigError(f"the program has its own LM on {', '.join(attached)} (set_lm), but a run records the "
+                          "LM it names in RunConfig.lm; call program.set_lm(None) and pass the LM as RunConfig.lm "
+                          "(or run_eval(..., lm=...))")
 
 
 def config_fields() -> tuple[str, ...]:
@@ -202,6 +245,9 @@ def build_program(spec: str, data_dir: str | Path, *, n: int = 10, m: int = 5, m
     from adaptrec_prompts.prepare import load_manifest, load_prepared
     from adaptrec_prompts.render import load_template, manifest_template
 
+    if not isinstance(spec, (str, os.PathLike)):  # a program object (RunConfig.program): used as it is
+        return spec
+    spec = os.fspath(spec)
     if spec in SELECTIONS:
         tmpl = load_template(template) if template else manifest_template(load_manifest(data_dir))
         return AdaptRec(tmpl, selection=spec, n_retrieve=n, m_select=m, mode=mode, seed=seed, prompt=prompt,
@@ -243,7 +289,7 @@ def load_lm(config: RunConfig, progress: bool = True):
     from adaptrec_prompts.backends.api import is_local, make_lm
 
     if not config.lm:
-        raise ConfigError(NEEDS_LM)
+        raise ConfigError(NEEDS_LM, cli=NEEDS_LM_CLI)
     return make_lm(config.lm, adapter=config.adapter, api_base=config.api_base,
                    **({"max_new_tokens": config.max_new_tokens, "device": config.device, "progress": progress}
                       if is_local(config.lm) else
@@ -287,23 +333,38 @@ def run_eval(config: RunConfig, lm=None, progress: bool = True, *, config_file: 
     program = build_program(config.program, config.data, n=config.n, m=config.m, mode=config.mode or "score",
                             seed=config.seed, template=config.template, mode_given=config.mode is not None,
                             prompt=config.prompt, demo_items=config.demo_items, labels=config.labels)
+    if program is config.program:
+        _check_program_object(config, program)
     persisted = (manifest.get("neighbors") or {}).get("n")
-    uses_neighbors = (isinstance(program, AdaptRec) and program.selection != "none"
-                      or config.program == "baseline:userknn" or config.program.startswith("baseline:demo-match"))
-    if uses_neighbors and persisted is not None and config.n > persisted:
-        raise ConfigError(f"--n {config.n}: {config.data} holds {persisted} neighbours per row; use --n {persisted} "
-                          f"or less, or rebuild with `adaptrec index neighbors --n {config.n}`")
+    live = getattr(program, "retriever", None) is not None  # AdaptRec.from_index retrieves per call
+    spec = config.program if isinstance(config.program, str) else ""
+    uses_neighbors = (isinstance(program, AdaptRec) and program.selection != "none" and not live
+                      or spec == "baseline:userknn" or spec.startswith("baseline:demo-match"))
+    n = program.n_retrieve if isinstance(program, AdaptRec) else config.n
+    if uses_neighbors and persisted is not None and n > persisted:
+        raise ConfigError(f"n={n}: {config.data} holds {persisted} neighbours per row; use n={persisted} or less, "
+                          f"or rebuild the neighbours with build_neighbors(..., n={n})",
+                          cli=f"--n {n}: {config.data} holds {persisted} neighbours per row; use --n {persisted} "
+                          f"or less, or rebuild with `adaptrec index neighbors --n {n}`")
+    if uses_neighbors and isinstance(program, AdaptRec) and persisted is None:
+        # refused here, before an LM is loaded, rather than at the first example
+        what = "random users (random_* columns)" if program.selection == "random" else "Stage-1 neighbours"
+        raise ConfigError(f"program selection={program.selection!r} needs {what}, and {config.data} has none: build "
+                          "them with adaptrec_prompts.build_neighbors(data, out, index) and evaluate that folder, "
+                          "serve the program live with AdaptRec.from_index(index, ...), or use selection='none'",
+                          cli=f"--program {config.program} needs {what}, and {config.data} has none: run `adaptrec "
+                          "index neighbors --data ... --out ...` and evaluate that folder, or use --program none")
     if not isinstance(program, AdaptRec):
         lm = None
     elif not config.lm:  # also with an `lm` passed in: the manifest must name the model the run used
-        raise ConfigError(NEEDS_LM)
+        raise ConfigError(NEEDS_LM, cli=NEEDS_LM_CLI)
     elif lm is None:
         lm = load_lm(config, progress)
     local = is_local(config.lm or "hf:")
     # what identifies the run (evaluation.run_identity) and what it was run with; unchanged since before
     # RunConfig existed, so older run folders still resume
     recorded = {"data": str(config.data), "data_hash": manifest.get("data_hash"), "split": config.split,
-                "limit": config.limit, "examples": split.num_rows, "program": config.program,
+                "limit": config.limit, "examples": split.num_rows, "program": program_label(config.program),
                 "program_config": program.config(), "lm": config.lm, "adapter": config.adapter,
                 "api_base": config.api_base, "max_new_tokens": config.max_new_tokens, "seed": config.seed,
                 **({"device": config.device} if config.device != "cpu" else {}),
@@ -314,9 +375,8 @@ def run_eval(config: RunConfig, lm=None, progress: bool = True, *, config_file: 
     settings = {k: v for k, v in config.to_dict().items() if k != "out"}
     extra = {"run_config": settings, "config_file": os.fspath(config_file) if config_file is not None else None}
     rows = split.to_list()
-    raw = evaluate(program, rows, config.out, recorded, lm=lm, threads=config.threads, progress=progress,
-                   data_manifest=manifest, retries=config.retries, extra=extra)
-    results = Results(config.out, raw, tuple(row["example_id"] for row in rows))
+    results = evaluate(program, rows, config.out, recorded, lm=lm, threads=config.threads, progress=progress,
+                       data_manifest=manifest, retries=config.retries, extra=extra)
     if results.errors:  # the metrics cover only what was scored: not a finished run
         raise IncompleteRunError(f"{results.errors} of {results.n + results.errors} examples failed with "
                                  f"provider/transport errors (kept out of the metrics above); run the same command "

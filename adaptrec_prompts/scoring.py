@@ -54,7 +54,36 @@ def score_completions(lm, messages: list[dict], completions: Sequence[str],
     else:
         scores, prompt_tokens, completion_tokens = score(messages, list(completions)), 0, 0
     timing.add(time.perf_counter() - started, prompt_tokens, completion_tokens)
+    record_scores(lm, messages, completions, list(scores), prompt_tokens, completion_tokens)
     return list(scores)
+
+
+def record_scores(lm, messages: list[dict], completions: Sequence[str], scores: Sequence[float],
+                  prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+    """Put a local score call in DSPy's LM history (the LM's, the global one and the calling modules'), as
+    DSPy records a generate call: the prompt as `messages`, and as the output every completion with its score
+    (`lm.inspect_history()`, `program.inspect_history()` and `dspy.inspect_history()` print them). The entry's
+    `kwargs` say it was scored: `score_mode=True` and the `completions`. Nothing is recorded when DSPy's
+    history is off (`dspy.settings.disable_history`) or the LM keeps none."""
+    import datetime
+    import uuid
+
+    if not hasattr(lm, "history"):
+        return
+    from dspy.clients.base_lm import record_history
+
+    lines = [f"score mode: log-likelihood of each of {len(scores)} completions after this prompt (higher is likelier)"]
+    for rank, (score, text) in enumerate(sorted(zip(scores, completions, strict=True), key=lambda p: -p[0]), 1):
+        shown = text.rstrip("\n").rsplit("\n", 1)[-1]  # the answer line, without the field header
+        lines.append(f"{rank:>3}. {score:.3f}  {shown}")
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens}
+    record_history(lm, {
+        "prompt": None, "messages": list(messages), "kwargs": {"score_mode": True, "completions": list(completions)},
+        "response": None, "outputs": ["\n".join(lines)], "usage": usage, "cost": None,
+        "timestamp": datetime.datetime.now().isoformat(), "uuid": str(uuid.uuid4()),
+        "model": getattr(lm, "model", None), "response_model": getattr(lm, "model", None),
+        "model_type": getattr(lm, "model_type", None)})
 
 
 def _openai_tokenizer(lm) -> bool:

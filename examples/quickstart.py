@@ -9,7 +9,7 @@
 4. evaluate the same live program on a few test users (`evaluate`: each row's own user and time are
    excluded from its neighbours, as `adaptrec index neighbors` excludes them).
 
-The model is a randomly initialised micro Llama (`backends.tiny.build_tiny_llama`): the point is the
+The model is a randomly initialised micro Llama (`build_tiny_model`): the point is the
 plumbing, not the quality of its rankings. Swap in `make_lm("hf:PATH")` or `make_lm("openai/gpt-4o")`
 for a real one. Outputs already in `--out` are reused, so a second run is faster.
 """
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import dspy
 
-from adaptrec_prompts import AdaptRec, UserIndex, evaluate, load_prepared, make_lm, prepare_dataset
+from adaptrec_prompts import (AdaptRec, UserIndex, build_tiny_model, evaluate, load_prepared, make_lm,
+                              prepare_dataset)
 
 REPO = Path(__file__).resolve().parents[1]
 HISTORY = ["Star Wars (1977)", "Raiders of the Lost Ark (1981)", "Return of the Jedi (1983)", "Fargo (1996)",
@@ -56,10 +57,7 @@ def main(argv: list[str] | None = None) -> None:
                                   mode="score")
     model = args.out / "tiny"
     if not (model / "config.json").is_file():
-        from adaptrec_prompts.backends.tiny import build_tiny_llama, prompt_corpus
-
-        build_tiny_llama(prompt_corpus(splits["train"].select(range(200)), program.template), model,
-                         size="micro", chat_template=True)
+        build_tiny_model(data, model)  # = adaptrec model tiny --chat: a random micro Llama, offline
     lm = make_lm(f"hf:{model}")
 
     with dspy.context(lm=lm):
@@ -71,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = splits["test"].select(range(min(args.limit, splits["test"].num_rows)))
     results = evaluate(program, rows, args.out / "runs" / "live-static", lm=lm, progress=False)
-    metrics = "  ".join(f"{k}={m['value']:.3f}" for k, m in results["metrics"].items())
-    print(f"4. evaluated on {results['n']} test users: {metrics}  (run folder {args.out / 'runs' / 'live-static'})")
+    metrics = "  ".join(f"{k}={m['value']:.3f}" for k, m in results.metrics.items())
+    print(f"4. evaluated on {results.n} test users: {metrics}  (run folder {results.path})")
 
 
 if __name__ == "__main__":

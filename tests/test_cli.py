@@ -10,6 +10,7 @@ from adaptrec_prompts.cli import main
 from adaptrec_prompts.data.download import Archive, download
 from adaptrec_prompts.data._io import sha256_file
 from adaptrec_prompts.errors import DownloadError
+from conftest import REPO
 
 
 def test_prepare_and_stats_goodreads(goodreads_raw, tmp_path, capsys):
@@ -110,3 +111,46 @@ def test_pipeline_main_job_with_a_local_model(ml100k_raw, tiny_model, tmp_path, 
     before = (out / "runs" / "micro-static" / "predictions.jsonl").read_bytes()
     assert main(argv) == 0  # a second run reuses the data, neighbours and finished examples
     assert (out / "runs" / "micro-static" / "predictions.jsonl").read_bytes() == before
+
+
+def test_pipeline_table_states_chance_the_metrics_and_flags_a_position_picker(tmp_path):
+    from adaptrec_prompts.pipeline import chance_level, table
+    from adaptrec_prompts.runs import Results
+
+    def run(hr1, counts, flag):
+        metric = lambda v: {"value": v, "ci_low": v, "ci_high": v}
+        position = {"counts": counts, "n": sum(counts), "most_common": counts.index(max(counts)) + 1,
+                    "most_common_share": max(counts) / sum(counts), "flag": flag}
+        return Results(tmp_path, {"n": sum(counts), "errors": 0, "top1_position": position,
+                                  "metrics": {"HR@1": metric(hr1), "NDCG@5": metric(0.2), "ValidRatio": metric(1.0)}})
+
+    assert chance_level(20) == pytest.approx({"HR@1": 0.05, "NDCG@5": 0.147423}, abs=1e-6)
+    text = table({"popularity": run(0.2, [5, 4] + [1] * 18 + [], False),
+                  "gemma-3-270m-static": run(0.05, [38, 2] + [0] * 18, True)}, limit=40)
+    assert "Chance level (a random ranking of K=20): HR@1 = 0.050, NDCG@5 = 0.147." in text
+    assert "HR@1: share of users whose held-out next item is ranked first" in text and "ValidRatio:" in text
+    assert "#1 95% (!)" in text.splitlines()[3]  # the table's position column
+    flags = [line for line in text.splitlines() if line.startswith("(!)")]
+    assert flags == ["(!) gemma-3-270m-static: its top-1 is the candidate at list position 1 for 38 of 40 users "
+                     "(chance: 1 in 20); it is picking a list position, not an item for the user"]
+
+
+def test_pipeline_and_compare_help_describe_every_argument(capsys):
+    for argv in (["pipeline", "--help"], ["compare", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+    pipeline, compare = capsys.readouterr().out.split("usage: adaptrec compare")
+    options = pipeline.split("options:", 1)[1]
+    for option, default in (("--out OUT", "artifacts/main"), ("--n N", "10"), ("--m M", "5"), ("--limit LIMIT", "40")):
+        described = options.split("\n  " + option, 1)[1].split("\n  --", 1)[0]
+        assert f"default: {default}" in described and len(described.split()) > 4, described
+    assert "the chance level" in pipeline
+    assert "run folder A" in compare and "run folder B" in compare and "McNemar" in compare
+
+
+def test_the_readme_test_command_is_the_one_ci_runs():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    pytest_line = [line for line in ci.splitlines() if "-m pytest" in line][0]
+    assert pytest_line.split("python ", 1)[1] in readme  # -m pytest -q -rs -p no:cacheprovider
+    assert "DSPY_CACHEDIR" in readme

@@ -73,7 +73,7 @@ def test_the_harness_builds_it_with_the_programs_settings(tmp_path, goodreads_ra
                                 "m_select": 3, "demo_items": 2, "seed": 4, "next_weight": 1.0, "history_weight": 0.5}
     results = run_eval(RunConfig(data=data, out=tmp_path / "run", program="baseline:demo-match", n=6, m=3))
     assert results.n > 0 and results.errors == 0 and 0.0 <= results.metrics["HR@1"]["value"] <= 1.0
-    with pytest.raises(ConfigError, match="--n 7"):
+    with pytest.raises(ConfigError, match="n=7"):
         run_eval(RunConfig(data=data, out=tmp_path / "run7", program="baseline:demo-match", n=7, m=3))
     with pytest.raises(ConfigError, match="tuned on the rows it is scored on"):
         run_eval(RunConfig(data=data, out=tmp_path / "sasrec", program="baseline:sasrec:early-stop", split="valid"))

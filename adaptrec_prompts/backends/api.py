@@ -60,8 +60,32 @@ def local_model_dir(spec: str) -> str:
 
 
 def make_lm(spec: str, adapter: str | None = None, api_base: str | None = None, **kwargs) -> dspy.LM:
-    """`hf:PATH` -> local Hugging Face model (+ optional peft adapter); `gemma-3-270m` -> that preset;
-    anything else -> `api_lm(spec)`."""
+    """The `dspy.LM` an `--lm` spec names: use it with `dspy.context(lm=...)`, `dspy.configure(lm=...)` or
+    `program.set_lm(...)` (score mode honours a program's own LM as generate mode does).
+
+    Args:
+        spec: "hf:PATH" (a local transformers model folder, e.g. from `build_tiny_model`), "gemma-3-270m"
+            (the Gemma 3 270M preset, extra `.[gemma]`; converted once on first use), or any provider/model
+            `dspy.LM` accepts, e.g. "openai/gpt-4o" (keys come from the environment, never as arguments).
+        adapter: a peft LoRA adapter folder (local models only).
+        api_base: an OpenAI-compatible server URL, e.g. "http://127.0.0.1:8000/v1" (vLLM, llama.cpp; API
+            models only; DSPy's response cache is then off).
+        **kwargs: local models (`backends.hf.hf_lm` -> `HFEngine.load`): `max_new_tokens` (generation
+            budget, default 64), `device` ("cpu", "cuda", "cuda:N", "mps", "auto"), `dtype` ("float32"),
+            `progress` (transformers' loading bar). API models (`backends.api.api_lm` -> `dspy.LM`):
+            `max_tokens` (256), `temperature` (0.0), `num_retries` (3), `timeout`, `cache`.
+
+    Returns:
+        A `dspy.LM`. A local one has an `engine` that generates and scores (score mode); an API one scores
+        from token logprobs where its server returns them (docs/api-servers.md).
+
+    Raises:
+        ConfigError: an adapter for an API model, an API key passed as an argument, a missing model folder.
+
+    Example:
+        >>> lm = make_lm("hf:artifacts/models/tiny", max_new_tokens=32)  # doctest: +SKIP
+        >>> lm = make_lm("openai/my-model", api_base="http://127.0.0.1:8000/v1", num_retries=0)  # doctest: +SKIP
+    """
     if spec == GEMMA_PRESET:
         from adaptrec_prompts.backends.gemma import gemma_lm
 

@@ -84,3 +84,38 @@ def prompt_corpus(rows, template) -> list[str]:
                                                 {"answer": rec.answer_text(number, r["target_title"])})["messages"]
         texts.append("\n\n".join(m["content"] for m in messages))
     return texts
+
+
+def build_tiny_model(data: str | Path, out: str | Path, *, size: str = "micro", texts: int = 200,
+                     vocab_size: int = 2000, chat_template: bool = True, seed: int = 0, progress: bool = True) -> Path:
+    """A tiny random Llama for a prepared folder, built offline (`adaptrec model tiny` as a call): a BPE
+    tokenizer trained on `texts` rendered Stage-3 prompts of its training split, and a randomly initialised
+    `LlamaForCausalLM` of `size` ("micro", "small", "25m"; see `SIZES`). For plumbing, not for quality:
+    it ranks at random. Load it with `make_lm(f"hf:{path}")`.
+
+    Args:
+        data: a prepared folder (`prepare_dataset`); its domain picks the prompt wording.
+        out: the model folder to write (config.json, weights, tokenizer).
+        texts: training prompts the tokenizer is trained on (the first ones of the split).
+        chat_template: give the tokenizer a chat template (what DSPy's chat prompts need; on by default here,
+            off by default for `adaptrec model tiny`, whose `--chat` turns it on).
+
+    Returns:
+        `out`.
+
+    Example:
+        >>> path = build_tiny_model("artifacts/ml-100k", "artifacts/models/tiny")  # doctest: +SKIP
+        >>> lm = make_lm(f"hf:{path}")  # doctest: +SKIP
+    """
+    from adaptrec_prompts.errors import ConfigError
+    from adaptrec_prompts.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.render import manifest_template
+
+    if size not in SIZES:
+        raise ConfigError(f"size={size!r} is not a tiny model size; use one of {', '.join(SIZES)}")
+    if texts < 1:
+        raise ConfigError(f"texts must be >= 1 (training prompts for the tokenizer), got {texts}")
+    train = load_prepared(data)["train"]
+    corpus = prompt_corpus(train.select(range(min(texts, train.num_rows))), manifest_template(load_manifest(data)))
+    return build_tiny_llama(corpus, out, size=size, vocab_size=vocab_size, chat_template=chat_template, seed=seed,
+                            progress=progress)
