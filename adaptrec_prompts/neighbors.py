@@ -186,8 +186,14 @@ def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embed
     Raises:
         LeakageError: a queried split or the pool has rows without user ids.
     """
-    if not 1 <= n <= MAX_N:
-        raise ConfigError(f"n must be in 1..{MAX_N}, got {n}")
+    from adaptrec_prompts.options import check_number
+
+    check_number("n (--n)", n, low=1, high=MAX_N)
+    check_number("overfetch (--overfetch)", overfetch, low=1)
+    check_number("random_seed (--random-seed)", random_seed, low=0)
+    check_number("train_sample_seed (--train-sample-seed)", train_sample_seed, low=0)
+    if train_sample is not None:
+        check_number("train_sample (--train-sample)", train_sample, low=1)
     unknown = set(splits) - set(SPLITS)
     if unknown:
         raise ConfigError(f"unknown splits {sorted(unknown)}; valid: {', '.join(SPLITS)}")

@@ -29,6 +29,12 @@ PROGRAM_CHOICES = ("none|random|random-retrieved|static|adaptive (AdaptRec selec
 NEEDS_LM = "this program needs an LM: pass --lm hf:PATH (local) or e.g. --lm openai/gpt-4o"
 
 
+# The valid range of each numeric RunConfig field (`options.number_problem`); the CLI's types use the same.
+NUMERIC_RULES = {"retries": {"low": 0}, "timeout": {"low": 0, "integer": False, "above": True},
+                 "num_retries": {"low": 0}, "demo_items": {"low": 1}, "n": {"low": 1}, "m": {"low": 1},
+                 "seed": {"low": 0}, "limit": {"low": 1}, "threads": {"low": 1}, "max_new_tokens": {"low": 1}}
+
+
 @dataclass
 class RunConfig:
     """Everything one evaluation run needs; the fields are `adaptrec eval`'s options, with its defaults.
@@ -99,11 +105,17 @@ class RunConfig:
                                   f"{', '.join(v for v in valid if v is not None)}")
         if device_problem(self.device):
             raise ConfigError(f"RunConfig.device={self.device!r} is not valid; use {DEVICES}")
-        for name in ("limit", "threads", "max_new_tokens"):
+        from adaptrec_prompts.options import number_problem
+
+        for name, rule in NUMERIC_RULES.items():
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"RunConfig.{name} must be >= 1, got {value}"
-                                  + (" (None scores the whole split)" if name == "limit" else ""))
+            if value is None and name in ("limit", "demo_items"):
+                continue
+            problem = number_problem(value, **rule)
+            if problem:
+                raise ConfigError(f"RunConfig.{name} {problem}"
+                                  + (" (None scores the whole split)" if name == "limit" else "")
+                                  + (" (None shows whole histories)" if name == "demo_items" else ""))
 
     def to_dict(self) -> dict:
         """The settings as JSON values (paths as strings), as recorded in the run manifest."""

@@ -1,0 +1,128 @@
+"""Integrity failures (issue 23): nothing from a file may choose the model or the server, an adapter is checked
+against what it was trained for, damaged index and data files are named, outputs are never replaced unasked,
+and every numeric setting is checked where it is read. Each test failed before its fix
+(docs/failure-behaviour.md has the user-facing table)."""
+
+import json
+
+import pytest
+
+from adaptrec_prompts.cli import main
+from adaptrec_prompts.errors import ConfigError
+from adaptrec_prompts.modules import AdaptRec, load_program, save_program
+from adaptrec_prompts.render import load_template
+
+ANSWER = "[[ ## answer ## ]]\n1\n\n[[ ## completed ## ]]"
+
+
+def _program_file(tmp_path, edit, name="p.json", **config):
+    path = save_program(AdaptRec(load_template("movies"), selection="none", **config), tmp_path / name)
+    payload = json.loads(path.read_text())
+    edit(payload)
+    path.write_text(json.dumps(payload))
+    return path
+
+
+# ---- security: a program file must not choose the model or the server ----
+
+def test_a_program_file_naming_an_lm_is_refused_and_no_server_is_asked(ml100k_prepared, tmp_path, capsys,
+                                                                        monkeypatch):
+    from adaptrec_prompts.testing import MockOpenAIServer
+
+    def inject(payload):
+        payload["state"]["recommender.recommend"]["lm"] = {"model": "openai/gpt-4o-mini", "temperature": 1.7,
+                                                           "max_tokens": 3}
+
+    path = _program_file(tmp_path, inject)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-real")
+    with MockOpenAIServer(lambda n, body: ("ok", ANSWER)) as elsewhere, \
+            MockOpenAIServer(lambda n, body: ("ok", ANSWER)) as named:
+        monkeypatch.setenv("OPENAI_BASE_URL", elsewhere.url)  # where DSPy's rebuilt LM would send its requests
+        code = main(["eval", "--data", str(ml100k_prepared), "--program", str(path), "--lm", "openai/mock",
+                     "--api-base", named.url, "--mode", "generate", "--limit", "3", "--no-progress",
+                     "--retries", "0", "--num-retries", "0", "--out", str(tmp_path / "run")])
+        assert elsewhere.requests == [] and named.requests == []
+    err = capsys.readouterr().err
+    assert code == 2 and str(path) in err and "state['recommender.recommend']['lm']" in err
+    assert "must not name a model or a server" in err
+    assert not (tmp_path / "run" / "predictions.jsonl").exists()
+
+
+@pytest.mark.parametrize(("where", "edit"), [
+    ("state['recommender.recommend']['forward']",
+     lambda p: p["state"]["recommender.recommend"].update(forward="not callable")),
+    ("state['recommender.recommend']['signature']['extra']",
+     lambda p: p["state"]["recommender.recommend"]["signature"].update(extra=1)),
+    ("key 'lm'", lambda p: p.update(lm={"model": "openai/gpt-4o-mini"})),
+    ("config['api_base']", lambda p: p["config"].update(api_base="http://127.0.0.1:9/v1")),
+    ("state['recommender.recommend']['demos']", lambda p: p["state"]["recommender.recommend"].update(demos="x")),
+    ("config['template']", lambda p: p["config"].update(template="/etc/x.toml")),
+    ("state['other.predict']", lambda p: p["state"].update({"other.predict": {}})),
+])
+def test_a_program_file_with_a_key_save_program_never_writes_is_refused(tmp_path, where, edit):
+    path = _program_file(tmp_path, edit)
+    with pytest.raises(ConfigError) as info:
+        load_program(path)
+    assert str(path) in str(info.value) and where in str(info.value), str(info.value)
+
+
+def test_a_saved_program_still_loads(tmp_path):
+    path = _program_file(tmp_path, lambda p: None, mode="generate")
+    assert load_program(path).config() == AdaptRec(load_template("movies"), selection="none", mode="generate").config()
+
+
+# ---- numeric settings: checked where they are read, with the valid range ----
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--n", "0", "argument --n: must be >= 1, got 0"), ("--n", "-5", "argument --n: must be >= 1, got -5"),
+    ("--timeout", "0", "argument --timeout: must be > 0, got 0.0"),
+    ("--num-retries", "-1", "argument --num-retries: must be >= 0, got -1"),
+    ("--seed", "-3", "argument --seed: must be >= 0, got -3"),
+    ("--threads", "0", "argument --threads: must be >= 1, got 0"),
+    ("--demo-items", "0", "argument --demo-items: must be >= 1, got 0"),
+])
+def test_numeric_eval_options_are_refused_with_their_range(ml100k_prepared, tmp_path, capsys, option, value, message):
+    with pytest.raises(SystemExit):
+        main(["eval", "--data", str(ml100k_prepared), "--program", "baseline:userknn", option, value,
+              "--out", str(tmp_path / "run")])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_numeric_options_of_other_commands_and_config_files(ml100k_prepared, tmp_path, capsys):
+    for argv, message in (
+            (["index", "neighbors", "--data", "d", "--out", "o", "--n", "0"], "argument --n: must be between 1 and 50, got 0"),
+            (["index", "neighbors", "--data", "d", "--out", "o", "--overfetch", "0"], "--overfetch: must be >= 1"),
+            (["data", "prepare", "--dataset", "ml-100k", "--out", "o", "--seed", "-1"], "--seed: must be >= 0"),
+            (["sft-experiment", "--data", "d", "--out", "o", "--learning-rate", "0"], "--learning-rate: must be > 0"),
+            (["compile", "--data", "d", "--lm", "x", "--num-trials", "0"], "--num-trials: must be >= 1")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err, argv
+    config = tmp_path / "run.yaml"
+    config.write_text("n: -5\n")
+    with pytest.raises(SystemExit):
+        main(["eval", "--config", str(config), "--data", str(ml100k_prepared), "--program", "baseline:userknn",
+              "--out", str(tmp_path / "run")])
+    assert "run.yaml: n: must be >= 1, got -5" in capsys.readouterr().err
+
+
+def test_numeric_settings_are_checked_by_the_library_too(tmp_path):
+    from adaptrec_prompts.baselines import UserKNNBaseline
+    from adaptrec_prompts.protocol import ProtocolConfig
+    from adaptrec_prompts.runs import RunConfig
+
+    for n in (0, -5):  # 0 ranked like Popularity, -5 like 5 (Python slicing)
+        with pytest.raises(ConfigError, match=rf"n_retrieve \(--n\) must be >= 1, got {n}"):
+            UserKNNBaseline([[1, 2, 3]], n_retrieve=n)
+    for field, value, message in (("n", 0, "RunConfig.n must be >= 1, got 0"),
+                                  ("timeout", 0.0, "RunConfig.timeout must be > 0, got 0.0"),
+                                  ("num_retries", -1, "RunConfig.num_retries must be >= 0, got -1"),
+                                  ("m", "5", "RunConfig.m expected a whole number, got '5'")):
+        with pytest.raises(ConfigError, match=message):
+            RunConfig(data="d", out="o", **{field: value})
+    with pytest.raises(ConfigError, match=r"seed \(--seed\) must be >= 0, got -1"):
+        ProtocolConfig(seed=-1)
+    path = _program_file(tmp_path, lambda p: p["config"].update(n_retrieve=-5, m_select=1))
+    with pytest.raises(ConfigError, match=r"p.json: config: n_retrieve \(--n\) must be >= 1, got -5"):
+        load_program(path)
