@@ -23,8 +23,8 @@ import numpy as np
 
 from adaptrec_prompts.embed import (CollabEmbedder, Embedder, LMEmbedder, TextEmbedder, embed_all,
                                     training_sequences)
-from adaptrec_prompts.errors import ConfigError, LeakageError
-from adaptrec_prompts.prepare import load_items, load_manifest, load_prepared, save
+from adaptrec_prompts.errors import ConfigError, LeakageError, OutputExistsError
+from adaptrec_prompts.prepare import OutputLock, load_items, load_manifest, load_prepared, save
 from adaptrec_prompts.protocol import example_rng
 from adaptrec_prompts.render import manifest_template
 from adaptrec_prompts.retriever import QueryStats, UserIndex, collection_name
@@ -185,6 +185,9 @@ def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embed
 
     Raises:
         LeakageError: a queried split or the pool has rows without user ids.
+        OutputExistsError: `out` exists and `overwrite` is false (checked before any query, and again when the
+            folder is moved into place: a folder another process finished meanwhile is kept).
+        RunInUseError: another process is writing `out` (`prepare.OutputLock`).
     """
     from adaptrec_prompts.options import check_number
 
@@ -197,6 +200,18 @@ def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embed
     unknown = set(splits) - set(SPLITS)
     if unknown:
         raise ConfigError(f"unknown splits {sorted(unknown)}; valid: {', '.join(SPLITS)}")
+    out = Path(out)
+    with OutputLock(out):  # a second `index neighbors` on the same --out is refused, never interleaved
+        if out.exists() and not overwrite:  # before any query: the work would be thrown away at the end
+            raise OutputExistsError(f"output folder {str(out)!r} exists; pass --overwrite to replace it or choose "
+                                    "another --out")
+        return _add_neighbors(data_dir, out, index, embedder, n, splits, overfetch, overwrite, train_sample,
+                              train_sample_seed, random_seed, progress)
+
+
+def _add_neighbors(data_dir, out: Path, index: UserIndex, embedder: Embedder, n: int, splits: Sequence[str],
+                   overfetch: int, overwrite: bool, train_sample: int | None, train_sample_seed: int,
+                   random_seed: int, progress: bool) -> dict:
     ddict = load_prepared(data_dir)
     _refuse_unsure_users(load_manifest(data_dir), data_dir, splits)
     train = ddict["train"]

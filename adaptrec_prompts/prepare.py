@@ -141,9 +141,13 @@ def prepare_dataset(dataset: str, out: str | Path, raw_dir: str | Path | None = 
         from adaptrec_prompts.data.download import download
 
         raw_dir = download(dataset, cache_dir)
-    ddict, titles, manifest = build(dataset, raw_dir, config or ProtocolConfig(), items_file=items_file,
-                                    domain=domain)
-    return save(ddict, titles, manifest, out, overwrite=overwrite)
+    with OutputLock(out):
+        if Path(out).exists() and not overwrite:  # before the work, which would be thrown away at the end
+            raise OutputExistsError(f"output folder {str(out)!r} exists; pass --overwrite to replace it or "
+                                    "choose another --out")
+        ddict, titles, manifest = build(dataset, raw_dir, config or ProtocolConfig(), items_file=items_file,
+                                        domain=domain)
+        return save(ddict, titles, manifest, out, overwrite=overwrite)
 
 
 def _fingerprinted(ds: datasets.Dataset) -> datasets.Dataset:
@@ -194,9 +198,55 @@ def save(ddict: datasets.DatasetDict, titles: dict[int, str], manifest: dict, ou
     manifest = {**manifest, "data_hash": data_hash(partial)}
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if out.exists():
+        if not overwrite:  # another writer finished first (the check above ran before the work): keep theirs
+            shutil.rmtree(partial, ignore_errors=True)
+            raise OutputExistsError(f"output folder {str(out)!r} was written by another process while this one "
+                                    "worked; it is kept. Pass --overwrite to replace it or choose another --out")
         shutil.rmtree(out)
     partial.rename(out)
     return out
+
+
+class OutputLock:
+    """An exclusive lock on an output folder that is written whole at the end (`save`): `.NAME.lock` next to it,
+    holding the owner's pid, so two processes never build the same --out at once (as `evaluate` locks a run
+    folder; docs/failure-behaviour.md). The lock file stays; an unlocked one means nothing.
+
+    Raises:
+        RunInUseError: another process holds the lock.
+    """
+
+    def __init__(self, out: str | Path):
+        out = Path(out)
+        self.path = out.parent / f".{out.name}.lock"
+        self.out = out
+
+    def __enter__(self) -> OutputLock:
+        import fcntl
+
+        from adaptrec_prompts.errors import RunInUseError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            owner = self.handle.read().strip() or "another process"
+            self.handle.close()
+            raise RunInUseError(f"{self.out} is being written by {owner} (lock {self.path}); wait for it to finish "
+                                "or choose another --out") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"pid {os.getpid()}")
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
 
 
 def load_manifest(folder: str | Path) -> dict:

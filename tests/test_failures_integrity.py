@@ -126,3 +126,46 @@ def test_numeric_settings_are_checked_by_the_library_too(tmp_path):
     path = _program_file(tmp_path, lambda p: p["config"].update(n_retrieve=-5, m_select=1))
     with pytest.raises(ConfigError, match=r"p.json: config: n_retrieve \(--n\) must be >= 1, got -5"):
         load_program(path)
+
+
+# ---- `index neighbors`: one writer per --out, an existing folder replaced only with --overwrite ----
+
+@pytest.fixture(scope="module")
+def gr(tmp_path_factory, goodreads_raw):
+    from adaptrec_prompts.prepare import build, save
+    from adaptrec_prompts.protocol import ProtocolConfig
+
+    root = tmp_path_factory.mktemp("gr")
+    return save(*build("goodreads", goodreads_raw, ProtocolConfig(k_candidates=10)), root / "gr")
+
+
+def _index(gr, chroma):
+    from adaptrec_prompts.neighbors import make_embedder, open_index
+    from adaptrec_prompts.retriever import make_client
+
+    embedder = make_embedder("collab", gr)
+    return open_index(gr, embedder, make_client(path=chroma), progress=False), embedder
+
+
+def test_a_neighbour_folder_being_written_is_not_written_twice(gr, tmp_path):
+    import subprocess
+    import sys
+
+    from adaptrec_prompts.errors import RunInUseError
+    from adaptrec_prompts.neighbors import add_neighbors
+
+    index, embedder = _index(gr, tmp_path / "chroma")
+    lock = tmp_path / ".nb.lock"
+    lock.write_text("pid 4242")
+    holder = subprocess.Popen([sys.executable, "-c", f"import fcntl, time; h = open({str(lock)!r}); "
+                               "fcntl.flock(h, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunInUseError, match=r"nb is being written by pid 4242 .*choose another --out"):
+            add_neighbors(gr, tmp_path / "nb", index, embedder, n=3, splits=["test"], progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "nb").exists()
+
