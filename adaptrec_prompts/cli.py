@@ -61,6 +61,11 @@ def make_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=commands.cmd_stats)
 
+    ver = data.add_parser("verify", help="check a prepared folder's files against the sizes and sha256s in its "
+                          "manifest (every command that opens the folder does this too)")
+    ver.add_argument("dir")
+    ver.set_defaults(func=commands.cmd_verify)
+
     dl = data.add_parser("download", help="fetch an official archive (needs a network)")
     dl.add_argument("--dataset", required=True, choices=["ml-100k", "lastfm"])
     dl.add_argument("--cache-dir", default="artifacts/raw")

@@ -169,3 +169,46 @@ def test_a_neighbour_folder_being_written_is_not_written_twice(gr, tmp_path):
         holder.wait()
     assert not (tmp_path / "nb").exists()
 
+
+
+# ---- prepared data: the recorded hashes are checked when a folder is opened ----
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "items"])
+def test_a_damaged_prepared_file_is_named_not_a_crash(gr, tmp_path, damage):
+    import shutil
+
+    from adaptrec_prompts.errors import DataError
+    from adaptrec_prompts.prepare import load_items, load_prepared
+
+    folder = tmp_path / "gr"
+    shutil.copytree(gr, folder)
+    name = "items.jsonl" if damage == "items" else "test/data-00000-of-00001.arrow"
+    target = folder / name
+    data = bytearray(target.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:  # a few bytes flipped in the middle (a segfault or a UnicodeDecodeError before)
+        for i in range(len(data) // 2, len(data) // 2 + 4):
+            data[i] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=name.replace(".", r"\.") + ".*re-create the folder"):
+        load_prepared(folder)["test"].to_list()
+    with pytest.raises(DataError, match=name.replace(".", r"\.")):
+        load_items(folder)
+
+
+def test_data_verify_and_eval_name_the_damaged_file(gr, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "gr"
+    shutil.copytree(gr, folder)
+    assert main(["data", "verify", str(folder)]) == 0
+    assert "match their recorded sha256" in capsys.readouterr().out
+    arrow = folder / "test" / "data-00000-of-00001.arrow"
+    arrow.write_bytes(arrow.read_bytes()[:-100])
+    for argv in (["data", "verify", str(folder)],
+                 ["eval", "--data", str(folder), "--program", "baseline:popularity", "--out", str(tmp_path / "run")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{arrow}: " in err and "truncated or changed" in err, err
+    assert not (tmp_path / "run").exists()
