@@ -144,17 +144,24 @@ def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | No
                                 **({"pool_size": len(rows), "pool_seed": pool_seed} if sampled else {})})
     index.pool = {"size": len(rows), "train_rows": train.num_rows, "seed": pool_seed if sampled else None}
     histories = None
-    if index.count() == len(rows) and len(rows):  # an existing collection: check it still finds its own vectors
-        histories = column(train, "history_item_ids")
-        probe = sorted(int(i) for i in np.random.default_rng(0).choice(len(rows), size=min(20, len(rows)),
-                                                                        replace=False))
-        pool_histories = _take((histories,), rows)[0] if sampled else histories
-        found = index.probe(embedder.embed([pool_histories[i] for i in probe]))
-        if sum(found) < len(probe):
-            logger.warning("collection %s found only %d of %d stored vectors: the index is damaged; rebuilding it",
-                           name, sum(found), len(probe))
+    damage = None
+    if index.count() == len(rows) and len(rows):  # an existing collection: check its files, else probe it
+        damaged = index.damaged_file()  # the sha256s recorded when last written (docs/failure-behaviour.md)
+        if damaged is not None:
+            damage = f"{damaged[0]}: {damaged[1]}"
+        elif not index.has_checksums():  # built before checksums, or a server: probe
+            histories = column(train, "history_item_ids")
+            probe = sorted(int(i) for i in np.random.default_rng(0).choice(len(rows), size=min(20, len(rows)),
+                                                                            replace=False))
+            pool_histories = _take((histories,), rows)[0] if sampled else histories
+            found = index.probe(embedder.embed([pool_histories[i] for i in probe]))
+            if sum(found) < len(probe):
+                damage = f"found only {sum(found)} of {len(probe)} stored vectors"
+        if damage:
+            logger.warning("collection %s is damaged (%s); rebuilding it", name, damage)
+            metadata = index.collection.metadata
             client.delete_collection(name)
-            index = UserIndex(client, name, hnsw=hnsw, lookup=lookup, metadata=index.collection.metadata)
+            index = UserIndex(client, name, hnsw=hnsw, lookup=lookup, metadata=metadata)
             index.pool = {"size": len(rows), "train_rows": train.num_rows, "seed": pool_seed if sampled else None}
             index.rebuilt_after_damage = True
     if index.count() != len(rows):
@@ -164,6 +171,9 @@ def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | No
                             desc="embed train pool", progress=progress)
         index.build(ids, vectors, users, nexts, times, progress=progress)
         logger.info("built %s: %d vectors in %.1fs", name, len(rows), time.perf_counter() - started)
+    # the files as this process leaves them (Chroma rewrote them when it opened the folder, or built them):
+    # the next process checks them before Chroma opens the folder (`retriever.CHECKSUM_FILE`)
+    index.record_checksums()
     index.embedder, index.data = embedder, Path(data_dir)  # what a live retriever needs (live.UserRetriever)
     return index
 

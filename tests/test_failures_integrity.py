@@ -212,3 +212,39 @@ def test_data_verify_and_eval_name_the_damaged_file(gr, tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"{arrow}: " in err and "truncated or changed" in err, err
     assert not (tmp_path / "run").exists()
+
+
+# ---- Stage-1 index: a change anywhere in the HNSW files is found (not only what a 20-vector probe sees) ----
+
+def test_partial_index_damage_is_found_by_the_recorded_checksums_and_rebuilt(ml100k_prepared, tmp_path, caplog):
+    import datasets
+    from chromadb.api.client import SharedSystemClient
+
+    from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
+    from adaptrec_prompts.retriever import make_client
+
+    embedder = make_embedder("collab", ml100k_prepared)
+
+    def index():
+        return open_index(ml100k_prepared, embedder, make_client(path=tmp_path / "chroma"), pool_size=3000,
+                          progress=False)
+
+    add_neighbors(ml100k_prepared, tmp_path / "intact", index(), embedder, n=5, splits=["test"], progress=False)
+    SharedSystemClient.clear_system_cache()  # as a new process would: read the files again
+    (graph,) = (tmp_path / "chroma").rglob("data_level0.bin")
+    data = bytearray(graph.read_bytes())
+    start = len(data) // 2
+    data[start : start + len(data) // 50] = bytes(len(data) // 50)  # 2% zeroed: the 20-vector probe missed it
+    graph.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        damaged = index()
+    assert getattr(damaged, "rebuilt_after_damage", False) and damaged.count() == 3000
+    assert f"{graph}: its sha256 differs" in caplog.text
+    add_neighbors(ml100k_prepared, tmp_path / "after", damaged, embedder, n=5, splits=["test"], progress=False)
+    before = datasets.load_from_disk(str(tmp_path / "intact"))["test"]["neighbor_example_ids"]
+    assert datasets.load_from_disk(str(tmp_path / "after"))["test"]["neighbor_example_ids"] == before
+    SharedSystemClient.clear_system_cache()
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # the rebuilt index recorded its own checksums: opened as is
+        assert not getattr(index(), "rebuilt_after_damage", False)
+    assert "damaged" not in caplog.text
