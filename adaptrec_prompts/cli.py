@@ -153,11 +153,14 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--retries", type=number_type(0), default=2, help="harness retries of an example after a provider error")
     ev.add_argument("--timeout", type=number_type(0, integer=False, above=True), default=120.0, help="API models: seconds before a request is abandoned")
     ev.add_argument("--num-retries", type=number_type(0), default=3, help="API models: dspy.LM's own retries per request")
-    ev.add_argument("--prompt", default="full", choices=["full", "compact"],
-                    help="full: DSPy's ChatAdapter; compact: instructions-only system message (match the SFT rows)")
-    ev.add_argument("--demo-items", type=number_type(1), help="show each similar user's last N items only")
-    ev.add_argument("--labels", default="numbers", choices=["numbers", "letters"],
-                    help="Stage-3 candidate labels: letters are one token in any tokenizer (API score mode)")
+    ev.add_argument("--prompt", choices=["full", "compact"],
+                    help="full: DSPy's ChatAdapter; compact: instructions-only system message (match the SFT rows); "
+                    "default: the --adapter's trained one, else full")
+    ev.add_argument("--demo-items", type=number_type(1), help="show each similar user's last N items only "
+                    "(default: the --adapter's trained value, else all)")
+    ev.add_argument("--labels", choices=["numbers", "letters"],
+                    help="Stage-3 candidate labels: letters are one token in any tokenizer (API score mode); "
+                    "default: the --adapter's trained ones, else numbers")
     ev.add_argument("--n", type=number_type(1), default=10, help="n_retrieve (N)")
     ev.add_argument("--m", type=number_type(1), default=5, help="m_select (M)")
     ev.add_argument("--seed", type=number_type(0), default=0)

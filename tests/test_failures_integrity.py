@@ -248,3 +248,85 @@ def test_partial_index_damage_is_found_by_the_recorded_checksums_and_rebuilt(ml1
     with caplog.at_level("WARNING"):  # the rebuilt index recorded its own checksums: opened as is
         assert not getattr(index(), "rebuilt_after_damage", False)
     assert "damaged" not in caplog.text
+
+
+# ---- `--adapter`: only what training writes, checked against the base model and prompt it was trained for ----
+
+@pytest.fixture(scope="module")
+def other_base(tmp_path_factory, ml100k):
+    """A micro Llama like `tiny_model` but with another tokenizer (vocabulary 600): same layer sizes, so peft
+    would load a LoRA trained on one into the other without a word."""
+    from adaptrec_prompts.backends.tiny import build_tiny_llama, prompt_corpus
+
+    return build_tiny_llama(prompt_corpus(ml100k["train"].select(range(200)), load_template("movies")),
+                            tmp_path_factory.mktemp("models") / "other", size="micro", vocab_size=600,
+                            chat_template=True)
+
+
+def _adapter(base, out, record_architecture=True, **program):
+    """A real (untrained) peft LoRA folder on `base`, with the adaptrec_manifest.json training writes."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from adaptrec_prompts.lora import architecture
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(out)
+    config = AdaptRec(load_template("movies"), selection="none", **program).config()
+    (out / "adaptrec_manifest.json").write_text(json.dumps(
+        {"base_model": str(base), "program": config,
+         **({"base_model_architecture": architecture(base)} if record_architecture else {})}))
+    return out
+
+
+@pytest.mark.parametrize("recorded", [True, False])  # False: an adapter trained before the record (base folder read)
+def test_an_adapter_trained_on_another_base_model_is_refused(ml100k_prepared, tiny_model, other_base, tmp_path,
+                                                             capsys, recorded):
+    adapter = _adapter(other_base, tmp_path / "adapter", record_architecture=recorded)
+    code = main(["eval", "--data", str(ml100k_prepared), "--program", "none", "--lm", f"hf:{tiny_model}",
+                 "--adapter", str(adapter), "--limit", "1", "--no-progress", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "was trained on another base model" in err and "vocab_size 600 (trained)" in err, err
+    assert not (tmp_path / "run" / "predictions.jsonl").exists()
+
+
+def test_an_adapter_is_run_with_its_trained_prompt_or_refused(ml100k_prepared, tiny_model, tmp_path, capsys, caplog):
+    adapter = _adapter(tiny_model, tmp_path / "adapter", prompt="compact", labels="numbers")
+    base = ["eval", "--data", str(ml100k_prepared), "--program", "none", "--lm", f"hf:{tiny_model}", "--adapter",
+            str(adapter), "--limit", "1", "--no-progress"]
+    assert main([*base, "--prompt", "full", "--labels", "letters", "--out", str(tmp_path / "asked")]) == 2
+    err = capsys.readouterr().err
+    assert "was trained with {'prompt': 'compact', 'labels': 'numbers'" in err and "Leave these options out" in err
+    assert not (tmp_path / "asked").exists()
+    with caplog.at_level("WARNING"):
+        assert main([*base, "--out", str(tmp_path / "default")]) == 0  # not given: the adapter's, and said so
+    assert "using the prompt settings it was trained with: prompt=compact" in caplog.text
+    manifest = json.loads((tmp_path / "default" / "manifest.json").read_text())
+    assert manifest["config"]["program_config"]["prompt"] == "compact"
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda c: c.update(megatron_core="os"), "megatron_core='os' would make peft import"),
+    (lambda c: c.update(auto_mapping={"base_model_class": "X", "parent_library": "os"}), "names code outside"),
+    (lambda c: c.update(layer_replication=[[0, 2]]), "layer_replication="),
+    (lambda c: c.update(trust_remote_code=True), "key 'trust_remote_code' is not a LoRA setting"),
+    (lambda c: c.update(peft_type="PROMPT_TUNING"), "only LoRA adapters"),
+    ("pickle", "no adapter_model.safetensors (found adapter_model.bin: a pickle, not loaded)"),
+])
+def test_an_adapter_folder_with_what_training_never_writes_is_refused(tiny_model, tmp_path, edit, message):
+    from adaptrec_prompts.backends.hf import HFEngine
+
+    adapter = _adapter(tiny_model, tmp_path / "adapter")
+    if edit == "pickle":  # the weights as a torch pickle, which peft would torch.load
+        import torch
+        from safetensors.torch import load_file
+
+        torch.save(load_file(adapter / "adapter_model.safetensors"), adapter / "adapter_model.bin")
+        (adapter / "adapter_model.safetensors").unlink()
+    else:
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        edit(config)
+        (adapter / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        HFEngine.load(tiny_model, adapter=adapter)
