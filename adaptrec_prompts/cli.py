@@ -26,7 +26,8 @@ def _add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ef-search", type=number_type(1), default=400)
     p.add_argument("--ef-construction", type=number_type(1), default=200)
     p.add_argument("--max-neighbors", type=number_type(2), default=32)
-    p.add_argument("--pool-size", type=number_type(1), help="index a seeded sample of this many training examples (default all)")
+    p.add_argument("--pool-size", type=number_type(1),
+                   help="index a seeded sample of this many training examples (default all)")
     p.add_argument("--pool-seed", type=number_type(0), default=0)
     add_device_option(p, "; for the lm/text embedders")
     p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
@@ -84,14 +85,16 @@ def make_parser() -> argparse.ArgumentParser:
     nb = index.add_parser("neighbors", help="write a copy of --data with top-N neighbour columns on every split")
     _add_index_options(nb)
     nb.add_argument("--out", required=True)
-    nb.add_argument("--n", type=number_type(1, 50), default=10, help="neighbours per example (1..50; the paper's N is 10)")
+    nb.add_argument("--n", type=number_type(1, 50), default=10,
+                    help="neighbours per example (1..50; the paper's N is 10)")
     nb.add_argument("--splits", default="train,valid,test,test_extended", help="comma-separated splits to query")
     nb.add_argument("--overfetch", type=number_type(1), default=3, help="fetch n*overfetch+10 before exclusions")
     nb.add_argument("--overwrite", action="store_true")
     nb.add_argument("--train-sample", type=number_type(1), help="query only a seeded sample of this many train rows "
                     "(enough for fine-tuning on that sample; the rest get no neighbours)")
     nb.add_argument("--train-sample-seed", type=number_type(0), default=0)
-    nb.add_argument("--random-seed", type=number_type(0), default=0, help="seed of the random-users control (random_* columns)")
+    nb.add_argument("--random-seed", type=number_type(0), default=0,
+                    help="seed of the random-users control (random_* columns)")
     nb.set_defaults(func=commands.cmd_index_neighbors)
 
     bench = groups.add_parser("bench", help="benchmarks that print measured numbers").add_subparsers(
@@ -151,7 +154,8 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--mode", choices=["generate", "score", "score-calibrated", "score-permuted"],
                     help="Stage-3 mode (default score)")
     ev.add_argument("--retries", type=number_type(0), default=2, help="harness retries of an example after a provider error")
-    ev.add_argument("--timeout", type=number_type(0, integer=False, above=True), default=120.0, help="API models: seconds before a request is abandoned")
+    ev.add_argument("--timeout", type=number_type(0, integer=False, above=True), default=120.0,
+                    help="API models: seconds before a request is abandoned")
     ev.add_argument("--num-retries", type=number_type(0), default=3, help="API models: dspy.LM's own retries per request")
     ev.add_argument("--prompt", choices=["full", "compact"],
                     help="full: DSPy's ChatAdapter; compact: instructions-only system message (match the SFT rows); "
