@@ -11,6 +11,7 @@ from adaptrec_prompts.commands import PROGRAM_CHOICES
 from adaptrec_prompts.config_file import ConfigFileParser, add_config_option
 from adaptrec_prompts.devices import DEVICE_HELP, device_problem
 from adaptrec_prompts.errors import AdaptRecError, Interrupted
+from adaptrec_prompts.options import number_type
 
 SPLITS = ("train", "valid", "test", "test_extended")  # schema.SPLITS, without importing datasets here
 NO_PROGRESS = "no progress bars (they show only when stderr is a terminal and CI is not set)"
@@ -22,11 +23,12 @@ def _add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embed-model", help="local model folder for the lm/text embedders")
     p.add_argument("--chroma-path", default="artifacts/chroma", help="embedded Chroma folder (default)")
     p.add_argument("--chroma-url", help="a Chroma server, e.g. http://127.0.0.1:8000 (`chroma run`)")
-    p.add_argument("--ef-search", type=int, default=400)
-    p.add_argument("--ef-construction", type=int, default=200)
-    p.add_argument("--max-neighbors", type=int, default=32)
-    p.add_argument("--pool-size", type=int, help="index a seeded sample of this many training examples (default all)")
-    p.add_argument("--pool-seed", type=int, default=0)
+    p.add_argument("--ef-search", type=number_type(1), default=400)
+    p.add_argument("--ef-construction", type=number_type(1), default=200)
+    p.add_argument("--max-neighbors", type=number_type(2), default=32)
+    p.add_argument("--pool-size", type=number_type(1),
+                   help="index a seeded sample of this many training examples (default all)")
+    p.add_argument("--pool-seed", type=number_type(0), default=0)
     add_device_option(p, "; for the lm/text embedders")
     p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
 
@@ -46,11 +48,11 @@ def make_parser() -> argparse.ArgumentParser:
     prep.add_argument("--items-file", help="llara only: titles file when --raw-dir has none (ml-100k u.item)")
     prep.add_argument("--domain", help="template domain to record (movies, music, books); default from dataset")
     prep.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
-    prep.add_argument("--seed", type=int, default=0, help="candidate-sampling seed (default 0)")
-    prep.add_argument("--k-candidates", type=int, default=20)
-    prep.add_argument("--history-len", type=int, default=10)
-    prep.add_argument("--min-history", type=int, default=3)
-    prep.add_argument("--extended-seeds", type=int, default=1, help="candidate seeds in test_extended")
+    prep.add_argument("--seed", type=number_type(0), default=0, help="candidate-sampling seed (default 0)")
+    prep.add_argument("--k-candidates", type=number_type(2), default=20)
+    prep.add_argument("--history-len", type=number_type(1), default=10)
+    prep.add_argument("--min-history", type=number_type(1), default=3)
+    prep.add_argument("--extended-seeds", type=number_type(1), default=1, help="candidate seeds in test_extended")
     prep.add_argument("--cache-dir", default="artifacts/raw", help="where downloads are kept")
     prep.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     prep.set_defaults(func=commands.cmd_prepare)
@@ -59,6 +61,11 @@ def make_parser() -> argparse.ArgumentParser:
     st.add_argument("dir")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=commands.cmd_stats)
+
+    ver = data.add_parser("verify", help="check a prepared folder's files against the sizes and sha256s in its "
+                          "manifest (every command that opens the folder does this too)")
+    ver.add_argument("dir")
+    ver.set_defaults(func=commands.cmd_verify)
 
     dl = data.add_parser("download", help="fetch an official archive (needs a network)")
     dl.add_argument("--dataset", required=True, choices=["ml-100k", "lastfm"])
@@ -78,14 +85,16 @@ def make_parser() -> argparse.ArgumentParser:
     nb = index.add_parser("neighbors", help="write a copy of --data with top-N neighbour columns on every split")
     _add_index_options(nb)
     nb.add_argument("--out", required=True)
-    nb.add_argument("--n", type=int, default=10, help="neighbours per example (1..50; the paper's N is 10)")
+    nb.add_argument("--n", type=number_type(1, 50), default=10,
+                    help="neighbours per example (1..50; the paper's N is 10)")
     nb.add_argument("--splits", default="train,valid,test,test_extended", help="comma-separated splits to query")
-    nb.add_argument("--overfetch", type=int, default=3, help="fetch n*overfetch+10 before exclusions")
+    nb.add_argument("--overfetch", type=number_type(1), default=3, help="fetch n*overfetch+10 before exclusions")
     nb.add_argument("--overwrite", action="store_true")
-    nb.add_argument("--train-sample", type=int, help="query only a seeded sample of this many train rows "
+    nb.add_argument("--train-sample", type=number_type(1), help="query only a seeded sample of this many train rows "
                     "(enough for fine-tuning on that sample; the rest get no neighbours)")
-    nb.add_argument("--train-sample-seed", type=int, default=0)
-    nb.add_argument("--random-seed", type=int, default=0, help="seed of the random-users control (random_* columns)")
+    nb.add_argument("--train-sample-seed", type=number_type(0), default=0)
+    nb.add_argument("--random-seed", type=number_type(0), default=0,
+                    help="seed of the random-users control (random_* columns)")
     nb.set_defaults(func=commands.cmd_index_neighbors)
 
     bench = groups.add_parser("bench", help="benchmarks that print measured numbers").add_subparsers(
@@ -93,46 +102,46 @@ def make_parser() -> argparse.ArgumentParser:
     br = bench.add_parser("retrieval", help="Chroma vs exact search speed/recall; Stage-1 coverage")
     br.add_argument("--sizes", default="10k,100k", help="synthetic pool sizes, e.g. 10k,100k,1M")
     br.add_argument("--data", action="append", help="prepared folder(s) for real collab embeddings (repeatable)")
-    br.add_argument("--n", type=int, default=10)
-    br.add_argument("--queries", type=int, default=1000)
-    br.add_argument("--ef-search", type=int, default=400)
-    br.add_argument("--ef-construction", type=int, default=200)
-    br.add_argument("--max-neighbors", type=int, default=32)
+    br.add_argument("--n", type=number_type(1), default=10)
+    br.add_argument("--queries", type=number_type(1), default=1000)
+    br.add_argument("--ef-search", type=number_type(1), default=400)
+    br.add_argument("--ef-construction", type=number_type(1), default=200)
+    br.add_argument("--max-neighbors", type=number_type(2), default=32)
     br.add_argument("--coverage-only", action="store_true", help="only the Stage-1 coverage of each --data folder")
     br.set_defaults(func=commands.cmd_bench_retrieval)
     bm = bench.add_parser("modes", help="generate vs score mode wall time on a locally built ~25M Llama")
     bm.add_argument("--data", required=True, help="a prepared folder with neighbour columns")
-    bm.add_argument("--examples", type=int, default=10)
-    bm.add_argument("--m", type=int, default=5)
-    bm.add_argument("--max-new-tokens", type=int, default=32)
+    bm.add_argument("--examples", type=number_type(1), default=10)
+    bm.add_argument("--m", type=number_type(1), default=5)
+    bm.add_argument("--max-new-tokens", type=number_type(1), default=32)
     bm.add_argument("--model-dir", help="reuse/keep the built model here")
     add_device_option(bm)
     bm.set_defaults(func=commands.cmd_bench_modes)
     bs = bench.add_parser("sft", help="s/training example: TRL's default loss vs logits only at the answer")
     bs.add_argument("--data", required=True, help="a prepared folder with neighbour columns on train rows")
     bs.add_argument("--model", default="gemma-3-270m", help="gemma-3-270m (extra .[gemma]), tiny, or a model folder")
-    bs.add_argument("--rows", type=int, default=6, help="timed training steps per path (batch 1; +1 warm-up)")
+    bs.add_argument("--rows", type=number_type(1), default=6, help="timed training steps per path (batch 1; +1 warm-up)")
     bs.add_argument("--selection", default="static", choices=["none", "random", "static"])
-    bs.add_argument("--m", type=int, default=5)
-    bs.add_argument("--lora-r", type=int, default=16)
+    bs.add_argument("--m", type=number_type(1), default=5)
+    bs.add_argument("--lora-r", type=number_type(1), default=16)
     bs.add_argument("--lora-targets", default="all", choices=["all", "attention", "mlp"])
     bs.add_argument("--prompt", default="full", choices=["full", "compact"])
-    bs.add_argument("--demo-items", type=int, help="show each similar user's last N items only")
+    bs.add_argument("--demo-items", type=number_type(1), help="show each similar user's last N items only")
     add_device_option(bs, "; training runs on the first visible GPU")
     bs.set_defaults(func=commands.cmd_bench_sft)
 
     pr = groups.add_parser("prompt", help="print the exact Stage-3 messages DSPy sends for one example")
     pr.add_argument("--data", required=True)
     pr.add_argument("--split", default="test", choices=SPLITS)
-    pr.add_argument("--index", type=int, default=0)
+    pr.add_argument("--index", type=number_type(0), default=0)
     pr.add_argument("--selection", default="static", choices=["none", "random", "random-retrieved", "static"])
     pr.add_argument("--prompt", default="full", choices=["full", "compact"])
-    pr.add_argument("--demo-items", type=int, help="show each similar user's last N items only")
+    pr.add_argument("--demo-items", type=number_type(1), help="show each similar user's last N items only")
     pr.add_argument("--labels", default="numbers", choices=["numbers", "letters", "titles"],
                     help="Stage-3 candidate labels: letters are one token in any tokenizer (API score mode); titles: "
                          "no label, the answer is the title (local score mode ranks the titles)")
-    pr.add_argument("--n", type=int, default=10)
-    pr.add_argument("--m", type=int, default=5)
+    pr.add_argument("--n", type=number_type(1), default=10)
+    pr.add_argument("--m", type=number_type(1), default=5)
     pr.add_argument("--template", help="domain name or .toml path (default: the folder's domain)")
     pr.set_defaults(func=commands.cmd_prompt)
 
@@ -145,21 +154,25 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--api-base", help="OpenAI-compatible server URL (vLLM, llama.cpp)")
     ev.add_argument("--mode", choices=["generate", "score", "score-calibrated", "score-permuted"],
                     help="Stage-3 mode (default score)")
-    ev.add_argument("--retries", type=int, default=2, help="harness retries of an example after a provider error")
-    ev.add_argument("--timeout", type=float, default=120.0, help="API models: seconds before a request is abandoned")
-    ev.add_argument("--num-retries", type=int, default=3, help="API models: dspy.LM's own retries per request")
-    ev.add_argument("--prompt", default="full", choices=["full", "compact"],
-                    help="full: DSPy's ChatAdapter; compact: instructions-only system message (match the SFT rows)")
-    ev.add_argument("--demo-items", type=int, help="show each similar user's last N items only")
-    ev.add_argument("--labels", default="numbers", choices=["numbers", "letters", "titles"],
+    ev.add_argument("--retries", type=number_type(0), default=2, help="harness retries of an example after a provider error")
+    ev.add_argument("--timeout", type=number_type(0, integer=False, above=True), default=120.0,
+                    help="API models: seconds before a request is abandoned")
+    ev.add_argument("--num-retries", type=number_type(0), default=3, help="API models: dspy.LM's own retries per request")
+    ev.add_argument("--prompt", choices=["full", "compact"],
+                    help="full: DSPy's ChatAdapter; compact: instructions-only system message (match the SFT rows); "
+                    "default: the --adapter's trained one, else full")
+    ev.add_argument("--demo-items", type=number_type(1), help="show each similar user's last N items only "
+                    "(default: the --adapter's trained value, else all)")
+    ev.add_argument("--labels", choices=["numbers", "letters", "titles"],
                     help="Stage-3 candidate labels: letters are one token in any tokenizer (API score mode); titles: "
-                         "no label, the answer is the title (local score mode ranks the titles)")
-    ev.add_argument("--n", type=int, default=10, help="n_retrieve (N)")
-    ev.add_argument("--m", type=int, default=5, help="m_select (M)")
-    ev.add_argument("--seed", type=int, default=0)
+                    "no label, the answer is the title (local score mode ranks the titles); default: the --adapter's "
+                    "trained ones, else numbers")
+    ev.add_argument("--n", type=number_type(1), default=10, help="n_retrieve (N)")
+    ev.add_argument("--m", type=number_type(1), default=5, help="m_select (M)")
+    ev.add_argument("--seed", type=number_type(0), default=0)
     ev.add_argument("--limit", type=positive_int, help="first N examples of the split")
-    ev.add_argument("--threads", type=int, default=1, help="parallel examples (API backends)")
-    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--threads", type=number_type(1), default=1, help="parallel examples (API backends)")
+    ev.add_argument("--max-new-tokens", type=number_type(1), default=64)
     add_device_option(ev)
     ev.add_argument("--template", help="domain name or .toml path (default: the data's domain)")
     ev.add_argument("--out", required=True, help="run folder: results.json, manifest.json, predictions.jsonl")
@@ -183,10 +196,10 @@ def make_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--data", required=True)
     tiny.add_argument("--out", required=True)
     tiny.add_argument("--size", default="micro", choices=["micro", "small", "25m"])
-    tiny.add_argument("--vocab-size", type=int, default=4000)
-    tiny.add_argument("--texts", type=int, default=2000, help="training prompts used to train the tokenizer")
+    tiny.add_argument("--vocab-size", type=number_type(1), default=4000)
+    tiny.add_argument("--texts", type=number_type(1), default=2000, help="training prompts used to train the tokenizer")
     tiny.add_argument("--chat", action="store_true", help="give the tokenizer a chat template")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--seed", type=number_type(0), default=0)
     tiny.set_defaults(func=commands.cmd_tiny_model)
 
     comp = groups.add_parser("compile", help="compile an AdaptRec program with a DSPy optimizer (train -> valid)")
@@ -200,16 +213,16 @@ def make_parser() -> argparse.ArgumentParser:
     comp.add_argument("--adapter")
     comp.add_argument("--api-base")
     comp.add_argument("--mode", choices=["generate", "score", "score-calibrated", "score-permuted"])
-    comp.add_argument("--n", type=int, default=10)
-    comp.add_argument("--m", type=int, default=5)
-    comp.add_argument("--num-trials", type=int, default=4)
-    comp.add_argument("--num-candidates", type=int, default=3)
-    comp.add_argument("--max-demos", type=int, default=2, help="bootstrap: demos per predictor")
-    comp.add_argument("--train-size", type=int, default=50)
-    comp.add_argument("--val-size", type=int, default=50)
-    comp.add_argument("--max-new-tokens", type=int, default=64)
+    comp.add_argument("--n", type=number_type(1), default=10)
+    comp.add_argument("--m", type=number_type(1), default=5)
+    comp.add_argument("--num-trials", type=number_type(1), default=4)
+    comp.add_argument("--num-candidates", type=number_type(1), default=3)
+    comp.add_argument("--max-demos", type=number_type(1), default=2, help="bootstrap: demos per predictor")
+    comp.add_argument("--train-size", type=number_type(1), default=50)
+    comp.add_argument("--val-size", type=number_type(1), default=50)
+    comp.add_argument("--max-new-tokens", type=number_type(1), default=64)
     add_device_option(comp)
-    comp.add_argument("--seed", type=int, default=0)
+    comp.add_argument("--seed", type=number_type(0), default=0)
     comp.add_argument("--template")
     comp.add_argument("--name", help="file name under programs/<dataset>/ (default: PROGRAM-OPTIMIZER)")
     comp.add_argument("--programs-dir", default="programs")
@@ -224,21 +237,21 @@ def make_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="experiment folder (one run folder per variant)")
     ex.add_argument("--split", default="test", choices=SPLITS)
     ex.add_argument("--limit", type=positive_int, help="examples per variant (default: the whole split)")
-    ex.add_argument("--chunk", type=int, default=20, help="examples added to every variant per round")
+    ex.add_argument("--chunk", type=number_type(1), default=20, help="examples added to every variant per round")
     ex.add_argument("--variants", default="none,random,static,adaptive", help="AdaptRec selections to run at --m")
-    ex.add_argument("--m", type=int, default=5, help="M for the variants (paper: 5)")
+    ex.add_argument("--m", type=number_type(1), default=5, help="M for the variants (paper: 5)")
     ex.add_argument("--m-values", default="1,3,5,7,9", help="static-selection M sweep ('' to skip)")
-    ex.add_argument("--n", type=int, default=10, help="N retrieved users")
+    ex.add_argument("--n", type=number_type(1), default=10, help="N retrieved users")
     ex.add_argument("--embedders", help="Stage-1 comparison, e.g. collab,lm (needs --prepared)")
     ex.add_argument("--prepared", help="the prepared folder without neighbours (for --embedders)")
-    ex.add_argument("--pool-size", type=int, default=3000, help="training examples sampled into each Stage-1 "
+    ex.add_argument("--pool-size", type=number_type(1), default=3000, help="training examples sampled into each Stage-1 "
                     "comparison index (the lm embedder is a forward pass per example)")
     ex.add_argument("--embed-model", help="model folder for the lm embedder (default: the --lm model)")
     ex.add_argument("--mode", default="score", choices=["score", "score-calibrated", "score-permuted"],
                     help="Stage-3 scoring")
-    ex.add_argument("--max-new-tokens", type=int, default=64)
+    ex.add_argument("--max-new-tokens", type=number_type(1), default=64)
     add_device_option(ex, "; also the lm embedder's model")
-    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--seed", type=number_type(0), default=0)
     ex.add_argument("--report", help="report folder (default OUT/report)")
     ex.add_argument("--title")
     ex.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
@@ -251,34 +264,34 @@ def make_parser() -> argparse.ArgumentParser:
     fx.add_argument("--out", required=True, help="experiment folder")
     fx.add_argument("--model", default="gemma-3-270m", help="gemma-3-270m, tiny, or a model folder")
     fx.add_argument("--variants", default="none,static,adaptive")
-    fx.add_argument("--train-rows", type=int, default=1000)
-    fx.add_argument("--sample-seed", type=int, default=0)
-    fx.add_argument("--epochs", type=float, default=1.0)
-    fx.add_argument("--batch-size", type=int, default=1)
-    fx.add_argument("--grad-accum", type=int, default=8)
-    fx.add_argument("--learning-rate", type=float, default=2e-4)
-    fx.add_argument("--lora-r", type=int, default=16)
+    fx.add_argument("--train-rows", type=number_type(1), default=1000)
+    fx.add_argument("--sample-seed", type=number_type(0), default=0)
+    fx.add_argument("--epochs", type=number_type(0, integer=False, above=True), default=1.0)
+    fx.add_argument("--batch-size", type=number_type(1), default=1)
+    fx.add_argument("--grad-accum", type=number_type(1), default=8)
+    fx.add_argument("--learning-rate", type=number_type(0, integer=False, above=True), default=2e-4)
+    fx.add_argument("--lora-r", type=number_type(1), default=16)
     fx.add_argument("--lora-targets", default="all", choices=["all", "attention", "mlp"])
     fx.add_argument("--prompt", default="compact", choices=["full", "compact"])
-    fx.add_argument("--demo-items", type=int, default=5, help="each similar user's last N items (0: all)")
+    fx.add_argument("--demo-items", type=number_type(0), default=5, help="each similar user's last N items (0: all)")
     fx.add_argument("--labels", default="numbers", choices=["numbers", "letters", "titles"],
                     help="Stage-3 candidate labels: letters are one token in any tokenizer (API score mode); titles: "
                          "no label, the answer is the title (local score mode ranks the titles)")
     fx.add_argument("--loss", default="answer", choices=["answer", "listwise"],
                     help="answer: TRL's SFT loss on the answer tokens; listwise: cross-entropy of the target among the "
                          "K candidates' answer scores (what score mode ranks by)")
-    fx.add_argument("--diagnostics-rows", type=int, default=0,
+    fx.add_argument("--diagnostics-rows", type=number_type(0), default=0,
                     help="choice diagnostics while training: validation rows scored (0: off)")
-    fx.add_argument("--diagnostics-train-rows", type=int, default=0,
+    fx.add_argument("--diagnostics-train-rows", type=number_type(0), default=0,
                     help="choice diagnostics: training rows scored too (can the adapter fit its own rows?)")
-    fx.add_argument("--diagnostics-steps", type=int, default=0,
+    fx.add_argument("--diagnostics-steps", type=number_type(0), default=0,
                     help="choice diagnostics every N steps (0: before and after training only)")
-    fx.add_argument("--m", type=int, default=5)
-    fx.add_argument("--n", type=int, default=10)
+    fx.add_argument("--m", type=number_type(1), default=5)
+    fx.add_argument("--n", type=number_type(1), default=10)
     fx.add_argument("--split", default="test", choices=SPLITS)
     fx.add_argument("--limit", type=positive_int, help="evaluate the first N rows of --split")
     fx.add_argument("--mode", default="score", choices=["score", "score-calibrated", "score-permuted"])
-    fx.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    fx.add_argument("--checkpoint-minutes", type=number_type(0, integer=False), default=5.0)
     fx.add_argument("--gradient-checkpointing", action="store_true",
                     help="recompute activations in the backward pass (TRL's default; off here: slower on CPU)")
     fx.add_argument("--train-only", action="store_true", help="train the variants, skip evaluation")
@@ -306,10 +319,10 @@ def make_parser() -> argparse.ArgumentParser:
                       "(default: %(default)s)")
     pipe.add_argument("--limit", type=positive_int, default=40, help="test users for the LLM rows (95 = all; "
                       "default: %(default)s)")
-    pipe.add_argument("--n", type=int, default=10, help="N, similar users retrieved per test user in Stage 1 "
-                      "(also UserKNN's neighbours; default: %(default)s)")
-    pipe.add_argument("--m", type=int, default=5, help="M, of the N retrieved users those shown to the LM as "
-                      "demonstrations in the AdaptRec row (static selection: the M most similar; "
+    pipe.add_argument("--n", type=number_type(1, 50), default=10, help="N, similar users retrieved per test user in "
+                      "Stage 1 (also UserKNN's neighbours; default: %(default)s)")
+    pipe.add_argument("--m", type=number_type(1), default=5, help="M, of the N retrieved users those shown to the LM "
+                      "as demonstrations in the AdaptRec row (static selection: the M most similar; "
                       "default: %(default)s)")
     add_device_option(pipe)
     pipe.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)

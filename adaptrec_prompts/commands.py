@@ -43,6 +43,21 @@ def cmd_stats(args: argparse.Namespace) -> None:
         print(f"{split:<14}{s['users']:>8}{s['examples']:>10}  {hist}")
 
 
+def cmd_verify(args: argparse.Namespace) -> None:
+    import time
+
+    from adaptrec_prompts.prepare import FILES, load_manifest, verify_prepared
+
+    started = time.perf_counter()
+    manifest = load_manifest(args.dir)
+    verify_prepared(args.dir, manifest)
+    files = manifest.get(FILES)
+    what = (f"{len(files)} files, {sum(f['bytes'] for f in files.values()) / 1e6:.1f} MB, match their recorded sha256"
+            if isinstance(files, dict) else "the split files match the recorded data_hash (a folder written before "
+            "per-file hashes: re-create it to get them)")
+    print(f"{args.dir}: {what} ({time.perf_counter() - started:.2f} s)")
+
+
 def cmd_download(args: argparse.Namespace) -> None:
     from adaptrec_prompts.data.download import download
 

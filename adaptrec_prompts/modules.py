@@ -20,6 +20,7 @@ from dspy.utils.exceptions import AdapterParseError
 
 from adaptrec_prompts.adapters import PROMPTS, adapter_for, eval_adapter  # noqa: F401 - re-exported
 from adaptrec_prompts.errors import ConfigError
+from adaptrec_prompts.options import check_number
 from adaptrec_prompts.parsing import parse_choice, parse_selection, ranking_from_scores
 from adaptrec_prompts.protocol import example_rng
 from adaptrec_prompts.render import LABELS, Template, candidate_label, load_template
@@ -318,6 +319,12 @@ class AdaptRec(dspy.Module):
         template = _as_template(template, type(self).__name__)
         if selection not in SELECTIONS:
             raise ConfigError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        check_number("n_retrieve (--n)", n_retrieve, low=1)
+        check_number("m_select (--m)", m_select, low=1)
+        check_number("seed (--seed)", seed, low=0)
+        check_number("orders", orders, low=1)
+        if demo_items is not None:
+            check_number("demo_items (--demo-items)", demo_items, low=1, hint="or None for whole histories")
         if not 1 <= m_select <= n_retrieve:
             raise ConfigError(f"m_select (--m) must be between 1 and n_retrieve (--n) = {n_retrieve}, got {m_select}: "
                               "the M demonstrations are chosen among the N retrieved users; lower --m or raise --n")
@@ -496,11 +503,84 @@ def save_program(program: AdaptRec, path: str | Path) -> Path:
     return path
 
 
+# What `save_program` writes, and all `load_program` accepts (docs/failure-behaviour.md): a program file names
+# prompts and demonstrations, never a model, a server or an attribute to set. DSPy's `Predict.load_state` would
+# rebuild an LM from a predictor's "lm" entry and set any other key as an attribute; both are refused here.
+PROGRAM_KEYS = {"format", "class", "config", "state"}
+PREDICTOR_KEYS = {"demos", "lm", "signature", "traces", "train"}
+SIGNATURE_KEYS = {"instructions", "fields"}
+FIELD_KEYS = {"prefix", "description"}
+
+
+def _refuse(path: Path, where: str, problem: str) -> ConfigError:
+    return ConfigError(f"{path}: {where}: {problem}; a program file holds only what save_program writes "
+                       "(config, instructions, demos): remove it, or save the program again with save_program()")
+
+
+def _json_value(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_value(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_json_value(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def check_program_payload(path: Path, payload, program: AdaptRec) -> None:
+    """Refuse a program file with anything `save_program` does not write (an `lm` state above all).
+
+    Raises:
+        ConfigError: naming the file and the key.
+    """
+    if not isinstance(payload, dict):
+        raise _refuse(path, "top level", f"expected a JSON object, got {type(payload).__name__}")
+    for key in sorted(set(payload) - PROGRAM_KEYS):
+        raise _refuse(path, f"key {key!r}", "not a key of a saved program")
+    if payload.get("format") != PROGRAM_FORMAT or payload.get("class") != "AdaptRec":
+        raise _refuse(path, "format/class", f"expected format {PROGRAM_FORMAT} and class 'AdaptRec', got "
+                      f"{payload.get('format')!r} and {payload.get('class')!r}")
+    state = payload.get("state")
+    expected = {name for name, _ in program.named_predictors()}
+    if not isinstance(state, dict):
+        raise _refuse(path, "state", f"expected an object, got {type(state).__name__}")
+    for name in sorted(set(state) ^ expected):
+        raise _refuse(path, f"state[{name!r}]", f"this program's predictors are {sorted(expected)}")
+    for name, predictor in state.items():
+        where = f"state[{name!r}]"
+        if not isinstance(predictor, dict):
+            raise _refuse(path, where, f"expected an object, got {type(predictor).__name__}")
+        for key in sorted(set(predictor) - PREDICTOR_KEYS):
+            raise _refuse(path, f"{where}[{key!r}]", "not a key save_program writes")
+        if predictor.get("lm") is not None:  # DSPy would build this LM and call it instead of --lm/--api-base
+            raise _refuse(path, f"{where}['lm']", "a program file must not name a model or a server (the run's "
+                          "--lm/--api-base decide them); save_program writes null here")
+        for key in ("demos", "traces", "train"):
+            value = predictor.get(key, [])
+            if not isinstance(value, list) or not _json_value(value):
+                raise _refuse(path, f"{where}[{key!r}]", f"expected a list of JSON values, got {type(value).__name__}")
+        if not all(isinstance(d, dict) for d in predictor.get("demos", [])):
+            raise _refuse(path, f"{where}['demos']", "every demo must be an object of field name -> value")
+        signature = predictor.get("signature")
+        if not isinstance(signature, dict):
+            raise _refuse(path, f"{where}['signature']", f"expected an object, got {type(signature).__name__}")
+        for key in sorted(set(signature) - SIGNATURE_KEYS):
+            raise _refuse(path, f"{where}['signature'][{key!r}]", "not a key save_program writes")
+        if not isinstance(signature.get("instructions", ""), str):
+            raise _refuse(path, f"{where}['signature']['instructions']", "expected a string")
+        fields = signature.get("fields", [])
+        if not isinstance(fields, list) or not all(isinstance(f, dict) and set(f) <= FIELD_KEYS and
+                                                   all(isinstance(v, str) for v in f.values()) for f in fields):
+            raise _refuse(path, f"{where}['signature']['fields']",
+                          f"expected a list of objects with string {sorted(FIELD_KEYS)}")
+
+
 def load_program(path: str | Path, **overrides) -> AdaptRec:
     """Build an AdaptRec from a saved JSON file (optionally overriding config keys such as mode).
 
+    Only what `save_program` writes is accepted (`check_program_payload`): a predictor state naming an LM,
+    or any other key, is refused, and no LM is ever built from a file.
+
     Raises:
-        ConfigError: the file is not a saved AdaptRec program.
+        ConfigError: the file is not a saved AdaptRec program, or holds a key save_program does not write.
     """
     path = Path(path)
     try:
@@ -509,6 +589,11 @@ def load_program(path: str | Path, **overrides) -> AdaptRec:
             raise ConfigError(f"{path} was written by DSPy's program.save: it holds DSPy state without the program's "
                               "configuration; build the same AdaptRec and call program.load(path), or save with "
                               "save_program(program, path) to read it back with load_program")
+        if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict):
+            raise KeyError("config")
+        unknown = sorted(set(payload["config"]) - set(_INIT_ARGS) - {"random_from"})
+        if unknown:
+            raise _refuse(path, f"config[{unknown[0]!r}]", f"not an AdaptRec setting; valid: {', '.join(_INIT_ARGS)}")
         saved = payload["config"].get("labels", "numbers")
         if overrides.get("labels", saved) != saved:  # the saved instructions and demos name the saved labels
             raise ConfigError(f"{path} was saved with labels={saved!r}: its instructions and demos say so; "
@@ -517,9 +602,18 @@ def load_program(path: str | Path, **overrides) -> AdaptRec:
         config = {**payload["config"], **overrides}
         config.pop("random_from", None)  # an identity marker of config(), not a constructor argument
         template = config.pop("template")
-        program = AdaptRec(load_template_obj(template), **config)
+        if not isinstance(template, dict):  # save_program writes the wording itself, never a path to read
+            raise _refuse(path, "config['template']", f"expected the template's fields, got {type(template).__name__}")
+        try:
+            program = AdaptRec(load_template_obj(template), **config)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: config: {exc}") from None
+        check_program_payload(path, payload, program)
+        # the state is checked: no "lm", no key DSPy would set as an attribute
         program.load_state(payload["state"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
         raise ConfigError(f"{path}: not a saved AdaptRec program ({exc}); create one with save_program()") from None
     return program
 
@@ -533,6 +627,10 @@ def _saved_program(path) -> dict | None:
     if isinstance(payload, dict) and payload.get("class") == "AdaptRec" and "config" in payload:
         return payload
     return None
+
+
+_INIT_ARGS = ("template", "selection", "n_retrieve", "m_select", "mode", "seed", "stage2", "orders", "prompt",
+              "demo_items", "labels")
 
 
 def load_template_obj(value: dict | str) -> Template:

@@ -23,8 +23,8 @@ import numpy as np
 
 from adaptrec_prompts.embed import (CollabEmbedder, Embedder, LMEmbedder, TextEmbedder, embed_all,
                                     training_sequences)
-from adaptrec_prompts.errors import ConfigError, LeakageError
-from adaptrec_prompts.prepare import load_items, load_manifest, load_prepared, save
+from adaptrec_prompts.errors import ConfigError, LeakageError, OutputExistsError
+from adaptrec_prompts.prepare import OutputLock, load_items, load_manifest, load_prepared, save
 from adaptrec_prompts.protocol import example_rng
 from adaptrec_prompts.render import manifest_template
 from adaptrec_prompts.retriever import QueryStats, UserIndex, collection_name
@@ -144,17 +144,24 @@ def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | No
                                 **({"pool_size": len(rows), "pool_seed": pool_seed} if sampled else {})})
     index.pool = {"size": len(rows), "train_rows": train.num_rows, "seed": pool_seed if sampled else None}
     histories = None
-    if index.count() == len(rows) and len(rows):  # an existing collection: check it still finds its own vectors
-        histories = column(train, "history_item_ids")
-        probe = sorted(int(i) for i in np.random.default_rng(0).choice(len(rows), size=min(20, len(rows)),
-                                                                        replace=False))
-        pool_histories = _take((histories,), rows)[0] if sampled else histories
-        found = index.probe(embedder.embed([pool_histories[i] for i in probe]))
-        if sum(found) < len(probe):
-            logger.warning("collection %s found only %d of %d stored vectors: the index is damaged; rebuilding it",
-                           name, sum(found), len(probe))
+    damage = None
+    if index.count() == len(rows) and len(rows):  # an existing collection: check its files, else probe it
+        damaged = index.damaged_file()  # the sha256s recorded when last written (docs/failure-behaviour.md)
+        if damaged is not None:
+            damage = f"{damaged[0]}: {damaged[1]}"
+        elif not index.has_checksums():  # built before checksums, or a server: probe
+            histories = column(train, "history_item_ids")
+            probe = sorted(int(i) for i in np.random.default_rng(0).choice(len(rows), size=min(20, len(rows)),
+                                                                            replace=False))
+            pool_histories = _take((histories,), rows)[0] if sampled else histories
+            found = index.probe(embedder.embed([pool_histories[i] for i in probe]))
+            if sum(found) < len(probe):
+                damage = f"found only {sum(found)} of {len(probe)} stored vectors"
+        if damage:
+            logger.warning("collection %s is damaged (%s); rebuilding it", name, damage)
+            metadata = index.collection.metadata
             client.delete_collection(name)
-            index = UserIndex(client, name, hnsw=hnsw, lookup=lookup, metadata=index.collection.metadata)
+            index = UserIndex(client, name, hnsw=hnsw, lookup=lookup, metadata=metadata)
             index.pool = {"size": len(rows), "train_rows": train.num_rows, "seed": pool_seed if sampled else None}
             index.rebuilt_after_damage = True
     if index.count() != len(rows):
@@ -164,6 +171,9 @@ def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | No
                             desc="embed train pool", progress=progress)
         index.build(ids, vectors, users, nexts, times, progress=progress)
         logger.info("built %s: %d vectors in %.1fs", name, len(rows), time.perf_counter() - started)
+    # the files as this process leaves them (Chroma rewrote them when it opened the folder, or built them):
+    # the next process checks them before Chroma opens the folder (`retriever.CHECKSUM_FILE`)
+    index.record_checksums()
     index.embedder, index.data = embedder, Path(data_dir)  # what a live retriever needs (live.UserRetriever)
     return index
 
@@ -185,12 +195,33 @@ def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embed
 
     Raises:
         LeakageError: a queried split or the pool has rows without user ids.
+        OutputExistsError: `out` exists and `overwrite` is false (checked before any query, and again when the
+            folder is moved into place: a folder another process finished meanwhile is kept).
+        RunInUseError: another process is writing `out` (`prepare.OutputLock`).
     """
-    if not 1 <= n <= MAX_N:
-        raise ConfigError(f"n must be in 1..{MAX_N}, got {n}")
+    from adaptrec_prompts.options import check_number
+
+    check_number("n (--n)", n, low=1, high=MAX_N)
+    check_number("overfetch (--overfetch)", overfetch, low=1)
+    check_number("random_seed (--random-seed)", random_seed, low=0)
+    check_number("train_sample_seed (--train-sample-seed)", train_sample_seed, low=0)
+    if train_sample is not None:
+        check_number("train_sample (--train-sample)", train_sample, low=1)
     unknown = set(splits) - set(SPLITS)
     if unknown:
         raise ConfigError(f"unknown splits {sorted(unknown)}; valid: {', '.join(SPLITS)}")
+    out = Path(out)
+    with OutputLock(out):  # a second `index neighbors` on the same --out is refused, never interleaved
+        if out.exists() and not overwrite:  # before any query: the work would be thrown away at the end
+            raise OutputExistsError(f"output folder {str(out)!r} exists; pass --overwrite to replace it or choose "
+                                    "another --out")
+        return _add_neighbors(data_dir, out, index, embedder, n, splits, overfetch, overwrite, train_sample,
+                              train_sample_seed, random_seed, progress)
+
+
+def _add_neighbors(data_dir, out: Path, index: UserIndex, embedder: Embedder, n: int, splits: Sequence[str],
+                   overfetch: int, overwrite: bool, train_sample: int | None, train_sample_seed: int,
+                   random_seed: int, progress: bool) -> dict:
     ddict = load_prepared(data_dir)
     _refuse_unsure_users(load_manifest(data_dir), data_dir, splits)
     train = ddict["train"]

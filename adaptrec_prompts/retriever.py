@@ -36,6 +36,11 @@ logger = logging.getLogger(__name__)
 # gave recall@50 of 0.49 on random 64-d vectors; these reach >= 0.99 recall@10 on the real embeddings.
 DEFAULT_HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 400, "max_neighbors": 32}
 NO_TIME = -1
+# {vector segment id: {HNSW file name: sha256}} of an embedded Chroma folder, as the files were when this package
+# last had them open. Checked by `make_client` before Chroma opens the folder: Chroma itself rewrites the files
+# when it opens a folder (it applies its write-ahead log), so they are compared before that, never after.
+CHECKSUM_FILE = "adaptrec-checksums.json"
+_DAMAGED: dict[str, dict[str, tuple[Path, str]]] = {}  # folder -> segment id -> (file, what differs), at first open
 
 
 class NewUser:
@@ -98,6 +103,12 @@ def make_client(path: str | Path | None = None, url: str | None = None):
                               "an embedded index") from None
     if path is None:
         raise ConfigError("give a Chroma folder (--chroma-path) or a server URL (--chroma-url)")
+    from chromadb.api.client import SharedSystemClient
+
+    key = str(Path(path).resolve())
+    if str(path) not in getattr(SharedSystemClient, "_identifier_to_system", {}):
+        # Chroma has not opened the folder in this process yet (or was reset): the files are as left on disk
+        _DAMAGED[key] = _check_checksums(Path(path))
     try:
         client = chromadb.PersistentClient(path=str(path), settings=settings)
         client.list_collections()  # opens the SQLite catalogue: a damaged file fails here, not mid-run
@@ -199,6 +210,56 @@ class UserIndex:
                               f"{str(exc)[:120]}); retry, or check the server / folder") from None
         return [bool(d) and d[0] < 1e-4 for d in res["distances"]]
 
+    def segment_dir(self) -> Path | None:
+        """The folder of this collection's HNSW files in an embedded index (None for a server, or when Chroma's
+        catalogue does not say): `<chroma path>/<vector segment id>/`."""
+        import sqlite3
+
+        settings = self.client.get_settings()
+        if not (settings.is_persistent and settings.persist_directory):
+            return None
+        root = Path(settings.persist_directory)
+        try:  # Chroma's own catalogue, read-only: which segment holds this collection's vectors
+            with sqlite3.connect(f"file:{root / 'chroma.sqlite3'}?mode=ro", uri=True) as con:
+                rows = con.execute("SELECT id FROM segments WHERE collection = ? AND scope = 'VECTOR'",
+                                   (str(self.collection.id),)).fetchall()
+        except sqlite3.Error as exc:
+            logger.warning("cannot read Chroma's catalogue in %s to check the index files (%s)", root, exc)
+            return None
+        return root / rows[0][0] if len(rows) == 1 else None
+
+    def file_checksums(self) -> dict[str, str] | None:
+        """sha256 of each HNSW file of an embedded collection, as on disk now (None: no files to check)."""
+        folder = self.segment_dir()
+        return None if folder is None or not folder.is_dir() else _folder_checksums(folder) or None
+
+    def has_checksums(self) -> bool:
+        """Whether the folder's checksum file records this collection's HNSW files."""
+        folder = self.segment_dir()
+        return folder is not None and folder.name in _read_checksums(folder.parent)
+
+    def record_checksums(self) -> bool:
+        """Record the HNSW files as they are now in the folder's `CHECKSUM_FILE`; `make_client` checks them
+        before Chroma next opens the folder (`damaged_file`)."""
+        folder = self.segment_dir()
+        sums = self.file_checksums()
+        if folder is None or sums is None:
+            return False
+        recorded = _read_checksums(folder.parent)
+        recorded[folder.name] = sums
+        _write_checksums(folder.parent, recorded)
+        return True
+
+    def damaged_file(self) -> tuple[Path, str] | None:
+        """(file, what differs) for the first HNSW file of this collection that differed from its recorded
+        sha256 when this process opened the folder (`make_client`); None when all matched or nothing was
+        recorded (an index from before the checksums, a server). A changed byte anywhere is found, which the
+        20-vector probe of `neighbors.open_index` can miss."""
+        folder = self.segment_dir()
+        if folder is None:
+            return None
+        return _DAMAGED.get(str(folder.parent.resolve()), {}).get(folder.name)
+
     def build(self, example_ids: Sequence[str], vectors: np.ndarray, user_ids: Sequence[str | None],
               next_item_ids: Sequence[int], timestamps: Sequence[int | None], progress: bool = False) -> int:
         """Add the pool (idempotent: ids are example ids and writes are upserts). Returns rows written.
@@ -284,6 +345,58 @@ class UserIndex:
             stats.short += len(kept) < n
             out.append(kept[:n])
         return out
+
+
+def _folder_checksums(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    out = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        with open(path, "rb") as handle:
+            out[path.name] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return out
+
+
+def _read_checksums(root: Path) -> dict:
+    import json
+
+    file = root / CHECKSUM_FILE
+    try:
+        recorded = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        logger.warning("%s is unreadable (%s); the index files will be probed instead", file, exc)
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _write_checksums(root: Path, recorded: dict) -> None:
+    import json
+    import os
+
+    partial = root / f".{CHECKSUM_FILE}.{os.getpid()}"
+    partial.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    partial.replace(root / CHECKSUM_FILE)
+
+
+def _check_checksums(root: Path) -> dict[str, tuple[Path, str]]:
+    """The recorded segments whose files differ now (segment id -> (first such file, what differs))."""
+    damaged = {}
+    for segment, sums in _read_checksums(root).items():
+        folder = root / segment
+        if not folder.is_dir():
+            continue  # a deleted collection
+        now = _folder_checksums(folder)
+        for name, digest in sums.items():
+            if name not in now:
+                damaged[segment] = (folder / name, "missing")
+                break
+            if now[name] != digest:
+                damaged[segment] = (folder / name, "its sha256 differs from the one recorded when the index was "
+                                    "last written")
+                break
+    return damaged
 
 
 _PROBE = """

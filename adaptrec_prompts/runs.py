@@ -17,6 +17,7 @@ This module imports nothing heavy at import time (the public API resolves its na
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -24,11 +25,19 @@ from pathlib import Path
 
 from adaptrec_prompts.errors import ConfigError, IncompleteRunError
 
+logger = logging.getLogger(__name__)
+
 PROGRAM_CHOICES = ("none|random|random-retrieved|static|adaptive (AdaptRec selection), "
                    "baseline:random|popularity|userknn|sasrec[:early-stop]|demo-match[:random|:random-retrieved], or a .json")
 NEEDS_LM_CLI = "this program needs an LM: pass --lm hf:PATH (local) or e.g. --lm openai/gpt-4o"
 # the library's words start as the command line's (callers match on them) and name the Python argument
 NEEDS_LM = NEEDS_LM_CLI + "; in Python: RunConfig(lm='hf:PATH') or RunConfig(lm='openai/gpt-4o')"
+
+
+# The valid range of each numeric RunConfig field (`options.number_problem`); the CLI's types use the same.
+NUMERIC_RULES = {"retries": {"low": 0}, "timeout": {"low": 0, "integer": False, "above": True},
+                 "num_retries": {"low": 0}, "demo_items": {"low": 1}, "n": {"low": 1}, "m": {"low": 1},
+                 "seed": {"low": 0}, "limit": {"low": 1}, "threads": {"low": 1}, "max_new_tokens": {"low": 1}}
 
 
 @dataclass
@@ -57,8 +66,10 @@ class RunConfig:
         timeout: API models: seconds before a request is abandoned.
         num_retries: API models: `dspy.LM`'s own retries per request.
         prompt: "full" (DSPy's ChatAdapter) or "compact" (instructions-only system message, as the SFT rows).
-        demo_items: show each similar user's last N items only (None: whole histories).
-        labels: candidate labels, "numbers" or "letters" (one token in any tokenizer).
+            None: the adapter's (its adaptrec_manifest.json), else "full".
+        demo_items: show each similar user's last N items only. None: the adapter's, else whole histories.
+        labels: candidate labels, "numbers" or "letters" (one token in any tokenizer). None: the adapter's,
+            else "numbers". An adapter's trained settings may not be contradicted (`adapter_settings`).
         n: N, the retrieved users a program (and UserKNN) may use; at most what the data holds.
         m: M, the users shown as demonstrations.
         seed: program seed (random selection, random baseline, SASRec).
@@ -81,9 +92,9 @@ class RunConfig:
     retries: int = 2
     timeout: float = 120.0
     num_retries: int = 3
-    prompt: str = "full"
+    prompt: str | None = None
     demo_items: int | None = None
-    labels: str = "numbers"
+    labels: str | None = None
     n: int = 10
     m: int = 5
     seed: int = 0
@@ -100,8 +111,8 @@ class RunConfig:
         from adaptrec_prompts.render import LABELS
         from adaptrec_prompts.schema import SPLITS
 
-        for name, value, valid in (("split", self.split, SPLITS), ("prompt", self.prompt, PROMPTS),
-                                   ("labels", self.labels, LABELS), ("mode", self.mode, (None, *MODES))):
+        for name, value, valid in (("split", self.split, SPLITS), ("prompt", self.prompt, (None, *PROMPTS)),
+                                   ("labels", self.labels, (None, *LABELS)), ("mode", self.mode, (None, *MODES))):
             if value not in valid:
                 raise ConfigError(f"RunConfig.{name}={value!r} is not valid; use one of "
                                   f"{', '.join(v for v in valid if v is not None)}")
@@ -110,11 +121,17 @@ class RunConfig:
                             f"({PROGRAM_CHOICES}) or a program object (an AdaptRec or a baseline)")
         if device_problem(self.device):
             raise ConfigError(f"RunConfig.device={self.device!r} is not valid; use {DEVICES}")
-        for name in ("limit", "threads", "max_new_tokens"):
+        from adaptrec_prompts.options import number_problem
+
+        for name, rule in NUMERIC_RULES.items():
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"RunConfig.{name} must be >= 1, got {value}"
-                                  + (" (None scores the whole split)" if name == "limit" else ""))
+            if value is None and name in ("limit", "demo_items"):
+                continue
+            problem = number_problem(value, **rule)
+            if problem:
+                raise ConfigError(f"RunConfig.{name} {problem}"
+                                  + (" (None scores the whole split)" if name == "limit" else "")
+                                  + (" (None shows whole histories)" if name == "demo_items" else ""))
 
     def to_dict(self) -> dict:
         """The settings as JSON values (paths as strings, a program object as `program_label`), as recorded in
@@ -282,6 +299,40 @@ def build_program(spec: str, data_dir: str | Path, *, n: int = 10, m: int = 5, m
     raise ConfigError(f"unknown program {spec!r}; use {PROGRAM_CHOICES}")
 
 
+def adapter_settings(config: RunConfig) -> RunConfig:
+    """`config` with prompt, labels and demo_items resolved: the ones given, else the adapter's trained ones
+    (said in a warning), else the defaults ("full", "numbers", whole histories).
+
+    Raises:
+        ConfigError: a given setting contradicts the adapter's training (an adapter answers in the prompt it
+            was trained on: docs/failure-behaviour.md).
+    """
+    import dataclasses
+
+    from adaptrec_prompts.lora import MANIFEST, trained_settings
+
+    trained = trained_settings(config.adapter) if config.adapter else None
+    defaults = {"prompt": "full", "labels": "numbers", "demo_items": None}
+    if trained is None:
+        if not isinstance(config.program, str):  # a program object brings its own (`_check_program_object`)
+            return config
+        return dataclasses.replace(config, **{k: v if getattr(config, k) is None else getattr(config, k)
+                                              for k, v in defaults.items()})
+    zero_shot = config.program == "none"  # demo_items shape demonstrations, which a zero-shot prompt has none of
+    differ = {k: getattr(config, k) for k in trained if getattr(config, k) is not None
+              and getattr(config, k) != trained[k] and not (k == "demo_items" and zero_shot)}
+    if differ:
+        option = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in trained.items() if v is not None)
+        raise ConfigError(f"--adapter {config.adapter} was trained with {trained} ({Path(config.adapter) / MANIFEST}); "
+                          f"this run asks for {differ}: an adapter answers in the prompt it was trained on. Leave "
+                          f"these options out to use the adapter's ({option}), or use an adapter trained with them")
+    taken = {k: v for k, v in trained.items() if getattr(config, k) is None}
+    if taken:
+        logger.warning("--adapter %s: using the prompt settings it was trained with: %s", config.adapter,
+                       ", ".join(f"{k}={v}" for k, v in taken.items()))
+    return dataclasses.replace(config, **taken)
+
+
 def load_lm(config: RunConfig, progress: bool = True):
     """The `dspy.LM` a run's config names (`make_lm` with the run's budget, device and API settings): load it
     once and pass it to several `run_eval` calls that use the same `lm`. `progress`: transformers' loading
@@ -326,6 +377,7 @@ def run_eval(config: RunConfig, lm=None, progress: bool = True, *, config_file: 
     if config.program == "baseline:sasrec:early-stop" and config.split == "valid":
         raise ConfigError("baseline:sasrec:early-stop chooses its epochs on the valid split: evaluated on valid it "
                           "would be tuned on the rows it is scored on; use baseline:sasrec there")
+    config = adapter_settings(config)  # before anything loads: a contradicted adapter is refused here
     manifest = load_manifest(config.data)
     split = load_prepared(config.data)[config.split]
     if config.limit:
@@ -335,6 +387,17 @@ def run_eval(config: RunConfig, lm=None, progress: bool = True, *, config_file: 
                             prompt=config.prompt, demo_items=config.demo_items, labels=config.labels)
     if program is config.program:
         _check_program_object(config, program)
+    if config.adapter and isinstance(program, AdaptRec):  # a saved program brings its own prompt settings
+        from adaptrec_prompts.lora import MANIFEST, trained_settings
+
+        trained = trained_settings(config.adapter)
+        has = {"prompt": program.prompt, "labels": program.labels, "demo_items": program.demo_items}
+        differ = {k: v for k, v in has.items() if trained is not None and v != trained[k]
+                  and not (k == "demo_items" and program.selection == "none")}
+        if differ:
+            raise ConfigError(f"{config.program} uses {differ}, but --adapter {config.adapter} was trained with "
+                              f"{ {k: trained[k] for k in differ} } ({Path(config.adapter) / MANIFEST}): an adapter "
+                              "answers in the prompt it was trained on; use a program with the adapter's settings")
     persisted = (manifest.get("neighbors") or {}).get("n")
     live = getattr(program, "retriever", None) is not None  # AdaptRec.from_index retrieves per call
     spec = config.program if isinstance(config.program, str) else ""

@@ -661,6 +661,7 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
     from trl import SFTTrainer, get_peft_config
 
     from adaptrec_prompts.evaluation import package_versions, program_state
+    from adaptrec_prompts.lora import architecture
     from adaptrec_prompts.evaluation import _sha as sha
     from adaptrec_prompts.prepare import load_manifest, load_prepared
     from adaptrec_prompts.sft_data import build_rows
@@ -800,6 +801,7 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
         print("loss.png not written: pip install -e '.[plots]'", flush=True)
     out = {
         "base_model": base,
+        "base_model_architecture": architecture(base),  # checked when the adapter is loaded (lora.check_adapter)
         "data": script_args.data,
         "data_hash": manifest.get("data_hash"),
         "data_manifest_hash": sha(manifest),

@@ -118,7 +118,15 @@ class HFEngine:
             if adapter:
                 from peft import PeftModel
 
-                model = PeftModel.from_pretrained(model, str(adapter))
+                from adaptrec_prompts.lora import check_adapter
+
+                check_adapter(adapter, model_path)  # only what training writes, trained on this base model
+                try:
+                    model = PeftModel.from_pretrained(model, str(adapter))
+                except (RuntimeError, ValueError, KeyError) as exc:  # e.g. size mismatch: another architecture
+                    raise ConfigError(f"--adapter {adapter} does not fit the model {model_path} "
+                                      f"({type(exc).__name__}: {str(exc)[:200]}); load it on the model it was "
+                                      "trained on") from None
         name = Path(model_path).name + (f"+{Path(adapter).name}" if adapter else "")
         return cls(model.to(device).eval(), tokenizer, name=name, **kwargs)
 

@@ -24,6 +24,9 @@ def _full(ranked: list[int]) -> dict:
 
 class RandomBaseline:
     def __init__(self, seed: int = 0):
+        from adaptrec_prompts.options import check_number
+
+        check_number("seed (--seed)", seed, low=0)
         self.seed = seed
 
     def config(self) -> dict:
@@ -47,6 +50,11 @@ class PopularityBaseline:
 
 class UserKNNBaseline:
     def __init__(self, sequences: list[list[int]], n_retrieve: int = 10, history_weight: float = 0.1):
+        from adaptrec_prompts.options import check_number
+
+        # n <= 0 would slice the neighbour lists to nothing (Popularity's ranking) or from the end (--n -5)
+        check_number("n_retrieve (--n)", n_retrieve, low=1, hint="the neighbours UserKNN votes with")
+        check_number("history_weight", history_weight, low=0, integer=False)
         self.popularity = Counter(i for seq in sequences for i in seq)
         self.n_retrieve, self.history_weight = n_retrieve, history_weight
 
