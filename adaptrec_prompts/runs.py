@@ -99,6 +99,9 @@ class RunConfig:
                                   f"{', '.join(v for v in valid if v is not None)}")
         if device_problem(self.device):
             raise ConfigError(f"RunConfig.device={self.device!r} is not valid; use {DEVICES}")
+        from adaptrec_prompts.backends.api import check_request_settings
+
+        check_request_settings(self.timeout, self.num_retries, self.retries)  # before any folder or model
         for name in ("limit", "threads", "max_new_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -228,15 +231,18 @@ def load_lm(config: RunConfig, progress: bool = True):
     """The `dspy.LM` a run's config names (`make_lm` with the run's budget, device and API settings): load it
     once and pass it to several `run_eval` calls that use the same `lm`. `progress`: transformers' loading
     bar for a local model, under the package's rule (`progress.library_bars`)."""
-    from adaptrec_prompts.backends.api import is_local, make_lm
+    from adaptrec_prompts.backends.api import is_local, make_lm, probe_server
 
     if not config.lm:
         raise ConfigError(NEEDS_LM)
-    return make_lm(config.lm, adapter=config.adapter, api_base=config.api_base,
-                   **({"max_new_tokens": config.max_new_tokens, "device": config.device, "progress": progress}
-                      if is_local(config.lm) else
-                      {"max_tokens": config.max_new_tokens, "num_retries": config.num_retries,
-                       "timeout": config.timeout}))
+    lm = make_lm(config.lm, adapter=config.adapter, api_base=config.api_base,
+                 **({"max_new_tokens": config.max_new_tokens, "device": config.device, "progress": progress}
+                    if is_local(config.lm) else
+                    {"max_tokens": config.max_new_tokens, "num_retries": config.num_retries,
+                     "timeout": config.timeout}))
+    if not is_local(config.lm):  # a server that cannot serve the run is refused before the run folder exists
+        probe_server(config.lm, config.api_base, config.timeout)
+    return lm
 
 
 def run_eval(config: RunConfig, lm=None, progress: bool = True, *, config_file: str | Path | None = None) -> Results:
