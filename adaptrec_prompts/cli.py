@@ -11,7 +11,7 @@ from adaptrec_prompts import commands
 from adaptrec_prompts.commands import PROGRAM_CHOICES
 from adaptrec_prompts.config_file import ConfigFileParser, add_config_option
 from adaptrec_prompts.devices import DEVICE_HELP, device_problem
-from adaptrec_prompts.errors import AdaptRecError, Interrupted
+from adaptrec_prompts.errors import DISK_FULL, AdaptRecError, Interrupted
 
 SPLITS = ("train", "valid", "test", "test_extended")  # schema.SPLITS, without importing datasets here
 NO_PROGRESS = "no progress bars (they show only when stderr is a terminal and CI is not set)"
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk anywhere else (a library's own write): name the file, no traceback
-        if exc.errno not in (28, 122, 27):  # ENOSPC, EDQUOT, EFBIG
+        if exc.errno not in DISK_FULL:
             raise
         print(f"error: no space left writing {exc.filename or 'a file'} ({exc.strerror}): free disk space or "
               "choose another output folder, then run the same command again", file=sys.stderr)

@@ -62,3 +62,11 @@ class ProviderError(AdaptRecError):
 class DiskFullError(AdaptRecError, OSError):
     """A write failed because the disk (or a file-size limit) is full; the message names the file, and what
     was written before is kept."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
+# errno values that mean "the disk is full": no space, quota exceeded, a file-size limit
+DISK_FULL = (28, 122, 27)  # ENOSPC, EDQUOT, EFBIG

@@ -11,9 +11,14 @@ Writes, in `out_dir`:
   calls is the harness overhead).
 
 Errors: only transport/provider failures (`is_transport_error`: timeouts, connection errors, rate limits,
-5xx) are retried (`retries` times with backoff) and, if they persist, logged as the example's `error`,
-left out of every mean and retried on resume. Any other exception is a bug or a bad input, not a flaky
-provider: the run stops with its traceback, and every finished example is already on disk.
+5xx) are retried (`retries` times with backoff; a timeout is not, dspy.LM retried it already) and, if they
+persist, logged as the example's `error`, left out of every mean and retried on resume. A provider error
+no retry fixes (a refused key, a wrong URL or model, a reply that is not a chat completion) stops the run
+with a `ProviderError` that says which. Any other exception is a bug or a bad input, not a flaky
+provider: the run stops with its traceback, and every finished example is already on disk. A run folder
+this call created is removed again when the run stops before its first prediction (it holds no run), and
+a folder holding a manifest but no prediction is started afresh. An API request still waiting after half
+its timeout (at most 10 s) is reported (`slow request: ...`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ import dspy
 from dspy.utils.usage_tracker import track_usage
 
 from adaptrec_prompts import timing
-from adaptrec_prompts.errors import ConfigError, DiskFullError, Interrupted, ProviderError, RunInUseError
+from adaptrec_prompts.errors import (DISK_FULL, ConfigError, DiskFullError, Interrupted, ProviderError,
+                                     RunInUseError)
 from adaptrec_prompts.metrics import RESULTS_SCHEMA_VERSION, aggregate, example_metrics
 from adaptrec_prompts.modules import AdaptRec, eval_adapter
 from adaptrec_prompts.progress import bar as progress_bar
@@ -142,22 +148,16 @@ class _Log:
                         handle.truncate(keep)
 
     def write(self, record: dict) -> None:
-        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
-        with self.lock, disk_full_named(self.path), open(self.path, "a", encoding="utf-8") as handle:
+        data = memoryview((json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
+        with self.lock, disk_full_named(self.path), open(self.path, "ab", buffering=0) as handle:
+            start = handle.seek(0, os.SEEK_END)
             try:
-                handle.write(line)
-                handle.flush()
+                while data:  # an unbuffered write may take part of the line; the rest raises on a full disk
+                    data = data[handle.write(data):]
                 os.fsync(handle.fileno())
-            except OSError:  # a partial line may be on disk: cut it, so the log stays valid JSON Lines
-                handle.close()
-                with open(self.path, "r+b") as again:
-                    data = again.read()
-                    again.truncate(data.rfind(b"\n") + 1)
+            except OSError:  # a partial line is on disk: cut it, so the log stays valid JSON Lines
+                handle.truncate(start)
                 raise
-
-
-# errno values of "the disk is full": no space, quota, a file-size limit
-DISK_FULL = (28, 122, 27)  # ENOSPC, EDQUOT, EFBIG
 
 
 class disk_full_named:
@@ -171,8 +171,8 @@ class disk_full_named:
 
     def __exit__(self, kind, exc, tb):
         if isinstance(exc, OSError) and not isinstance(exc, DiskFullError) and exc.errno in DISK_FULL:
-            raise DiskFullError(exc.errno, f"no space left writing {self.path} ({exc.strerror}): free disk space "
-                                f"or choose another folder; {self.what}") from None
+            raise DiskFullError(f"no space left writing {self.path} ({exc.strerror}): free disk space or choose "
+                                f"another folder; {self.what}", exc.errno) from None
         return False
 
 

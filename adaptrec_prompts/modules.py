@@ -449,11 +449,49 @@ def load_program(path: str | Path, **overrides) -> AdaptRec:
         config = {**payload["config"], **overrides}
         config.pop("random_from", None)  # an identity marker of config(), not a constructor argument
         template = config.pop("template")
-        program = AdaptRec(load_template_obj(template), **config)
+        try:
+            template = load_template_obj(template)
+        except ValueError as exc:  # pydantic: a misspelt placeholder or key in the saved wording
+            from adaptrec_prompts.render import template_problem
+
+            raise ConfigError(f"{path}: config.template is not a valid template: {template_problem(exc)}; fix it "
+                              "or save the program again") from None
+        program = AdaptRec(template, **config)
+        _check_state_shapes(path, program, payload["state"])
         program.load_state(payload["state"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path}: not a saved AdaptRec program ({exc}); create one with save_program()") from None
+    except ConfigError:
+        raise
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a saved AdaptRec program ({type(exc).__name__}: {exc}); create one with "
+                          "save_program()") from None
     return program
+
+
+def _check_state_shapes(path: Path, program: AdaptRec, state) -> None:
+    """The saved predictor states have the shapes DSPy reads (an object per predictor, a list of demo objects,
+    a signature object) and no key that would replace one of the predictor's methods (DSPy sets every key
+    as an attribute), so a bad file fails here, named, not at the first example after the model loaded."""
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path}: \"state\" must be an object of predictor states, got {type(state).__name__}")
+    for name, predictor in program.named_predictors():
+        entry = state.get(name)
+        where = f"{path}: state[{name!r}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be an object (demos, signature, ...), got "
+                              f"{'nothing' if entry is None else type(entry).__name__}; save the program again")
+        demos = entry.get("demos", [])
+        if not isinstance(demos, list) or not all(isinstance(d, dict) for d in demos):
+            raise ConfigError(f"{where}[\"demos\"] must be a list of demo objects, got "
+                              f"{type(demos).__name__ if not isinstance(demos, list) else 'a list with a non-object'}"
+                              "; use [] for none")
+        if not isinstance(entry.get("signature"), dict):
+            raise ConfigError(f"{where}[\"signature\"] must be an object (instructions, fields); save the program "
+                              "again")
+        for key in entry:  # DSPy reads these four itself; it sets every other key as an attribute
+            if key not in ("signature", "extended_signature", "lm", "fields") and callable(getattr(predictor, key,
+                                                                                                  None)):
+                raise ConfigError(f"{where}[{key!r}] would replace the predictor's method {key!r}: a saved program "
+                                  "holds data only; remove the key")
 
 
 def load_template_obj(value: dict | str) -> Template:

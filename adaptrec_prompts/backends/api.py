@@ -215,6 +215,8 @@ def local_model_dir(spec: str) -> str:
 def make_lm(spec: str, adapter: str | None = None, api_base: str | None = None, **kwargs) -> dspy.LM:
     """`hf:PATH` -> local Hugging Face model (+ optional peft adapter); `gemma-3-270m` -> that preset;
     anything else -> `api_lm(spec)`."""
+    if adapter and is_local(spec):
+        check_adapter_dir(adapter)  # before the base model loads
     if spec == GEMMA_PRESET:
         from adaptrec_prompts.backends.gemma import gemma_lm
 
@@ -227,3 +229,22 @@ def make_lm(spec: str, adapter: str | None = None, api_base: str | None = None, 
         raise ConfigError("--adapter applies to local models (hf:PATH); serve an adapter behind an "
                           "OpenAI-compatible server (vLLM --lora-modules) for API use")
     return api_lm(spec, api_base=api_base, **kwargs)
+
+
+def check_adapter_dir(adapter: str | os.PathLike) -> None:
+    """Refuse an `--adapter` that is not a peft adapter folder, before any model loads.
+
+    Raises:
+        ConfigError: the folder is missing or holds no adapter_config.json.
+    """
+    from pathlib import Path
+
+    folder = Path(adapter)
+    if not folder.is_dir():
+        raise ConfigError(f"--adapter {str(adapter)!r}: no such folder; pass the folder a fine-tune wrote (peft "
+                          "files adapter_config.json and adapter_model.safetensors, e.g. OUT/train/static of "
+                          "`adaptrec sft-experiment`)")
+    if not (folder / "adapter_config.json").is_file():
+        raise ConfigError(f"--adapter {str(adapter)!r}: no adapter_config.json in the folder, so it is not a peft "
+                          "LoRA adapter; pass the folder a fine-tune wrote (e.g. OUT/train/static of "
+                          "`adaptrec sft-experiment`)")
