@@ -179,7 +179,7 @@ def test_a_reply_that_is_not_json_names_the_server(ml100k_prepared, tmp_path, ca
 
 
 def test_a_server_that_accepts_and_never_answers_is_refused_within_the_timeout(ml100k_prepared, tmp_path, capsys,
-                                                                               key):
+                                                                               caplog, key):
     started = time.perf_counter()
     with _Silent() as server:
         assert _eval(ml100k_prepared, tmp_path / "run", server.url, "--timeout", "1") == 2
@@ -187,6 +187,8 @@ def test_a_server_that_accepts_and_never_answers_is_refused_within_the_timeout(m
     err = capsys.readouterr().err
     assert f"the server at {server.url} (--api-base) accepted no request or sent no answer" in err
     assert "within --timeout 1 s" in err and not (tmp_path / "run").exists()
+    assert any(f"the server at {server.url} has not answered GET {server.url}/models after" in r.getMessage()
+               for r in caplog.records)  # said while waiting
 
 
 @pytest.mark.parametrize("route", ["--api-base (DSPy's native client)", "OPENAI_BASE_URL (LiteLLM)"])

@@ -120,6 +120,8 @@ def probe_server(spec: str, api_base: str | None = None, timeout: float = 120.0)
         ConfigError: the server cannot serve this run; the message names the URL, key or option to fix.
     """
     import json
+    import logging
+    import threading
 
     import httpx
 
@@ -130,6 +132,11 @@ def probe_server(spec: str, api_base: str | None = None, timeout: float = 120.0)
     key = next((os.environ[v] for v in ("OPENAI_API_KEY", "HOSTED_VLLM_API_KEY") if os.environ.get(v)), None)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     option = "--api-base" if api_base else next(v for v in BASE_URL_VARIABLES if os.environ.get(v))
+    slow = threading.Timer(min(10.0, timeout / 2), logging.getLogger(__name__).warning, args=(
+        "slow request: the server at %s has not answered GET %s after %.0f s (gives up after %g s, --timeout)",
+        server, url, min(10.0, timeout / 2), timeout))
+    slow.daemon = True
+    slow.start()
     try:
         reply = httpx.get(url, headers=headers, timeout=timeout)
     except httpx.TimeoutException:
@@ -139,6 +146,8 @@ def probe_server(spec: str, api_base: str | None = None, timeout: float = 120.0)
     except httpx.HTTPError as exc:
         raise ConfigError(f"no server answers at {server} ({option}): {type(exc).__name__}: {exc}; start the "
                           f"server or fix {option}") from None
+    finally:
+        slow.cancel()
     if reply.status_code in (401, 403):
         raise ConfigError(f"the server at {server} refused the API key (HTTP {reply.status_code} on GET {url}): "
                           + ("set OPENAI_API_KEY to a key it accepts" if key else "OPENAI_API_KEY is not set"))
