@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from adaptrec_prompts import commands
 from adaptrec_prompts.commands import PROGRAM_CHOICES
 from adaptrec_prompts.config_file import ConfigFileParser, add_config_option
 from adaptrec_prompts.devices import DEVICE_HELP, device_problem
-from adaptrec_prompts.errors import AdaptRecError, Interrupted
+from adaptrec_prompts.errors import DISK_FULL, AdaptRecError, Interrupted
 from adaptrec_prompts.options import number_type
 
 SPLITS = ("train", "valid", "test", "test_extended")  # schema.SPLITS, without importing datasets here
@@ -154,7 +155,8 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--api-base", help="OpenAI-compatible server URL (vLLM, llama.cpp)")
     ev.add_argument("--mode", choices=["generate", "score", "score-calibrated", "score-permuted"],
                     help="Stage-3 mode (default score)")
-    ev.add_argument("--retries", type=number_type(0), default=2, help="harness retries of an example after a provider error")
+    ev.add_argument("--retries", type=number_type(0), default=2, 
+                    help="harness retries of an example after a provider error (not after a timeout)")
     ev.add_argument("--timeout", type=number_type(0, integer=False, above=True), default=120.0,
                     help="API models: seconds before a request is abandoned")
     ev.add_argument("--num-retries", type=number_type(0), default=3, help="API models: dspy.LM's own retries per request")
@@ -360,21 +362,74 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (retry counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 (0: no retry), got {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a number of seconds > 0 (a request timeout)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0 (e.g. 120), got {text}")
+    return value
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into what Ctrl-C raises, so a killed run says what it saved as Ctrl-C does."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # `kill PID` stops a run as Ctrl-C does
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args.func(args)
-    except Interrupted as exc:
-        print(f"interrupted: {exc.cli_message}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:  # outside a run's example loop (loading, building): nothing half-written
-        print("interrupted; finished work is kept on disk, run the same command again to continue", file=sys.stderr)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        # a run's example loop says what it saved (Interrupted); elsewhere (loading, building) nothing is half-written
+        terminated = isinstance(exc, _Terminated) or isinstance(exc.__context__, _Terminated)
+        word = "terminated" if terminated else "interrupted"
+        print(f"{word}: {exc.cli_message}" if isinstance(exc, Interrupted) else
+              f"{word}; finished work is kept on disk, run the same command again to continue", file=sys.stderr,
+              flush=True)
+        if terminated:  # requests still in flight on worker threads must not keep a killed process alive
+            sys.stdout.flush()
+            logging.shutdown()
+            os._exit(143)
         return 130
     except AdaptRecError as exc:  # the message in the command line's words (flags, not Python arguments)
         print(f"error: {exc.cli_message}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk anywhere else (a library's own write): name the file, no traceback
+        if exc.errno not in DISK_FULL:
+            raise
+        print(f"error: no space left writing {exc.filename or 'a file'} ({exc.strerror}): free disk space or "
+              "choose another output folder, then run the same command again", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

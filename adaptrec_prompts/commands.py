@@ -220,12 +220,9 @@ def cmd_eval(args: argparse.Namespace, lm=None) -> Results:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from adaptrec_prompts.evaluation import read_log
-    from adaptrec_prompts.metrics import paired_comparison
+    from adaptrec_prompts.runs import compare_runs
 
-    a = list(read_log(Path(args.a) / "predictions.jsonl").values())
-    b = list(read_log(Path(args.b) / "predictions.jsonl").values())
-    res = paired_comparison(a, b)
+    res = compare_runs(args.a, args.b)
     print(f"$ adaptrec compare {args.a} {args.b}")
     print(f"{res['n']} shared examples (only in A: {res['only_in_a']}, only in B: {res['only_in_b']})")
     for key in ("HR@1", "NDCG@5"):

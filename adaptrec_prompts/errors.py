@@ -66,3 +66,21 @@ class IncompleteRunError(AdaptRecError):
     def __init__(self, message: str, results=None, *, cli: str | None = None):
         super().__init__(message, cli=cli)
         self.results = results
+
+
+class ProviderError(AdaptRecError):
+    """An API provider or server refused the run in a way no retry fixes (a key, a URL, a model name, a reply
+    that is not a chat completion); the message says which and what to change."""
+
+
+class DiskFullError(AdaptRecError, OSError):
+    """A write failed because the disk (or a file-size limit) is full; the message names the file, and what
+    was written before is kept."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
+# errno values that mean "the disk is full": no space, quota exceeded, a file-size limit
+DISK_FULL = (28, 122, 27)  # ENOSPC, EDQUOT, EFBIG

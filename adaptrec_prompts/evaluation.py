@@ -11,9 +11,14 @@ Writes, in `out_dir`:
   calls is the harness overhead).
 
 Errors: only transport/provider failures (`is_transport_error`: timeouts, connection errors, rate limits,
-5xx) are retried (`retries` times with backoff) and, if they persist, logged as the example's `error`,
-left out of every mean and retried on resume. Any other exception is a bug or a bad input, not a flaky
-provider: the run stops with its traceback, and every finished example is already on disk.
+5xx) are retried (`retries` times with backoff; a timeout is not, dspy.LM retried it already) and, if they
+persist, logged as the example's `error`, left out of every mean and retried on resume. A provider error
+no retry fixes (a refused key, a wrong URL or model, a reply that is not a chat completion) stops the run
+with a `ProviderError` that says which. Any other exception is a bug or a bad input, not a flaky
+provider: the run stops with its traceback, and every finished example is already on disk. A run folder
+this call created is removed again when the run stops before its first prediction (it holds no run), and
+a folder holding a manifest but no prediction is started afresh. An API request still waiting after half
+its timeout (at most 10 s) is reported (`slow request: ...`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ import dspy
 from dspy.utils.usage_tracker import track_usage
 
 from adaptrec_prompts import timing
-from adaptrec_prompts.errors import ConfigError, Interrupted, RunInUseError
+from adaptrec_prompts.errors import (DISK_FULL, ConfigError, DiskFullError, Interrupted, ProviderError,
+                                     RunInUseError)
 from adaptrec_prompts.metrics import RESULTS_SCHEMA_VERSION, aggregate, example_metrics
 from adaptrec_prompts.modules import AdaptRec, eval_adapter
 from adaptrec_prompts.progress import bar as progress_bar
@@ -143,11 +149,32 @@ class _Log:
                         handle.truncate(keep)
 
     def write(self, record: dict) -> None:
-        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
-        with self.lock, open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        data = memoryview((json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
+        with self.lock, disk_full_named(self.path), open(self.path, "ab", buffering=0) as handle:
+            start = handle.seek(0, os.SEEK_END)
+            try:
+                while data:  # an unbuffered write may take part of the line; the rest raises on a full disk
+                    data = data[handle.write(data):]
+                os.fsync(handle.fileno())
+            except OSError:  # a partial line is on disk: cut it, so the log stays valid JSON Lines
+                handle.truncate(start)
+                raise
+
+
+class disk_full_named:
+    """Context manager: an OSError that says the disk is full becomes a DiskFullError naming `path`."""
+
+    def __init__(self, path: Path, what: str = "finished examples are kept; run the same command again"):
+        self.path, self.what = path, what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if isinstance(exc, OSError) and not isinstance(exc, DiskFullError) and exc.errno in DISK_FULL:
+            raise DiskFullError(f"no space left writing {self.path} ({exc.strerror}): free disk space or choose "
+                                f"another folder; {self.what}", exc.errno) from None
+        return False
 
 
 # Exception class names (anywhere in the MRO) that mean "the provider or the network failed": DSPy's own
@@ -178,6 +205,17 @@ def is_transport_error(exc: BaseException) -> bool:
     return False
 
 
+def is_timeout(exc: BaseException) -> bool:
+    """True for a request that timed out (also when wrapped by an explicit cause)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if any("Timeout" in cls.__name__ for cls in type(exc).__mro__):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 def _run_one(program, row: dict, lm, callbacks, retries: int = 2, backoff: float = 1.0) -> dict:
     started = time.perf_counter()
     base = {"example_id": row["example_id"], "user_id": row.get("user_id"), "target_item_id": row["target_item_id"],
@@ -193,9 +231,17 @@ def _run_one(program, row: dict, lm, callbacks, retries: int = 2, backoff: float
                 break
             except Exception as exc:
                 if not is_transport_error(exc):
+                    from adaptrec_prompts.backends.api import explain_lm_error
+
+                    message = explain_lm_error(exc, getattr(lm, "model", None), (getattr(lm, "kwargs", None)
+                                                                                 or {}).get("api_base"))
+                    if message:  # a key, URL or model name no retry fixes: say which, without the traceback
+                        raise ProviderError(message) from exc
                     raise  # a bug or bad input: stop with the traceback (finished examples are on disk)
                 attempts += 1
-                if attempts > retries:
+                # dspy.LM has already retried a timed-out request (num_retries): another round here would
+                # multiply the wait (timeout x attempts x retries) for a server that does not answer
+                if attempts > retries or is_timeout(exc):
                     out = {"raw": None, "answer": None, "ranking": [], "valid": False, "reason": ""}
                     error = repr(exc)[:500]
                     break
@@ -240,11 +286,73 @@ def evaluate(program, rows, out_dir: str | Path, config: dict | None = None, lm=
     if not rows:
         raise ConfigError(f"no examples to evaluate for {out}: the split (after --limit) has 0 rows; check --split, "
                           "--limit and that the prepared folder holds data")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with _RunLock(out):
-        raw = _evaluate(program, rows, out, config, lm, threads, progress, data_manifest, retries, backoff,
-                        json.loads(json.dumps(extra or {}, default=str)))
+    try:
+        with _RunLock(out):
+            raw = _evaluate(program, rows, out, config, lm, threads, progress, data_manifest, retries, backoff,
+                            json.loads(json.dumps(extra or {}, default=str)))
+    except BaseException:
+        if created:  # a failed start (a refused key, a full disk) leaves no folder that looks like a run
+            _remove_if_not_a_run(out)
+        raise
     return Results(out, raw, tuple(row["example_id"] for row in rows))
+
+
+def _remove_if_not_a_run(out: Path) -> None:
+    """Remove a run folder this call created when it holds no prediction (only its manifest and lock)."""
+    if read_log(out / "predictions.jsonl"):
+        return
+    for name in ("manifest.json", "manifest.json.tmp", "predictions.jsonl", "results.json.tmp", ".lock"):
+        (out / name).unlink(missing_ok=True)
+    try:
+        out.rmdir()
+    except OSError:  # something else is in it: leave it
+        pass
+
+
+class _SlowRequests:
+    """Says when an API request is slow: a line when an LM call has waited `first` seconds (half the
+    timeout, at most 10 s), again each time the wait doubles, with the most it can take (timeout x attempts,
+    dspy.LM's backoff included) and the options that bound it."""
+
+    def __init__(self, timer: timing.LMTimer, lm):
+        from adaptrec_prompts.backends.api import base_url, request_time_bound
+
+        kwargs = getattr(lm, "kwargs", None) or {}
+        self.timer, self.timeout = timer, kwargs.get("timeout")
+        self.enabled = isinstance(self.timeout, (int, float)) and self.timeout > 0
+        if not self.enabled:  # local models (no timeout) are never "slow requests"
+            return
+        retries = int(getattr(lm, "num_retries", 0) or 0)
+        server = base_url(kwargs.get("api_base"))
+        self.what = f"{getattr(lm, 'model', 'the LM')}" + (f" at {server}" if server else "")
+        self.limits = (f"each attempt gives up after {self.timeout:g} s (--timeout), {retries + 1} attempts "
+                       f"(--num-retries {retries}): at most {request_time_bound(self.timeout, retries):.0f} s")
+        self.first = min(10.0, self.timeout / 2)
+        self.next: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="adaptrec-slow-requests", daemon=True)
+
+    def __enter__(self):
+        if self.enabled:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.stop.set()
+            self.thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        while not self.stop.wait(min(0.25, self.first / 2)):
+            waiting = self.timer.in_flight()
+            self.next = {k: v for k, v in self.next.items() if k in waiting}
+            for call_id, seconds in waiting.items():
+                if seconds >= self.next.get(call_id, self.first):
+                    self.next[call_id] = 2 * seconds
+                    logger.warning("slow request: %s has not answered after %.0f s (%s)", self.what, seconds,
+                                   self.limits)
 
 
 class _RunLock:
@@ -297,7 +405,8 @@ def _evaluate(program, rows: list, out: Path, config: dict, lm, threads: int, pr
         raise ValueError(f"extra manifest entries {sorted(set(extra) & set(manifest))} would replace the harness's own")
     manifest.update(extra)
     manifest_path = out / "manifest.json"
-    if manifest_path.is_file():
+    # a folder with no prediction is not a run (a start that failed at its first request): a new start replaces it
+    if manifest_path.is_file() and read_log(out / "predictions.jsonl"):
         old = json.loads(manifest_path.read_text(encoding="utf-8"))
         if (run_identity(old["config"]), old["program_hash"]) != (run_identity(config), manifest["program_hash"]):
             raise ConfigError(f"{out} holds a run with a different config or program; resume only the same run, "
@@ -339,34 +448,36 @@ def _evaluate(program, rows: list, out: Path, config: dict, lm, threads: int, pr
         bar.update(1)
 
     try:
-        if threads > 1:  # every finished example is written, in completion order, before a failure propagates
-            pool = ThreadPoolExecutor(max_workers=threads)
-            futures = [pool.submit(_run_one, program, r, lm, callbacks, retries, backoff) for r in todo]
-            failure, written = None, set()
-            try:
-                for future in as_completed(futures):
-                    written.add(future)
-                    if future.cancelled():
-                        continue
-                    if future.exception() is None:
-                        finish(future.result())
-                    elif failure is None:
-                        failure = future.exception()
-                        for other in futures:
-                            other.cancel()
-            except KeyboardInterrupt:  # keep what finished meanwhile; do not wait for calls in flight
-                for future in futures:
-                    future.cancel()
-                    if future.done() and future not in written and not future.cancelled() and future.exception() is None:
-                        finish(future.result())
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            pool.shutdown(wait=True, cancel_futures=True)
-            if failure is not None:
-                raise failure
-        else:
-            for row in todo:
-                finish(_run_one(program, row, lm, callbacks, retries, backoff))
+        with _SlowRequests(callbacks[0], lm):  # a line when an API request is slow
+            if threads > 1:  # every finished example is written, in completion order, before a failure propagates
+                pool = ThreadPoolExecutor(max_workers=threads)
+                futures = [pool.submit(_run_one, program, r, lm, callbacks, retries, backoff) for r in todo]
+                failure, written = None, set()
+                try:
+                    for future in as_completed(futures):
+                        written.add(future)
+                        if future.cancelled():
+                            continue
+                        if future.exception() is None:
+                            finish(future.result())
+                        elif failure is None:
+                            failure = future.exception()
+                            for other in futures:
+                                other.cancel()
+                except KeyboardInterrupt:  # keep what finished meanwhile; do not wait for calls in flight
+                    for future in futures:
+                        future.cancel()
+                        if (future.done() and future not in written and not future.cancelled()
+                                and future.exception() is None):
+                            finish(future.result())
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+                pool.shutdown(wait=True, cancel_futures=True)
+                if failure is not None:
+                    raise failure
+            else:
+                for row in todo:
+                    finish(_run_one(program, row, lm, callbacks, retries, backoff))
     except KeyboardInterrupt:  # what is on disk, whatever instruction the signal interrupted
         saved = sum(1 for r in read_log(log_path).values() if not r.get("error"))
         raise Interrupted(f"{saved} of {len(rows)} examples are saved in {out}; run the same command again to "
@@ -394,7 +505,12 @@ def run_identity(config: dict) -> str:
 
 def _write_json(path: Path, payload: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    try:
+        with disk_full_named(path):
+            tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    except DiskFullError:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
 
 

@@ -605,16 +605,27 @@ def load_program(path: str | Path, **overrides) -> AdaptRec:
         if not isinstance(template, dict):  # save_program writes the wording itself, never a path to read
             raise _refuse(path, "config['template']", f"expected the template's fields, got {type(template).__name__}")
         try:
-            program = AdaptRec(load_template_obj(template), **config)
+            template = load_template_obj(template)
+        except ConfigError:
+            raise
+        except ValueError as exc:  # pydantic: a misspelt placeholder or key in the saved wording
+            from adaptrec_prompts.render import template_problem
+
+            raise ConfigError(f"{path}: config.template is not a valid template: {template_problem(exc)}; fix it "
+                              "or save the program again") from None
+        try:
+            program = AdaptRec(template, **config)
         except ConfigError as exc:
             raise ConfigError(f"{path}: config: {exc}") from None
         check_program_payload(path, payload, program)
-        # the state is checked: no "lm", no key DSPy would set as an attribute
+        _check_state_shapes(path, program, payload["state"])
+        # the state is checked: no "lm", no key DSPy would set as an attribute, the shapes DSPy reads
         program.load_state(payload["state"])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"{path}: not a saved AdaptRec program ({exc}); create one with save_program()") from None
+    except ConfigError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a saved AdaptRec program ({type(exc).__name__}: {exc}); create one with "
+                          "save_program()") from None
     return program
 
 
@@ -631,6 +642,33 @@ def _saved_program(path) -> dict | None:
 
 _INIT_ARGS = ("template", "selection", "n_retrieve", "m_select", "mode", "seed", "stage2", "orders", "prompt",
               "demo_items", "labels")
+
+
+def _check_state_shapes(path: Path, program: AdaptRec, state) -> None:
+    """The saved predictor states have the shapes DSPy reads (an object per predictor, a list of demo objects,
+    a signature object) and no key that would replace one of the predictor's methods (DSPy sets every key
+    as an attribute), so a bad file fails here, named, not at the first example after the model loaded."""
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path}: \"state\" must be an object of predictor states, got {type(state).__name__}")
+    for name, predictor in program.named_predictors():
+        entry = state.get(name)
+        where = f"{path}: state[{name!r}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be an object (demos, signature, ...), got "
+                              f"{'nothing' if entry is None else type(entry).__name__}; save the program again")
+        demos = entry.get("demos", [])
+        if not isinstance(demos, list) or not all(isinstance(d, dict) for d in demos):
+            raise ConfigError(f"{where}[\"demos\"] must be a list of demo objects, got "
+                              f"{type(demos).__name__ if not isinstance(demos, list) else 'a list with a non-object'}"
+                              "; use [] for none")
+        if not isinstance(entry.get("signature"), dict):
+            raise ConfigError(f"{where}[\"signature\"] must be an object (instructions, fields); save the program "
+                              "again")
+        for key in entry:  # DSPy reads these four itself; it sets every other key as an attribute
+            if key not in ("signature", "extended_signature", "lm", "fields") and callable(getattr(predictor, key,
+                                                                                                  None)):
+                raise ConfigError(f"{where}[{key!r}] would replace the predictor's method {key!r}: a saved program "
+                                  "holds data only; remove the key")
 
 
 def load_template_obj(value: dict | str) -> Template:

@@ -77,9 +77,33 @@ def call_budget(optimizer: str, stages: int, n_train: int, n_val: int, num_trial
     return proposals + (num_trials + 1) * n_val * stages
 
 
+def read_program_json(path: str | Path) -> dict:
+    """A saved program's JSON (`save_program`), with a message naming the file when it cannot be one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{str(path)!r}: no such program file; pass a .json that `adaptrec compile` or "
+                          "save_program() wrote")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a saved program (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON at line {exc.lineno} column {exc.colno} ({exc.msg}); the file is "
+                          "damaged or truncated: save or compile the program again") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict) or \
+            not isinstance(payload.get("state"), dict):
+        raise ConfigError(f"{path}: not a saved AdaptRec program (expected an object with \"config\" and "
+                          "\"state\"); save or compile the program again")
+    return payload
+
+
 def diff_programs(a: str | Path, b: str | Path) -> str:
-    """Human-readable differences between two saved programs: config, instructions, demos."""
-    pa, pb = (json.loads(Path(p).read_text(encoding="utf-8")) for p in (a, b))
+    """Human-readable differences between two saved programs: config, instructions, demos.
+
+    Raises:
+        ConfigError: a file is missing, not JSON (e.g. truncated) or not a saved program; the message names it.
+    """
+    pa, pb = (read_program_json(p) for p in (a, b))
     out = []
     for key in sorted(set(pa["config"]) | set(pb["config"])):
         if key != "template" and pa["config"].get(key) != pb["config"].get(key):

@@ -20,7 +20,7 @@ import datasets
 from adaptrec_prompts import __version__
 from adaptrec_prompts.data import DATASET_NAMES, LOADERS, load_llara
 from adaptrec_prompts.data.interactions import Interactions, drop_duplicate_events
-from adaptrec_prompts.errors import ConfigError, DataError, OutputExistsError
+from adaptrec_prompts.errors import DISK_FULL, ConfigError, DataError, DiskFullError, OutputExistsError
 from adaptrec_prompts.protocol import ProtocolConfig, build_examples, draw_candidates, example_row, example_rng
 from adaptrec_prompts.render import DATASET_DOMAINS
 from adaptrec_prompts.schema import EXAMPLE_FEATURES, SPLITS
@@ -187,19 +187,7 @@ def data_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def save(ddict: datasets.DatasetDict, titles: dict[int, str], manifest: dict, out: str | Path,
-         overwrite: bool = False) -> Path:
-    """Write a prepared folder atomically (a partial folder is renamed into place when complete).
-
-    Raises:
-        OutputExistsError: `out` exists and `overwrite` is false.
-    """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"output folder {str(out)!r} exists; pass --overwrite to replace it or choose "
-                                "another --out")
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
+def _write_partial(ddict: datasets.DatasetDict, titles: dict[int, str], manifest: dict, partial: Path) -> None:
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
@@ -213,6 +201,30 @@ def save(ddict: datasets.DatasetDict, titles: dict[int, str], manifest: dict, ou
             handle.write(json.dumps({"item_id": item_id, "title": titles[item_id]}, ensure_ascii=False) + "\n")
     manifest = {**manifest, "data_hash": data_hash(partial), FILES: file_hashes(partial)}
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def save(ddict: datasets.DatasetDict, titles: dict[int, str], manifest: dict, out: str | Path,
+         overwrite: bool = False) -> Path:
+    """Write a prepared folder atomically (a partial folder is renamed into place when complete).
+
+    Raises:
+        OutputExistsError: `out` exists and `overwrite` is false.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"output folder {str(out)!r} exists; pass --overwrite to replace it or choose "
+                                "another --out")
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        _write_partial(ddict, titles, manifest, partial)
+    except BaseException as exc:  # a full disk, Ctrl-C: no half-written folder is left to fill the disk
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise DiskFullError(f"no space left writing the prepared folder {str(out)!r} ({exc.strerror}): free disk "
+                                "space or choose another --out, then run the same command again (nothing was "
+                                "written)", exc.errno) from None
+        raise
     if out.exists():
         if not overwrite:  # another writer finished first (the check above ran before the work): keep theirs
             shutil.rmtree(partial, ignore_errors=True)

@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from adaptrec_prompts.errors import ConfigError
 
@@ -23,6 +23,14 @@ DATASET_DOMAINS = {"ml-100k": "movies", "lastfm": "music", "goodreads": "books"}
 # label at all, the candidates listed by title and the answer is the title (LLaRA's answer format), so the choice
 # lives in tokens a model can copy from the similar users' next items (docs/design.md, Fine-tuning objectives).
 LABELS = ("numbers", "letters", "titles")
+# The placeholders each pattern of a Template is filled with (Template._fill and its callers).
+PLACEHOLDERS = {
+    "history": ("count", "titles"),
+    "similar_user": ("number", "count", "titles", "next_title"),
+    "pool_user": ("number", "count", "titles"),
+    "candidate": ("number", "title"),
+}
+COMMON_PLACEHOLDERS = ("item", "items", "consumed")
 
 
 def candidate_label(number: int, labels: str = "numbers") -> str:
@@ -56,6 +64,32 @@ class Template(BaseModel):
     pool_user: str
     candidate: str
     title_separator: str = "; "
+
+    @model_validator(mode="after")
+    def _check_placeholders(self) -> Template:
+        """A misspelt placeholder ({tittles}) or a stray brace fails here, when the template is loaded, not at
+        the first example after a model has loaded."""
+        import difflib
+        import re
+        import string
+
+        for field, own in PLACEHOLDERS.items():
+            pattern = getattr(self, field)
+            allowed = (*own, *COMMON_PLACEHOLDERS)
+            listed = " ".join("{" + a + "}" for a in allowed)
+            try:
+                names = [name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None]
+            except ValueError as exc:  # "Single '}' encountered", an unclosed "{"
+                raise ValueError(f"{field} = {pattern!r}: {exc}; write a literal brace as {{{{ or }}}}, and use only "
+                                 f"{listed}") from None
+            for name in names:
+                base = re.split(r"[.\[]", name, maxsplit=1)[0]
+                if base not in allowed:
+                    close = difflib.get_close_matches(base, allowed, n=1)
+                    hint = f"did you mean {{{close[0]}}}? " if close else ""
+                    raise ValueError(f"{field} = {pattern!r}: {{{name}}} is not a placeholder of {field}; {hint}"
+                                     f"{field} may use {listed}")
+        return self
 
     def _fill(self, pattern: str, **values: object) -> str:
         return pattern.format(item=self.item, items=self.items, consumed=self.consumed, **values)
@@ -110,7 +144,21 @@ def load_template(name_or_path: str | Path) -> Template:
     try:
         return Template(**tomllib.loads(path.read_text(encoding="utf-8")))
     except (tomllib.TOMLDecodeError, ValueError) as exc:
-        raise ConfigError(f"{path}: invalid template: {exc}") from None
+        raise ConfigError(f"{path}: invalid template: {template_problem(exc)}") from None
+
+
+def template_problem(exc: Exception) -> str:
+    """A template error in one line per problem (pydantic's field and message, without its boilerplate)."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(x) for x in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
 
 
 def manifest_template(manifest: dict) -> Template:

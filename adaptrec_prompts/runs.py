@@ -121,8 +121,10 @@ class RunConfig:
                             f"({PROGRAM_CHOICES}) or a program object (an AdaptRec or a baseline)")
         if device_problem(self.device):
             raise ConfigError(f"RunConfig.device={self.device!r} is not valid; use {DEVICES}")
+        from adaptrec_prompts.backends.api import check_request_settings
         from adaptrec_prompts.options import number_problem
 
+        check_request_settings(self.timeout, self.num_retries, self.retries)  # before any folder or model
         for name, rule in NUMERIC_RULES.items():
             value = getattr(self, name)
             if value is None and name in ("limit", "demo_items"):
@@ -337,15 +339,18 @@ def load_lm(config: RunConfig, progress: bool = True):
     """The `dspy.LM` a run's config names (`make_lm` with the run's budget, device and API settings): load it
     once and pass it to several `run_eval` calls that use the same `lm`. `progress`: transformers' loading
     bar for a local model, under the package's rule (`progress.library_bars`)."""
-    from adaptrec_prompts.backends.api import is_local, make_lm
+    from adaptrec_prompts.backends.api import is_local, make_lm, probe_server
 
     if not config.lm:
         raise ConfigError(NEEDS_LM, cli=NEEDS_LM_CLI)
-    return make_lm(config.lm, adapter=config.adapter, api_base=config.api_base,
-                   **({"max_new_tokens": config.max_new_tokens, "device": config.device, "progress": progress}
-                      if is_local(config.lm) else
-                      {"max_tokens": config.max_new_tokens, "num_retries": config.num_retries,
-                       "timeout": config.timeout}))
+    lm = make_lm(config.lm, adapter=config.adapter, api_base=config.api_base,
+                 **({"max_new_tokens": config.max_new_tokens, "device": config.device, "progress": progress}
+                    if is_local(config.lm) else
+                    {"max_tokens": config.max_new_tokens, "num_retries": config.num_retries,
+                     "timeout": config.timeout}))
+    if not is_local(config.lm):  # a server that cannot serve the run is refused before the run folder exists
+        probe_server(config.lm, config.api_base, config.timeout)
+    return lm
 
 
 def run_eval(config: RunConfig, lm=None, progress: bool = True, *, config_file: str | Path | None = None) -> Results:
@@ -446,3 +451,46 @@ def run_eval(config: RunConfig, lm=None, progress: bool = True, *, config_file: 
                                  f"again to retry them (finished examples in {config.out} are kept)",
                                  results=results)
     return results
+
+
+def compare_runs(a: str | Path, b: str | Path) -> dict:
+    """Paired comparison of two run folders (`metrics.paired_comparison`), after checking that each is a run
+    folder with scored examples and that both scored the same split of the same prepared data.
+
+    Raises:
+        ConfigError: a folder is missing or holds no predictions, or the runs differ in split or data (named).
+    """
+    from adaptrec_prompts.evaluation import read_log
+    from adaptrec_prompts.metrics import paired_comparison
+
+    logs, configs = [], []
+    for name, folder in (("A", Path(a)), ("B", Path(b))):
+        if not folder.is_dir():
+            raise ConfigError(f"run {name} {str(folder)!r}: no such folder; pass two run folders (adaptrec eval --out)")
+        records = read_log(folder / "predictions.jsonl")
+        if not records:
+            raise ConfigError(f"run {name} {str(folder)!r} holds no predictions (no predictions.jsonl records): it is "
+                              "not a run folder, or its run has not scored an example yet")
+        scored = [r for r in records.values() if not r.get("error")]
+        if not scored:
+            raise ConfigError(f"run {name} {str(folder)!r}: all {len(records)} examples failed with provider errors; "
+                              "rerun it (adaptrec eval with the same options) before comparing")
+        manifest = folder / "manifest.json"
+        try:
+            configs.append(json.loads(manifest.read_text(encoding="utf-8")).get("config") or {})
+        except (OSError, ValueError):
+            configs.append({})
+        logs.append(scored)
+    split_a, split_b = configs[0].get("split"), configs[1].get("split")
+    if split_a and split_b and split_a != split_b:
+        raise ConfigError(f"the runs scored different splits: A {a} is {split_a!r}, B {b} is {split_b!r}; compare "
+                          f"runs of one split (rerun one with --split {split_a})")
+    hash_a, hash_b = configs[0].get("data_hash"), configs[1].get("data_hash")
+    if hash_a and hash_b and hash_a != hash_b:
+        raise ConfigError(f"the runs scored different prepared data: A {a} used {configs[0].get('data')!r}, B {b} "
+                          f"used {configs[1].get('data')!r} (data_hash differs); compare runs made on one prepared "
+                          "folder")
+    try:
+        return paired_comparison(*logs)
+    except ValueError as exc:
+        raise ConfigError(f"{a} vs {b}: {exc}") from None

@@ -4,6 +4,7 @@ calls report themselves (scoring.score_completions)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -48,11 +49,20 @@ class LMTimer(BaseCallback):
 
     def __init__(self):
         self._starts: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def on_lm_start(self, call_id, instance, inputs):
-        self._starts[call_id] = time.perf_counter()
+        with self._lock:
+            self._starts[call_id] = time.perf_counter()
 
     def on_lm_end(self, call_id, outputs, exception):
-        started = self._starts.pop(call_id, None)
+        with self._lock:
+            started = self._starts.pop(call_id, None)
         if started is not None:
             add(time.perf_counter() - started)
+
+    def in_flight(self) -> dict[str, float]:
+        """The LM calls not finished yet: call id -> seconds since it started."""
+        now = time.perf_counter()
+        with self._lock:
+            return {call_id: now - started for call_id, started in self._starts.items()}
