@@ -265,7 +265,7 @@ def write_json(path: Path, payload) -> None:
 
 
 def comparisons(reference: Path, others: list[Path], ids: set[str] | None = None,
-                names: dict[Path, str] | None = None) -> str:
+                names: dict[Path, str] | None = None, data: list | None = None) -> str:
     """Markdown table of paired comparisons (B - A on shared examples) of each run against `reference`
     (only examples in `ids` when given: the rows a report covers, though logs may hold more; `names`: how
     each folder is called in the table, its folder name by default)."""
@@ -282,6 +282,8 @@ def comparisons(reference: Path, others: list[Path], ids: set[str] | None = None
     for other in others:
         b = list(load_log(other / "predictions.jsonl", ids).values())
         res = paired_comparison(a, b)
+        if data is not None:  # the same comparisons as data (comparisons.json)
+            data.append({"a": names.get(reference, reference.name), "b": names.get(other, other.name), **res})
         h, g = res["HR@1"], res["NDCG@5"]
         lines.append(f"| {names.get(other, other.name)} | {res['n']} | "
                      f"{h['diff']:+.3f} [{h['ci_low']:+.3f}, {h['ci_high']:+.3f}] | "
@@ -339,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         text += "\n![sweep](sweep.png)\n"
     if reference is not None:
         try:
-            text += "\n" + comparisons(reference, [f for f in folders if f != reference], names=names)
+            paired: list = []
+            text += "\n" + comparisons(reference, [f for f in folders if f != reference], names=names, data=paired)
+            write_json(out / "comparisons.json", paired)
         except ValueError as e:  # no shared examples, or the same example ids on other data
             print(f"error: --reference {args.reference}: {e}", file=sys.stderr)
             return 2

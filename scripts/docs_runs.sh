@@ -108,6 +108,22 @@ if [ "${SFT:-0}" = 1 ]; then
     $R/sft/ml-100k/runs/tuned-zero-shot $R/sft/ml-100k-letters/runs/tuned-zero-shot \
     --reference $R/sft/ml-100k/runs/tuned-zero-shot --out docs/results/sft-ml-100k-labels \
     --title "ML-100K test (95 users): numbered vs lettered candidate labels, zero-shot prompts, untuned and LoRA-fine-tuned"
+  step "Which objective learns the choice? Title answers, answer loss vs listwise loss (ML-100K validation diagnostics)"
+  PILOT="--data $A/ml-100k-sft --train-rows 192 --grad-accum 4 --learning-rate 5e-4 --lora-targets attention --labels titles"
+  DIAG="--diagnostics-rows 24 --diagnostics-train-rows 8 --diagnostics-steps 24 --train-only --no-progress"
+  adaptrec sft-experiment $PILOT --out $R/pilot/titles-answer --loss answer --variants static $DIAG
+  adaptrec sft-experiment $PILOT --out $R/pilot/titles-listwise --loss listwise --variants static $DIAG
+  adaptrec sft-experiment $PILOT --out $R/pilot/titles-listwise --loss listwise --variants none $DIAG
+  python eval/choice_report.py $R/pilot/titles-answer/train/static $R/pilot/titles-listwise/train/{static,none} \
+    --out docs/results/sft-objectives-ml-100k \
+    --title "ML-100K validation (first 24 users): which fine-tuning objective learns the choice? (title answers, 192 rows)"
+  step "The listwise adapters on the 95 test users, next to the floor (paired with tuned static)"
+  T="--data $A/ml-100k-sft --split test --lm gemma-3-270m --mode score --prompt compact --labels titles"
+  ev $R/pilot/test/tuned-static $T --program static --demo-items 5 --adapter $R/pilot/titles-listwise/train/static
+  ev $R/pilot/test/tuned-zero-shot $T --program none --adapter $R/pilot/titles-listwise/train/none
+  python eval/report.py $R/pilot/test/tuned-{static,zero-shot} $R/floor/ml-100k/{random,popularity,userknn,sasrec-early-stop,demo-match} \
+    --reference $R/pilot/test/tuned-static --exposure 5,5 --out docs/results/sft-listwise-ml-100k \
+    --title "ML-100K test (95 users): Gemma 3 270M, LoRA with the listwise loss on title answers (192 rows), vs the floor"
   # llara-lastfm-sft: built above (train sample, valid and test users)
   adaptrec sft-experiment --data $A/llara-lastfm-sft --out $R/sft/lastfm --train-rows 512 --grad-accum 4 \
     --learning-rate 5e-4 --lora-targets attention --labels letters --variants none,static,adaptive \

@@ -106,6 +106,9 @@ def test_report_pairs_runs_of_the_same_name_from_two_experiments(gr_data, tmp_pa
     b_only = sum(hits["b"][k] > hits["a"][k] for k in hits["b"])
     assert a_only + b_only > 0  # the seeds differ on these rows, so a wrong pairing would show
     assert f"| exp-b/runs/random | 9 | {diff:+.3f} [" in text and f"| {a_only}/{b_only} |" in text
+    paired = json.loads((tmp_path / "rep" / "comparisons.json").read_text())  # the same numbers as data
+    assert [(c["a"], c["b"], c["n"]) for c in paired] == [("exp-a/runs/random", "exp-b/runs/random", 9)]
+    assert paired[0]["HR@1"]["diff"] == pytest.approx(diff) and paired[0]["HR@1"]["discordant"] == [a_only, b_only]
     assert report_main([str(a), "--out", str(tmp_path / "rep2"), "--reference", str(b)]) == 2
     assert "--reference" in capsys.readouterr().err
     assert report_main([str(a), str(a), "--out", str(tmp_path / "rep3")]) == 0  # the same run twice: listed once
