@@ -155,11 +155,12 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--api-base", help="OpenAI-compatible server URL (vLLM, llama.cpp)")
     ev.add_argument("--mode", choices=["generate", "score", "score-calibrated", "score-permuted"],
                     help="Stage-3 mode (default score)")
-    ev.add_argument("--retries", type=number_type(0), default=2, 
+    ev.add_argument("--retries", type=non_negative_int, default=2,
                     help="harness retries of an example after a provider error (not after a timeout)")
-    ev.add_argument("--timeout", type=number_type(0, integer=False, above=True), default=120.0,
+    ev.add_argument("--timeout", type=positive_seconds, default=120.0,
                     help="API models: seconds before a request is abandoned")
-    ev.add_argument("--num-retries", type=number_type(0), default=3, help="API models: dspy.LM's own retries per request")
+    ev.add_argument("--num-retries", type=non_negative_int, default=3,
+                    help="API models: dspy.LM's own retries per request")
     ev.add_argument("--prompt", choices=["full", "compact"],
                     help="full: DSPy's ChatAdapter; compact: instructions-only system message (match the SFT rows); "
                     "default: the --adapter's trained one, else full")

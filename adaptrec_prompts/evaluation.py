@@ -221,7 +221,7 @@ def _run_one(program, row: dict, lm, callbacks, retries: int = 2, backoff: float
     base = {"example_id": row["example_id"], "user_id": row.get("user_id"), "target_item_id": row["target_item_id"],
             "history_item_ids": row["history_item_ids"], "candidate_item_ids": row["candidate_item_ids"],
             "neighbor_example_ids": (row.get("neighbor_example_ids") or [])}
-    attempts = 0
+    attempts = retried = 0  # failed attempts; retries actually made (a timeout is not retried)
     with timing.measure() as clock, track_usage() as usage:
         while True:
             try:
@@ -246,12 +246,13 @@ def _run_one(program, row: dict, lm, callbacks, retries: int = 2, backoff: float
                     error = repr(exc)[:500]
                     break
                 logger.warning("%s: %s; retry %d/%d", row["example_id"], repr(exc)[:200], attempts, retries)
+                retried += 1
                 time.sleep(backoff * 2 ** (attempts - 1))
     tokens = {"prompt_tokens": clock.prompt_tokens, "completion_tokens": clock.completion_tokens}
     for totals in usage.get_total_tokens().values():
         tokens["prompt_tokens"] += int(totals.get("prompt_tokens") or 0)
         tokens["completion_tokens"] += int(totals.get("completion_tokens") or 0)
-    record = {**base, **out, "error": error, "retries": min(attempts, retries), **tokens,
+    record = {**base, **out, "error": error, "retries": retried, **tokens,
               "latency_s": time.perf_counter() - started, "lm_seconds": clock.lm_seconds}
     record.update(example_metrics(record["ranking"], row["target_item_id"], record["valid"]))
     return record

@@ -75,8 +75,8 @@ def test_a_saved_program_still_loads(tmp_path):
 
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--n", "0", "argument --n: must be >= 1, got 0"), ("--n", "-5", "argument --n: must be >= 1, got -5"),
-    ("--timeout", "0", "argument --timeout: must be > 0, got 0.0"),
-    ("--num-retries", "-1", "argument --num-retries: must be >= 0, got -1"),
+    ("--timeout", "0", "argument --timeout: must be a number of seconds > 0 (e.g. 120), got 0"),
+    ("--num-retries", "-1", "argument --num-retries: must be a whole number >= 0 (0: no retry), got -1"),
     ("--seed", "-3", "argument --seed: must be >= 0, got -3"),
     ("--threads", "0", "argument --threads: must be >= 1, got 0"),
     ("--demo-items", "0", "argument --demo-items: must be >= 1, got 0"),
@@ -116,8 +116,8 @@ def test_numeric_settings_are_checked_by_the_library_too(tmp_path):
         with pytest.raises(ConfigError, match=rf"n_retrieve \(--n\) must be >= 1, got {n}"):
             UserKNNBaseline([[1, 2, 3]], n_retrieve=n)
     for field, value, message in (("n", 0, "RunConfig.n must be >= 1, got 0"),
-                                  ("timeout", 0.0, "RunConfig.timeout must be > 0, got 0.0"),
-                                  ("num_retries", -1, "RunConfig.num_retries must be >= 0, got -1"),
+                                  ("timeout", 0.0, "--timeout 0.0: must be a number of seconds > 0"),
+                                  ("num_retries", -1, "--num-retries -1: must be a whole number >= 0"),
                                   ("m", "5", "RunConfig.m expected a whole number, got '5'")):
         with pytest.raises(ConfigError, match=message):
             RunConfig(data="d", out="o", **{field: value})

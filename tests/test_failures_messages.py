@@ -326,9 +326,9 @@ def test_a_misspelt_template_placeholder_fails_when_the_template_loads(ml100k_pr
 
 @pytest.mark.parametrize("change, message", [
     (lambda p: p["state"]["recommender.recommend"].update(demos="oops"),
-     "state['recommender.recommend'][\"demos\"] must be a list of demo objects, got str"),
+     "state['recommender.recommend']['demos']: expected a list of JSON values, got str"),
     (lambda p: p["state"]["recommender.recommend"].update(forward=5),
-     "state['recommender.recommend']['forward'] would replace the predictor's method 'forward'"),
+     "state['recommender.recommend']['forward']: not a key save_program writes"),
     (lambda p: p["config"]["template"].update(candidate="{numbr}. {title}"),
      "config.template is not a valid template: candidate = '{numbr}. {title}': {numbr} is not a placeholder"),
 ])
