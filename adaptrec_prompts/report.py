@@ -388,6 +388,7 @@ def choice_report(adapters: list[Path], out: Path, title: str, command: str = ""
     from adaptrec_prompts.prepare import load_prepared
 
     entries = []
+    names = unique_names(adapters)  # adapters of two experiments are both called e.g. "static"
     for folder in adapters:
         manifest = json.loads((folder / "adaptrec_manifest.json").read_text())
         script = manifest["config"]["script"]
@@ -396,7 +397,7 @@ def choice_report(adapters: list[Path], out: Path, title: str, command: str = ""
         if not records:
             raise ValueError(f"{folder}: no choice diagnostics recorded (train with --diagnostics_rows N)")
         per_step = training["per_device_train_batch_size"] * training["gradient_accumulation_steps"]
-        entries.append({"name": folder.name, "folder": folder, "script": script, "records": records,
+        entries.append({"name": names[folder], "folder": folder, "script": script, "records": records,
                         "per_step": per_step, "lr": training["learning_rate"], "rows": manifest["train_rows"],
                         "seconds": manifest.get("train_seconds_this_invocation")})
     first = entries[0]["script"]
@@ -435,7 +436,8 @@ def choice_report(adapters: list[Path], out: Path, title: str, command: str = ""
                          f"#{d['top1_position']} {100 * d['top1_position_share']:.0f}% |")
     lines += ["", "Training: " + "; ".join(
         f"`{e['name']}` {e['rows']} rows, {e['records'][-1]['step']} steps of {e['per_step']}"
-        + (f", {e['seconds']:.0f} s" if e["seconds"] else "") for e in entries) + ".", "", "![choice](choice.png)", ""]
+        + (f", {e['seconds']:.0f} s with its diagnostics" if e["seconds"] else "") for e in entries) + ".", "",
+              "![choice](choice.png)", ""]
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text("\n".join(lines))
     write_json(out / "choice.json", {"floor_hr1": floor_hr1, "rows": len(valid), "k": k,
