@@ -112,9 +112,11 @@ def summary() -> str:
                  "loss flattens early (loss curves below): the per-token loss is mostly the copied title, so it "
                  "cannot show whether the choice is being learned. With lettered labels the ML-100K zero-shot "
                  "adapter no longer picks a list position and then hits the target on HR@1 as often as the Random "
-                 "ranker; on LastFM every tuned row still leans to one position. Levers not yet measured: more "
-                 "rows and epochs (each 512 rows cost 512 x the s/example under each table, per variant), loss on "
-                 "the candidate label alone, LoRA on every projection, and a GPU run (`finetune/gemma_gpu.sh`).\n")
+                 "ranker; on LastFM every tuned row still leans to one position. Those adapters were trained with "
+                 "TRL's answer loss on numbered or lettered answers; the objective that learns the choice (title "
+                 "answers, listwise loss) is the next paragraph. Not yet measured: more rows and epochs (each 512 "
+                 "rows cost 512 x the s/example under each table, per variant), LoRA on every projection, and a GPU "
+                 "run (`finetune/gemma_gpu.sh`).\n")
     parts.append("What this does not test: a larger model, a longer fine-tune, or generate mode with a GPT-class "
                  "API model (`eval/fewshot_gpt4.py`).\n")
     return "\n".join(parts)
