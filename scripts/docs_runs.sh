@@ -114,15 +114,14 @@ if [ "${SFT:-0}" = 1 ]; then
   adaptrec sft-experiment $PILOT --out $R/pilot/titles-answer --loss answer --variants static $DIAG
   adaptrec sft-experiment $PILOT --out $R/pilot/titles-listwise --loss listwise --variants static $DIAG
   adaptrec sft-experiment $PILOT --out $R/pilot/titles-listwise --loss listwise --variants none $DIAG
-  python eval/choice_report.py $R/pilot/titles-answer/train/static $R/pilot/titles-listwise/train/{static,none} \
+  python eval/choice_report.py $R/pilot/titles-answer/train/static $R/pilot/titles-listwise/train/static $R/pilot/titles-listwise/train/none \
     --out docs/results/sft-objectives-ml-100k \
     --title "ML-100K validation (first 24 users): which fine-tuning objective learns the choice? (title answers, 192 rows)"
   step "The listwise adapters on the 95 test users, next to the floor (paired with tuned static)"
   T="--data $A/ml-100k-sft --split test --lm gemma-3-270m --mode score --prompt compact --labels titles"
   ev $R/pilot/test/tuned-static $T --program static --demo-items 5 --adapter $R/pilot/titles-listwise/train/static
-  # next (not yet run): the zero-shot twin on test, then add $R/pilot/test/tuned-zero-shot to the report below
-  #   ev $R/pilot/test/tuned-zero-shot $T --program none --adapter $R/pilot/titles-listwise/train/none
-  python eval/report.py $R/pilot/test/tuned-static $R/floor/ml-100k/{random,popularity,userknn,sasrec-early-stop,demo-match} \
+  ev $R/pilot/test/tuned-zero-shot $T --program none --adapter $R/pilot/titles-listwise/train/none
+  python eval/report.py $R/pilot/test/tuned-static $R/pilot/test/tuned-zero-shot $R/floor/ml-100k/{random,popularity,userknn,sasrec-early-stop,demo-match} \
     --reference $R/pilot/test/tuned-static --exposure 5,5 --out docs/results/sft-listwise-ml-100k \
     --title "ML-100K test (95 users): Gemma 3 270M, LoRA with the listwise loss on title answers (192 rows), vs the floor"
   # llara-lastfm-sft: built above (train sample, valid and test users)

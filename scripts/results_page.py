@@ -268,10 +268,11 @@ OBJECTIVES = [
      "and at the end (`--diagnostics-rows 24 --diagnostics-train-rows 8 --diagnostics-steps 24`); the commands "
      "are in `SFT=1 bash scripts/docs_runs.sh`. The test users below were scored only after this choice."),
     ("The listwise adapters on the 95 ML-100K test users, next to the floor", "sft-listwise-ml-100k",
-     "The two listwise adapters of the section above (192 training windows each) in score mode on the 95 test "
-     "users, on the same rows, targets and candidates as the no-LM rows of the floor section; every run is paired "
-     "with `tuned-static`. Not the full experiment of the issue (more rows, the self-adaptive variant, the "
-     "untuned rows and LastFM are still to run); the commands are in `SFT=1 bash scripts/docs_runs.sh`."),
+     "The two listwise adapters of the section above (static and zero-shot prompts, the same 192 training "
+     "windows) in score mode on the 95 test users, on the same rows, targets and candidates as the no-LM rows of "
+     "the floor section; every run is paired with `tuned-static`. Not the full experiment of the issue (more "
+     "rows, the self-adaptive variant, the untuned rows and LastFM are still to run); the commands are in "
+     "`SFT=1 bash scripts/docs_runs.sh`."),
 ]
 
 FLOOR = [
