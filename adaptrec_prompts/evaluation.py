@@ -40,8 +40,7 @@ import dspy
 from dspy.utils.usage_tracker import track_usage
 
 from adaptrec_prompts import timing
-from adaptrec_prompts.errors import (DISK_FULL, ConfigError, DiskFullError, Interrupted, ProviderError,
-                                     RunInUseError)
+from adaptrec_prompts.errors import DISK_FULL, ConfigError, DiskFullError, Interrupted, ProviderError
 from adaptrec_prompts.metrics import RESULTS_SCHEMA_VERSION, aggregate, example_metrics
 from adaptrec_prompts.modules import AdaptRec, eval_adapter
 from adaptrec_prompts.progress import bar as progress_bar
@@ -356,36 +355,13 @@ class _SlowRequests:
                                    self.limits)
 
 
-class _RunLock:
+def _RunLock(folder: Path):  # noqa: N802 - used as a context manager class
     """An exclusive lock on a run folder (`.lock`, holding the owner's pid), so two processes never append to
-    one predictions log."""
+    one predictions log: `prepare.OutputLock` on the folder's own lock file."""
+    from adaptrec_prompts.prepare import OutputLock
 
-    def __init__(self, folder: Path):
-        self.path = folder / ".lock"
-
-    def __enter__(self):
-        import fcntl
-
-        self.handle = open(self.path, "a+")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            owner = self.handle.read().strip() or "another process"
-            self.handle.close()
-            raise RunInUseError(f"{self.path.parent} is in use by {owner}; wait for it to finish or choose another "
-                                "--out") from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(f"pid {os.getpid()}")
-        self.handle.flush()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import fcntl
-
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
+    return OutputLock(folder, Path(folder) / ".lock",
+                      busy="{out} is in use by {owner}; wait for it to finish or choose another --out")
 
 
 def _evaluate(program, rows: list, out: Path, config: dict, lm, threads: int, progress: bool,

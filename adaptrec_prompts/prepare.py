@@ -244,10 +244,12 @@ class OutputLock:
         RunInUseError: another process holds the lock.
     """
 
-    def __init__(self, out: str | Path):
+    BUSY = "{out} is being written by {owner} (lock {path}); wait for it to finish or choose another --out"
+
+    def __init__(self, out: str | Path, path: str | Path | None = None, busy: str = BUSY):
         out = Path(out)
-        self.path = out.parent / f".{out.name}.lock"
-        self.out = out
+        self.path = Path(path) if path is not None else out.parent / f".{out.name}.lock"
+        self.out, self.busy = out, busy
 
     def __enter__(self) -> OutputLock:
         import fcntl
@@ -262,8 +264,7 @@ class OutputLock:
             self.handle.seek(0)
             owner = self.handle.read().strip() or "another process"
             self.handle.close()
-            raise RunInUseError(f"{self.out} is being written by {owner} (lock {self.path}); wait for it to finish "
-                                "or choose another --out") from None
+            raise RunInUseError(self.busy.format(out=self.out, owner=owner, path=self.path)) from None
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.write(f"pid {os.getpid()}")
