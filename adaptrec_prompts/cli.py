@@ -309,9 +309,9 @@ def make_parser() -> argparse.ArgumentParser:
                              "zero-shot with an LM (default Gemma 3 270M), one table with CIs",
                              description="The README's main job, resumable: prepare ML-100K (OUT/ml-100k), embed "
                              "its training users in an embedded Chroma index (OUT/chroma) and write N Stage-1 "
-                             "neighbours per test user (OUT/ml-100k-nb), score Random, Popularity and UserKNN on all "
-                             "95 test users, then the LM zero-shot and AdaptRec (static selection, M users, score "
-                             "mode) on the first --limit users (OUT/runs). Prints one table with 95% CIs, the "
+                             "neighbours per test user (OUT/ml-100k-nb), score Random, Popularity, UserKNN and demo-match "
+                             "on all 95 test users, then the LM zero-shot and AdaptRec (static selection, M users, score "
+                             "mode) on the first --limit users (OUT/runs), untuned and with each adapter (--adapters). Prints one table with 95% CIs, the "
                              "chance level, what each metric means and a flag for runs that mostly rank one list "
                              "position first.")
     pipe.add_argument("--raw-dir", help="ml-100k raw folder (default: download from GroupLens into OUT/raw)")
@@ -327,6 +327,9 @@ def make_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--m", type=number_type(1), default=5, help="M, of the N retrieved users those shown to the LM "
                       "as demonstrations in the AdaptRec row (static selection: the M most similar; "
                       "default: %(default)s)")
+    pipe.add_argument("--adapters", help="comma-separated LoRA adapter folders trained on --lm, one tuned row each "
+                      "(default: the two shipped in finetune/adapters, zero-shot and static, when --lm is gemma-3-270m; "
+                      "'none' for no tuned rows)")
     add_device_option(pipe)
     pipe.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
     pipe.set_defaults(func=commands.cmd_pipeline)

@@ -370,18 +370,23 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     """prepare -> Stage-1 neighbours -> baselines -> AdaptRec (static M) and zero-shot with an LM -> one table."""
     import time
 
-    from adaptrec_prompts.pipeline import main_job, table
+    from adaptrec_prompts.pipeline import describe_adapters, lm_run_name, main_job, shipped_adapters, table
 
     started = time.perf_counter()
+    adapters = None if args.adapters is None else [a for a in args.adapters.split(",") if a and a != "none"]
+    adapters = shipped_adapters(args.lm) if adapters is None else adapters
     results = main_job(args.out, raw_dir=args.raw_dir, lm=args.lm, limit=args.limit, n=args.n, m=args.m,
-                       device=args.device, progress=not args.no_progress)
+                       device=args.device, progress=not args.no_progress, adapters=adapters)
     print("\n" + table(results, limit=args.limit, n=args.n, m=args.m))
-    zero_shot, static = (results[name].path for name in list(results)[-2:])
+    zero_shot, static = (results[lm_run_name(args.lm, p)].path for p in ("none", "static"))
     print(f"\ntotal {time.perf_counter() - started:.0f} s. Full test set: --limit 95; paired test: adaptrec compare "
           f"{zero_shot} {static}")
-    print("These LM rows are an untuned base model. The paper's main setting, LoRA-fine-tuned with vs without "
-          "demonstrations, takes CPU-hours per dataset on 2 cores (the measured time is in docs/results.md, \"Fine-tuned "
-          "Gemma 3 270M\"); to run it:\n  adaptrec index neighbors --data " + f"{Path(args.out) / 'ml-100k'} --out "
-          f"{Path(args.out) / 'ml-100k-sft'} --splits train,test --train-sample 3000\n  adaptrec sft-experiment "
+    if adapters:
+        tuned = [results[name].path for name in list(results)[-len(adapters):]]
+        print("Tuned rows (the paper's main setting, fine-tuned with vs without demonstrations):\n  "
+              + "\n  ".join(describe_adapters(adapters)) + f"\n  paired: adaptrec compare {' '.join(map(str, tuned))}")
+    print("To train adapters yourself (CPU-hours per dataset on 2 cores; the measured times are in docs/results.md, "
+          "\"Fine-tuned Gemma 3 270M\"):\n  adaptrec index neighbors --data " + f"{Path(args.out) / 'ml-100k'} --out "
+          f"{Path(args.out) / 'ml-100k-sft'} --splits train,valid,test --train-sample 3000\n  adaptrec sft-experiment "
           f"--data {Path(args.out) / 'ml-100k-sft'} --out {Path(args.out) / 'sft'} --train-rows 512 --grad-accum 4 "
-          "--learning-rate 5e-4 --lora-targets attention --variants none,static")
+          "--learning-rate 5e-4 --lora-targets attention --labels titles --loss listwise --variants none,static")

@@ -11,6 +11,10 @@ on another base (another vocabulary) is refused instead of silently applied.
 
 `trained_settings` reads the prompt settings (prompt, labels, demo_items) the adapter was trained with, which
 `runs.run_eval` uses as defaults and refuses to contradict (an adapter answers in the prompt it was trained on).
+
+`export_adapter` writes the folder to ship: the LoRA weights in fp16 (half the bytes; loaded onto an fp32 base
+they are cast back) and the training record, without the checkpoints, the tokenizer copy or TRL's pickled
+training_args.bin.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ ARCHITECTURE = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", 
 # (`auto_mapping` is read by peft's AutoPeftModel only, never by PeftModel.from_pretrained here; peft writes a
 # transformers class into it for a model without task_type, which is allowed, anything else is not.)
 INERT = {"megatron_config": (None,), "megatron_core": (None, "megatron.core"), "layer_replication": (None,)}
-SETTINGS = ("prompt", "labels", "demo_items")  # what an adapter's prompt was (AdaptRec.config(), defaults left out)
+SETTINGS = ("prompt", "labels", "demo_items")
+# what an exported adapter keeps besides the weights: peft's config, the training record and its curves
+EXPORTED = (ADAPTER_CONFIG, MANIFEST, "adaptrec_train_settings.json", "choice_diagnostics.jsonl", "loss.png")  # what an adapter's prompt was (AdaptRec.config(), defaults left out)
 
 
 def architecture(model_dir: str | Path) -> dict | None:
@@ -133,3 +139,57 @@ def trained_settings(adapter: str | Path) -> dict | None:
     program = recorded["program"]  # AdaptRec.config() leaves the defaults out
     return {"prompt": program.get("prompt") or "full", "labels": program.get("labels") or "numbers",
             "demo_items": program.get("demo_items")}
+
+
+def export_adapter(adapter: str | Path, out: str | Path, *, dtype: str = "float16", overwrite: bool = False) -> Path:
+    """Write a shippable copy of a trained adapter folder to `out` and return `out`.
+
+    The LoRA weights are cast to `dtype` (float16 or bfloat16; float32 keeps them); adapter_config.json, the
+    training manifest (with an `exported` record: source folder, dtype, the sha256 of both weight files) and the
+    diagnostics and loss curve are copied. Checkpoints, tokenizer files and training_args.bin (a pickle) are
+    not. A manifest without the base model's architecture numbers (adapters trained before they were recorded)
+    gets them from the base folder it names, so `check_adapter` can check the copy wherever it is loaded.
+
+    Raises:
+        ConfigError: `adapter` is not an adapter folder, or `dtype` is not one of the three.
+        OutputExistsError: `out` exists and `overwrite` is False.
+    """
+    import hashlib
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from adaptrec_prompts.errors import OutputExistsError
+
+    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+    if dtype not in dtypes:
+        raise ConfigError(f"export_adapter: dtype={dtype!r}; use one of {', '.join(dtypes)}")
+    src, out = Path(adapter), Path(out)
+    for name in (ADAPTER_CONFIG, WEIGHTS):
+        if not (src / name).is_file():
+            raise ConfigError(f"export_adapter: {src} has no {name}; pass a folder written by `adaptrec "
+                              "sft-experiment` or finetune/sft.py")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"export_adapter: {out} exists; choose another folder or pass overwrite=True")
+    tensors = load_file(src / WEIGHTS)
+    cast = {k: (v.to(dtypes[dtype]) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_file(cast, staging / WEIGHTS, metadata={"format": "pt"})
+    for name in EXPORTED:
+        if (src / name).is_file() and name != MANIFEST:
+            shutil.copy2(src / name, staging / name)
+    recorded = manifest(src)
+    if recorded is not None:
+        if recorded.get("base_model_architecture") is None and recorded.get("base_model"):
+            recorded["base_model_architecture"] = architecture(recorded["base_model"])
+        digest = lambda f: hashlib.sha256(f.read_bytes()).hexdigest()  # noqa: E731
+        recorded["exported"] = {"from": str(src), "dtype": dtype, "source_weights_sha256": digest(src / WEIGHTS),
+                                "weights_sha256": digest(staging / WEIGHTS)}
+        (staging / MANIFEST).write_text(json.dumps(recorded, indent=2) + "\n", encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return out

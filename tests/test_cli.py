@@ -97,20 +97,45 @@ def test_import_stays_light():
 
 
 def test_pipeline_main_job_with_a_local_model(ml100k_raw, tiny_model, tmp_path, capsys):
-    """The README main command end to end (tiny local model instead of Gemma; 3 LLM examples)."""
+    """The README main command end to end (tiny local model instead of Gemma; 3 LLM examples), then with an
+    adapter: its row runs the prompt it was trained on, and demo-match takes that row's M and demo_items."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from adaptrec_prompts.modules import AdaptRec
+    from adaptrec_prompts.render import load_template
+
     out = tmp_path / "main"
     argv = ["pipeline", "--raw-dir", str(ml100k_raw), "--out", str(out), "--lm", f"hf:{tiny_model}", "--limit", "3"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    rows = [line.split()[0:2] for line in printed.splitlines()
-            if line.split()[:1] and line.split()[0] in ("random", "popularity", "userknn", "micro-zero-shot",
-                                                         "micro-static")]
-    assert rows == [["random", "95"], ["popularity", "95"], ["userknn", "95"], ["micro-zero-shot", "3"],
-                    ["micro-static", "3"]]
-    assert "Full test set: --limit 95" in printed
+    names = ("random", "popularity", "userknn", "demo-match", "micro-zero-shot", "micro-static", "micro-tuned-static")
+    rows = lambda text: [line.split()[0:2] for line in text.splitlines() if line.split()[:1] and line.split()[0] in names]
+    assert rows(printed) == [["random", "95"], ["popularity", "95"], ["userknn", "95"], ["demo-match", "95"],
+                             ["micro-zero-shot", "3"], ["micro-static", "3"]]
+    assert "Full test set: --limit 95" in printed and "demo-match: no LM" in printed
+    assert "Tuned rows" not in printed  # no adapter for this model: no tuned row, and no claim of one
     before = (out / "runs" / "micro-static" / "predictions.jsonl").read_bytes()
     assert main(argv) == 0  # a second run reuses the data, neighbours and finished examples
     assert (out / "runs" / "micro-static" / "predictions.jsonl").read_bytes() == before
+    capsys.readouterr()
+
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                   LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    program = AdaptRec(load_template("movies"), selection="static", m_select=3, prompt="compact", labels="titles",
+                       demo_items=4).config()
+    (adapter / "adaptrec_manifest.json").write_text(json.dumps({"base_model": str(tiny_model), "program": program,
+                                                                "train_rows": 8, "steps": 2}))
+    assert main([*argv, "--out", str(tmp_path / "tuned"), "--adapters", str(adapter)]) == 0
+    printed = capsys.readouterr().out
+    assert rows(printed)[-1] == ["micro-tuned-static", "3"]
+    manifest = json.loads((tmp_path / "tuned" / "runs" / "micro-tuned-static" / "manifest.json").read_text())
+    used = manifest["config"]["program_config"]
+    assert (used["labels"], used["prompt"], used["demo_items"], used["m_select"]) == ("titles", "compact", 4, 3)
+    floor = json.loads((tmp_path / "tuned" / "runs" / "demo-match" / "manifest.json").read_text())["run_config"]
+    assert (floor["m"], floor["demo_items"]) == (3, 4)
+    assert f"{adapter}: LoRA r=? on {tiny_model}" in printed and "selection static, prompt compact, labels titles" in printed
 
 
 def test_pipeline_table_states_chance_the_metrics_and_flags_a_position_picker(tmp_path):
@@ -144,7 +169,7 @@ def test_pipeline_and_compare_help_describe_every_argument(capsys):
     for option, default in (("--out OUT", "artifacts/main"), ("--n N", "10"), ("--m M", "5"), ("--limit LIMIT", "40")):
         described = options.split("\n  " + option, 1)[1].split("\n  --", 1)[0]
         assert f"default: {default}" in described and len(described.split()) > 4, described
-    assert "the chance level" in pipeline
+    assert "the chance level" in " ".join(pipeline.split())  # argparse wraps the description
     assert "run folder A" in compare and "run folder B" in compare and "McNemar" in compare
 
 
