@@ -236,16 +236,21 @@ path for a longer fine-tune (`finetune/gemma_gpu.sh`) has not run.
 
 
 def sft_summary() -> str:
+    """The tiny fine-tune's loss and runtime from its manifest, kept in docs/results/ml-100k-tiny-sft/training.txt
+    so that the page can be rebuilt where artifacts/sft/tiny is not (the file says which manifest it came from)."""
     import json
 
     path = ROOT / "artifacts" / "sft" / "tiny" / "adaptrec_manifest.json"
+    kept = DOCS / "results" / "ml-100k-tiny-sft" / "training.txt"
     if not path.is_file():
-        return "adapter manifest not found"
+        return kept.read_text().strip() if kept.is_file() else "adapter manifest not found"
     logs = json.loads(path.read_text())["log_history"]
     losses = [e["loss"] for e in logs if "loss" in e]
     runtime = next(e["train_runtime"] for e in logs if "train_runtime" in e)
-    return (f"training loss {losses[0]:.2f} -> {losses[-1]:.2f}, {runtime:.0f} s train runtime, from "
+    text = (f"training loss {losses[0]:.2f} -> {losses[-1]:.2f}, {runtime:.0f} s train runtime, from "
             "artifacts/sft/tiny/adaptrec_manifest.json")
+    kept.write_text(text + "\n")
+    return text
 
 
 def section(title: str, folder: str, note: str) -> str:
@@ -290,13 +295,18 @@ FLOOR = [
 ]
 
 
-def listwise_summary() -> str:
-    """The fine-tuning outcome in one paragraph, generated from the objective and test reports (choice.json,
-    runs.json, comparisons.json, exposure.json): empty when they are not there."""
-    choice, runs = _load("sft-objectives-ml-100k", "choice.json"), _load("sft-listwise-ml-100k", "runs.json")
-    paired, exposure = _load("sft-listwise-ml-100k", "comparisons.json"), _load("sft-listwise-ml-100k", "exposure.json")
+# the chosen objective on each dataset: (name, objectives report, test report, test users, where the choice was made)
+LISTWISE = [("ML-100K", "sft-objectives-ml-100k", "sft-listwise-ml-100k", True),
+            ("LastFM", "sft-objectives-llara-lastfm", "sft-listwise-llara-lastfm", False)]
+
+
+def listwise_outcome(dataset: str, objectives: str, test: str, chosen_here: bool) -> dict | None:
+    """What the objective and test reports of one dataset say (choice.json, runs.json, comparisons.json,
+    exposure.json), as the sentences the results page and the README print; None when a report is missing."""
+    choice, runs = _load(objectives, "choice.json"), _load(test, "runs.json")
+    paired, exposure = _load(test, "comparisons.json"), _load(test, "exposure.json")
     if not (choice and runs and paired and exposure):
-        return ""
+        return None
     import math
 
     def last(adapter, slice_name):
@@ -307,37 +317,90 @@ def listwise_summary() -> str:
         f"{a['name']} ({a['loss']}) after {last(a, 'valid')['step'] * a['per_step']} rows: choice NLL "
         f"{last(a, 'valid')['choice_nll']:.2f}, HR@1 {last(a, 'valid')['hr1']:.3f}" for a in choice["adapters"])
     hr1 = {r["name"]: r["metrics"]["HR@1"] for r in runs}
-    position = {r["name"]: r.get("top1_position") or {} for r in runs}
+    position = (next(r for r in runs if r["name"] == "tuned-static").get("top1_position")) or {}
     tuned = hr1["tuned-static"]
     by_b = {c["b"]: c for c in paired}
+    n = next(r for r in runs if r["name"] == "tuned-static")["n"]
+
+    def lead(name):  # B - A with A = tuned-static: the tuned model's lead is -diff
+        c = by_b[name]["HR@1"]
+        return -c["diff"], c
 
     def versus(name):
-        c = by_b[name]["HR@1"]  # B - A with A = tuned-static: the tuned model's lead is -diff
-        return (f"{name} {hr1[name]['value']:.3f} ({-c['diff']:+.3f} [{-c['ci_high']:+.3f}, {-c['ci_low']:+.3f}], "
+        diff, c = lead(name)
+        return (f"{name} {hr1[name]['value']:.3f} ({diff:+.3f} [{-c['ci_high']:+.3f}, {-c['ci_low']:+.3f}], "
                 f"McNemar p = {c['p_value']:.3f})")
 
-    floor_met = tuned["value"] >= hr1["demo-match"]["value"]
-    if "tuned-zero-shot" in by_b:
-        zs = by_b["tuned-zero-shot"]["HR@1"]
-        zs_target = "met" if -zs["diff"] > 0 and zs["p_value"] < 0.05 else "missed"
-        zs_text = f"{versus('tuned-zero-shot')}, "
-    else:
-        zs_target, zs_text = "not measured yet (the zero-shot twin is not evaluated on test)", ""
-    flagged = bool(position["tuned-static"].get("flag"))
+    floor_diff = tuned["value"] - hr1["demo-match"]["value"]
+    zs_diff, zs = lead("tuned-zero-shot")
+    targets = {
+        "floor": ("met" if floor_diff >= 0 else f"missed by {-floor_diff:.3f}"),
+        "zero-shot": ("met" if zs_diff > 0 and zs["p_value"] < 0.05 else
+                      f"missed ({zs_diff:+.3f}, p = {zs['p_value']:.3f})"),
+        "position": ("flagged" if position.get("flag") else "not flagged")
+                    + f" (#{position.get('most_common')} on {100 * (position.get('most_common_share') or 0):.0f}%)",
+    }
     shown = next(r for r in exposure["runs"] if r["run"] == "tuned-static")
-    return (f"**Fine-tuning that learns the choice (ML-100K).** On validation users ({choice['rows']} rows, chance "
-            f"choice NLL ln {k} = {math.log(k):.2f}; demo-match HR@1 {choice['floor_hr1']:.3f} on the same rows): "
-            f"{valid}. Chosen on that: title answers with the listwise loss. On the 95 test users, tuned AdaptRec "
-            f"(static) HR@1 {tuned['value']:.3f} [{tuned['ci_low']:.3f}, {tuned['ci_high']:.3f}] against "
-            f"{versus('demo-match')}, {zs_text}{versus('userknn')} and {versus('popularity')} "
-            f"(the tuned model's lead, paired). Where the prompt shows the target ({exposure['shown']} of "
-            f"{exposure['rows']} rows) tuned static hits {round(shown['hr1_shown'] * shown['n_shown'])}; elsewhere "
-            f"{round(shown['hr1_not_shown'] * shown['n_not_shown'])} of {shown['n_not_shown']}. Targets: HR@1 >= "
-            f"demo-match {'met' if floor_met else 'missed'}; above tuned zero-shot at p < 0.05 "
-            f"{zs_target}; top-1 position {'flagged' if flagged else 'not flagged'} "
-            f"(#{position['tuned-static'].get('most_common')} on "
-            f"{100 * (position['tuned-static'].get('most_common_share') or 0):.0f}%). Trained on 192 windows only; the "
-            "full experiment (more rows, self-adaptive, LastFM) is still to run.\n")
+    return {
+        "dataset": dataset, "n": n, "tuned": tuned, "targets": targets, "chosen_here": chosen_here,
+        "valid": (f"validation users ({choice['rows']} rows, chance choice NLL ln {k} = {math.log(k):.2f}; demo-match "
+                  f"HR@1 {choice['floor_hr1']:.3f} on the same rows): {valid}"),
+        "test": (f"tuned AdaptRec (static) HR@1 {tuned['value']:.3f} [{tuned['ci_low']:.3f}, {tuned['ci_high']:.3f}] "
+                 f"against {versus('demo-match')}, {versus('tuned-zero-shot')}, {versus('userknn')} and "
+                 f"{versus('popularity')} (the tuned model's lead, paired)"),
+        "shown": (f"Where the prompt shows the target ({exposure['shown']} of {exposure['rows']} rows) tuned static "
+                  f"hits {round(shown['hr1_shown'] * shown['n_shown'])}; elsewhere "
+                  f"{round(shown['hr1_not_shown'] * shown['n_not_shown'])} of {shown['n_not_shown']}"),
+        "demo_match": hr1["demo-match"]["value"], "zero_shot": hr1["tuned-zero-shot"]["value"],
+    }
+
+
+def listwise_summary() -> str:
+    """The fine-tuning outcome in one paragraph, generated from each dataset's objective and test reports:
+    empty when none is there."""
+    found = [o for o in (listwise_outcome(*row) for row in LISTWISE) if o]
+    if not found:
+        return ""
+    parts = []
+    for o in found:
+        head = (f"On {o['valid']}. Chosen on that: title answers with the listwise loss." if o["chosen_here"] else
+                f"The same recipe, unchanged, on {o['dataset']}; its {o['valid']}.")
+        parts.append(f"{head} On the {o['n']} {o['dataset']} test users, {o['test']}. {o['shown']}. Targets: HR@1 >= "
+                     f"demo-match {o['targets']['floor']}; above tuned zero-shot at p < 0.05 "
+                     f"{o['targets']['zero-shot']}; top-1 position {o['targets']['position']}.")
+    return ("**Fine-tuning that learns the choice.** " + " ".join(parts) + " Each adapter trained on 192 windows "
+            "(48 steps of 4); not yet run: more rows (the learning curve), the self-adaptive variant and the untuned "
+            "rows under the same prompt.\n")
+
+
+def readme_outcome() -> str:
+    """The README's outcome paragraph, from the same reports as `listwise_summary`."""
+    found = [o for o in (listwise_outcome(*row) for row in LISTWISE) if o]
+    if not found:
+        return ""
+    rows = "; ".join(
+        f"{o['dataset']} ({o['n']} test users): tuned AdaptRec HR@1 {o['tuned']['value']:.3f} vs demo-match "
+        f"{o['demo_match']:.3f} (the floor: {o['targets']['floor']}) and tuned zero-shot {o['zero_shot']:.3f} "
+        f"(ahead of it at p < 0.05: {o['targets']['zero-shot']}), top-1 position {o['targets']['position'].split(' (')[0]}"
+        for o in found)
+    return ("Outcome of the chosen objective (title answers, listwise loss, LoRA on Gemma 3 270M, 192 training "
+            f"windows; generated from the reports by `python scripts/results_page.py`): {rows}. Details, CIs and "
+            "what is not yet run: [docs/results.md](docs/results.md).")
+
+
+README_MARKERS = ("<!-- outcome: generated by scripts/results_page.py -->", "<!-- /outcome -->")
+
+
+def write_readme_outcome() -> None:
+    """Replace the text between the README's outcome markers with `readme_outcome()` (README untouched when the
+    markers or the reports are missing)."""
+    readme, text = ROOT / "README.md", readme_outcome()
+    page = readme.read_text()
+    begin, end = README_MARKERS
+    if not text or begin not in page or end not in page:
+        return
+    head, rest = page.split(begin, 1)
+    readme.write_text(f"{head}{begin}\n\n{text}\n\n{end}{rest.split(end, 1)[1]}")
 
 
 def main() -> None:
@@ -400,6 +463,7 @@ def main() -> None:
                      "long generations or a cheaper prefill (e.g. a cached system prompt).\n")
     (DOCS / "results.md").write_text("\n".join(parts))
     print(f"wrote {DOCS / 'results.md'}")
+    write_readme_outcome()
 
 
 if __name__ == "__main__":
