@@ -124,6 +124,29 @@ if [ "${SFT:-0}" = 1 ]; then
   python eval/report.py $R/pilot/test/tuned-static $R/pilot/test/tuned-zero-shot $R/floor/ml-100k/{random,popularity,userknn,sasrec-early-stop,demo-match} \
     --reference $R/pilot/test/tuned-static --exposure 5,5 --out docs/results/sft-listwise-ml-100k \
     --title "ML-100K test (95 users): Gemma 3 270M, LoRA with the listwise loss on title answers (192 rows), vs the floor"
+  step "The same recipe on LastFM (validation diagnostics, then the 122 test users next to the floor)"
+  PILOT_FM="--data $A/llara-lastfm-sft --train-rows 192 --grad-accum 4 --learning-rate 5e-4 --lora-targets attention --labels titles"
+  adaptrec sft-experiment $PILOT_FM --out $R/pilot-lastfm/titles-listwise --loss listwise --variants static $DIAG
+  adaptrec sft-experiment $PILOT_FM --out $R/pilot-lastfm/titles-listwise --loss listwise --variants none $DIAG
+  python eval/choice_report.py $R/pilot-lastfm/titles-listwise/train/static $R/pilot-lastfm/titles-listwise/train/none \
+    --out docs/results/sft-objectives-llara-lastfm \
+    --title "LastFM validation (first 24 users): the listwise loss on title answers, static vs zero-shot prompts (192 rows)"
+  TF="--data $A/llara-lastfm-sft --split test --lm gemma-3-270m --mode score --prompt compact --labels titles"
+  ev $R/pilot-lastfm/test/tuned-static $TF --program static --demo-items 5 --adapter $R/pilot-lastfm/titles-listwise/train/static
+  ev $R/pilot-lastfm/test/tuned-zero-shot $TF --program none --adapter $R/pilot-lastfm/titles-listwise/train/none
+  python eval/report.py $R/pilot-lastfm/test/tuned-static $R/pilot-lastfm/test/tuned-zero-shot \
+    $R/floor/llara-lastfm/{random,popularity,userknn,sasrec-early-stop,demo-match} \
+    --reference $R/pilot-lastfm/test/tuned-static --exposure 5,5 --out docs/results/sft-listwise-llara-lastfm \
+    --title "LLaRA LastFM test (122 users): Gemma 3 270M, LoRA with the listwise loss on title answers (192 rows), vs the floor"
+  step "Learning curve: the listwise static adapter on 512 LastFM rows, validation diagnostics every 128 rows"
+  adaptrec sft-experiment --data $A/llara-lastfm-sft --train-rows 512 --grad-accum 4 --learning-rate 5e-4 \
+    --lora-targets attention --labels titles --loss listwise --variants static --diagnostics-rows 48 \
+    --diagnostics-train-rows 8 --diagnostics-steps 32 --train-only --no-progress --out $R/sft/lastfm-listwise
+  step "The shipped adapters (finetune/adapters): fp16 copies of the two ML-100K listwise adapters"
+  for v in static:static none:zero-shot; do
+    [ -d finetune/adapters/ml-100k-listwise-${v##*:} ] || python finetune/export_adapter.py \
+      $R/pilot/titles-listwise/train/${v%%:*} finetune/adapters/ml-100k-listwise-${v##*:}
+  done
   # llara-lastfm-sft: built above (train sample, valid and test users)
   adaptrec sft-experiment --data $A/llara-lastfm-sft --out $R/sft/lastfm --train-rows 512 --grad-accum 4 \
     --learning-rate 5e-4 --lora-targets attention --labels letters --variants none,static,adaptive \
