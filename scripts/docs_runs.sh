@@ -121,7 +121,10 @@ if [ "${SFT:-0}" = 1 ]; then
   T="--data $A/ml-100k-sft --split test --lm gemma-3-270m --mode score --prompt compact --labels titles"
   ev $R/pilot/test/tuned-static $T --program static --demo-items 5 --adapter $R/pilot/titles-listwise/train/static
   ev $R/pilot/test/tuned-zero-shot $T --program none --adapter $R/pilot/titles-listwise/train/none
-  python eval/report.py $R/pilot/test/tuned-static $R/pilot/test/tuned-zero-shot $R/floor/ml-100k/{random,popularity,userknn,sasrec-early-stop,demo-match} \
+  ev $R/pilot/test/untuned-static $T --program static --demo-items 5   # the same prompts, no adapter
+  ev $R/pilot/test/untuned-zero-shot $T --program none --demo-items 5
+  python eval/report.py $R/pilot/test/{tuned-static,tuned-zero-shot,untuned-static,untuned-zero-shot} \
+    $R/floor/ml-100k/{random,popularity,userknn,sasrec-early-stop,demo-match} \
     --reference $R/pilot/test/tuned-static --exposure 5,5 --out docs/results/sft-listwise-ml-100k \
     --title "ML-100K test (95 users): Gemma 3 270M, LoRA with the listwise loss on title answers (192 rows), vs the floor"
   step "The same recipe on LastFM (validation diagnostics, then the 122 test users next to the floor)"
@@ -134,7 +137,9 @@ if [ "${SFT:-0}" = 1 ]; then
   TF="--data $A/llara-lastfm-sft --split test --lm gemma-3-270m --mode score --prompt compact --labels titles"
   ev $R/pilot-lastfm/test/tuned-static $TF --program static --demo-items 5 --adapter $R/pilot-lastfm/titles-listwise/train/static
   ev $R/pilot-lastfm/test/tuned-zero-shot $TF --program none --adapter $R/pilot-lastfm/titles-listwise/train/none
-  python eval/report.py $R/pilot-lastfm/test/tuned-static $R/pilot-lastfm/test/tuned-zero-shot \
+  ev $R/pilot-lastfm/test/untuned-static $TF --program static --demo-items 5
+  ev $R/pilot-lastfm/test/untuned-zero-shot $TF --program none --demo-items 5
+  python eval/report.py $R/pilot-lastfm/test/{tuned-static,tuned-zero-shot,untuned-static,untuned-zero-shot} \
     $R/floor/llara-lastfm/{random,popularity,userknn,sasrec-early-stop,demo-match} \
     --reference $R/pilot-lastfm/test/tuned-static --exposure 5,5 --out docs/results/sft-listwise-llara-lastfm \
     --title "LLaRA LastFM test (122 users): Gemma 3 270M, LoRA with the listwise loss on title answers (192 rows), vs the floor"
