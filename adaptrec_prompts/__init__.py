@@ -34,23 +34,23 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it (imported on first access)
 _LAZY = {
-    "prepare_dataset": "adaptrec_prompts.prepare",
-    "load_prepared": "adaptrec_prompts.prepare",
-    "UserIndex": "adaptrec_prompts.retriever",
-    "NEW_USER": "adaptrec_prompts.retriever",
-    "UserRetriever": "adaptrec_prompts.live",
-    "build_neighbors": "adaptrec_prompts.neighbors",
-    "AdaptRec": "adaptrec_prompts.modules",
-    "UserSelector": "adaptrec_prompts.modules",
-    "NextItemRecommender": "adaptrec_prompts.modules",
-    "save_program": "adaptrec_prompts.modules",
-    "load_program": "adaptrec_prompts.modules",
+    "prepare_dataset": "adaptrec_prompts.data.prepare",
+    "load_prepared": "adaptrec_prompts.data.prepare",
+    "UserIndex": "adaptrec_prompts.retrieval.index",
+    "NEW_USER": "adaptrec_prompts.retrieval.index",
+    "UserRetriever": "adaptrec_prompts.retrieval.live",
+    "build_neighbors": "adaptrec_prompts.retrieval.neighbors",
+    "AdaptRec": "adaptrec_prompts.programs.adaptrec",
+    "UserSelector": "adaptrec_prompts.programs.adaptrec",
+    "NextItemRecommender": "adaptrec_prompts.programs.adaptrec",
+    "save_program": "adaptrec_prompts.programs.adaptrec",
+    "load_program": "adaptrec_prompts.programs.adaptrec",
     "make_lm": "adaptrec_prompts.backends.api",
     "build_tiny_model": "adaptrec_prompts.backends.tiny",
-    "evaluate": "adaptrec_prompts.evaluation",
-    "RunConfig": "adaptrec_prompts.runs",
-    "run_eval": "adaptrec_prompts.runs",
-    "Results": "adaptrec_prompts.runs",
+    "evaluate": "adaptrec_prompts.evaluation.harness",
+    "RunConfig": "adaptrec_prompts.evaluation.runs",
+    "run_eval": "adaptrec_prompts.evaluation.runs",
+    "Results": "adaptrec_prompts.evaluation.runs",
 }
 
 __all__ = [

@@ -13,8 +13,10 @@ import pytest
 import adaptrec_prompts
 
 PACKAGE = Path(adaptrec_prompts.__file__).parent
-CLI_LAYER = {"adaptrec_prompts.cli", "adaptrec_prompts.commands", "adaptrec_prompts.config_file"}
-MODULES = sorted(m.name for m in pkgutil.walk_packages(adaptrec_prompts.__path__, "adaptrec_prompts."))
+# `python -m` entry points (cli/__main__.py) run the command when imported: not modules to import
+MODULES = sorted(m.name for m in pkgutil.walk_packages(adaptrec_prompts.__path__, "adaptrec_prompts.")
+                 if not m.name.endswith(".__main__"))
+CLI_LAYER = {m for m in MODULES if m == "adaptrec_prompts.cli" or m.startswith("adaptrec_prompts.cli.")}
 
 # In a fresh interpreter: import one module first, before anything else of the package. An import cycle
 # (a imports b at module level, b imports a) fails in one of the two orders only, so every module gets its
@@ -37,8 +39,8 @@ def _source(name: str) -> Path:
 
 
 def test_the_walk_finds_the_package():
-    assert {"adaptrec_prompts.backends.gemma", "adaptrec_prompts.backends.api", "adaptrec_prompts.evaluation",
-            "adaptrec_prompts.runs", "adaptrec_prompts.cli"} <= set(MODULES)
+    assert {"adaptrec_prompts.backends.gemma", "adaptrec_prompts.backends.api", "adaptrec_prompts.evaluation.harness",
+            "adaptrec_prompts.evaluation.runs", "adaptrec_prompts.cli.app"} <= set(MODULES)
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ METRICS = ("HR@1", "HR@1|valid", "HR@5", "NDCG@5", "ValidRatio")
 def load_run(folder: Path) -> dict:
     """A run folder's results, config and program config. The top-1 position histogram is recomputed from
     the predictions log when the log holds exactly the run's examples (runs written before it existed)."""
-    from adaptrec_prompts.evaluation import read_log, top1_positions
+    from adaptrec_prompts.evaluation.harness import read_log, top1_positions
 
     results = json.loads((folder / "results.json").read_text())
     log = read_log(folder / "predictions.jsonl")
@@ -158,7 +158,7 @@ def same_top1(left: dict, right: dict) -> str:
 
 def load_log(path: Path, ids: set[str] | None = None) -> dict:
     """A run's per-example records (example id -> record), only those in `ids` when given."""
-    from adaptrec_prompts.evaluation import read_log
+    from adaptrec_prompts.evaluation.harness import read_log
 
     log = read_log(path)
     return log if ids is None else {e: r for e, r in log.items() if e in ids}
@@ -191,8 +191,8 @@ def exposure_split(runs: list[tuple[str, Path]], exposure: dict[str, str | None]
 def run_exposure(folders: list[Path], m: int, demo_items: int | None, n: int = 10) -> dict[str, str | None]:
     """Example id -> where the static program (N, M, demo items) shows the target (`demo_exposure`), for the
     examples of these runs, read from the data folder their manifests name (one folder for all of them)."""
-    from adaptrec_prompts.baselines.demo_match import DemoMatchBaseline, demo_exposure
-    from adaptrec_prompts.prepare import load_prepared
+    from adaptrec_prompts.data.prepare import load_prepared
+    from adaptrec_prompts.evaluation.baselines.demo_match import DemoMatchBaseline, demo_exposure
 
     data = {json.loads((f / "manifest.json").read_text())["config"].get("data") for f in folders}
     if len(data) != 1 or None in data:
@@ -226,7 +226,7 @@ def exposure_text(runs: list[tuple[str, Path]], exposure: dict[str, str | None],
 def claims_data(folder: Path, pairs: list[tuple[str, str, str]], ids: set[str] | None = None) -> list[dict]:
     """One paired comparison (A -> B on shared examples) per claim whose two runs exist, as plain data
     (written to claims.json beside a report, and read by the results page's summary)."""
-    from adaptrec_prompts.metrics import paired_comparison
+    from adaptrec_prompts.evaluation.metrics import paired_comparison
 
     out = []
     for claim, a, b in pairs:
@@ -269,7 +269,7 @@ def comparisons(reference: Path, others: list[Path], ids: set[str] | None = None
     """Markdown table of paired comparisons (B - A on shared examples) of each run against `reference`
     (only examples in `ids` when given: the rows a report covers, though logs may hold more; `names`: how
     each folder is called in the table, its folder name by default)."""
-    from adaptrec_prompts.metrics import paired_comparison
+    from adaptrec_prompts.evaluation.metrics import paired_comparison
 
     names = names or {}
     a = list(load_log(reference / "predictions.jsonl", ids).values())
@@ -383,9 +383,9 @@ def choice_report(adapters: list[Path], out: Path, title: str, command: str = ""
     out/table.md, out/choice.png and out/choice.json; returns out."""
     import math
 
-    from adaptrec_prompts.baselines.demo_match import DemoMatchBaseline
-    from adaptrec_prompts.embed import training_sequences
-    from adaptrec_prompts.prepare import load_prepared
+    from adaptrec_prompts.data.prepare import load_prepared
+    from adaptrec_prompts.evaluation.baselines.demo_match import DemoMatchBaseline
+    from adaptrec_prompts.retrieval.embedders import training_sequences
 
     entries = []
     names = unique_names(adapters)  # adapters of two experiments are both called e.g. "static"

@@ -24,8 +24,8 @@ SELECTIONS = ("static", "random", "random-retrieved")
 
 def _program(selection: str, n_retrieve: int, m_select: int, demo_items: int | None, seed: int):
     """An AdaptRec with the selection settings (its pool and preset indices are the program's own rule)."""
-    from adaptrec_prompts.modules import AdaptRec
-    from adaptrec_prompts.render import load_template
+    from adaptrec_prompts.data.render import load_template
+    from adaptrec_prompts.programs.adaptrec import AdaptRec
 
     if selection not in SELECTIONS:
         raise ConfigError(f"baseline:demo-match reads the users a program shows without an LM: selection must be "

@@ -106,10 +106,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         # the same choices the command line offers, checked here for Python callers (and config files)
-        from adaptrec_prompts.devices import DEVICES, device_problem
-        from adaptrec_prompts.modules import MODES, PROMPTS
-        from adaptrec_prompts.render import LABELS
-        from adaptrec_prompts.schema import SPLITS
+        from adaptrec_prompts.data.render import LABELS
+        from adaptrec_prompts.data.schema import SPLITS
+        from adaptrec_prompts.programs.adaptrec import MODES, PROMPTS
+        from adaptrec_prompts.utils.devices import DEVICES, device_problem
 
         for name, value, valid in (("split", self.split, SPLITS), ("prompt", self.prompt, (None, *PROMPTS)),
                                    ("labels", self.labels, (None, *LABELS)), ("mode", self.mode, (None, *MODES))):
@@ -122,7 +122,7 @@ class RunConfig:
         if device_problem(self.device):
             raise ConfigError(f"RunConfig.device={self.device!r} is not valid; use {DEVICES}")
         from adaptrec_prompts.backends.api import check_request_settings
-        from adaptrec_prompts.options import number_problem
+        from adaptrec_prompts.utils.options import number_problem
 
         check_request_settings(self.timeout, self.num_retries, self.retries)  # before any folder or model
         for name, rule in NUMERIC_RULES.items():
@@ -226,7 +226,7 @@ class Results(Mapping):
         included, with their `error`; the metrics leave them out."""
         import pandas as pd
 
-        from adaptrec_prompts.evaluation import read_log
+        from adaptrec_prompts.evaluation.harness import read_log
 
         records = read_log(self.path / "predictions.jsonl")
         ids = list(records) if self.example_ids is None else [i for i in self.example_ids if i in records]
@@ -259,10 +259,10 @@ def build_program(spec: str, data_dir: str | Path, *, n: int = 10, m: int = 5, m
                   template: str | None = None, mode_given: bool = True, prompt: str = "full",
                   demo_items: int | None = None, labels: str = "numbers"):
     """A program (AdaptRec variant, saved program or baseline) from a spec (`RunConfig.program`)."""
-    from adaptrec_prompts.embed import training_sequences
-    from adaptrec_prompts.modules import SELECTIONS, AdaptRec, load_program
-    from adaptrec_prompts.prepare import load_manifest, load_prepared
-    from adaptrec_prompts.render import load_template, manifest_template
+    from adaptrec_prompts.data.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.data.render import load_template, manifest_template
+    from adaptrec_prompts.programs.adaptrec import SELECTIONS, AdaptRec, load_program
+    from adaptrec_prompts.retrieval.embedders import training_sequences
 
     if not isinstance(spec, (str, os.PathLike)):  # a program object (RunConfig.program): used as it is
         return spec
@@ -277,22 +277,22 @@ def build_program(spec: str, data_dir: str | Path, *, n: int = 10, m: int = 5, m
     name = spec.removeprefix("baseline:")
     train = load_prepared(data_dir)["train"]
     if name == "random":
-        from adaptrec_prompts.baselines import RandomBaseline
+        from adaptrec_prompts.evaluation.baselines import RandomBaseline
 
         return RandomBaseline(seed)
     if name in ("popularity", "userknn"):
-        from adaptrec_prompts.baselines import PopularityBaseline, UserKNNBaseline
+        from adaptrec_prompts.evaluation.baselines import PopularityBaseline, UserKNNBaseline
 
         seqs = training_sequences(train)
         return PopularityBaseline(seqs) if name == "popularity" else UserKNNBaseline(seqs, n_retrieve=n)
     if name.split(":")[0] == "demo-match":
-        from adaptrec_prompts.baselines.demo_match import DemoMatchBaseline
+        from adaptrec_prompts.evaluation.baselines.demo_match import DemoMatchBaseline
 
         selection = name.partition(":")[2] or "static"
         return DemoMatchBaseline(training_sequences(train), selection=selection, n_retrieve=n, m_select=m,
                                  demo_items=demo_items, seed=seed)
     if name in ("sasrec", "sasrec:early-stop"):
-        from adaptrec_prompts.baselines.sasrec import SASRecBaseline
+        from adaptrec_prompts.evaluation.baselines.sasrec import SASRecBaseline
 
         if name == "sasrec":
             return SASRecBaseline(train, seed=seed)
@@ -311,7 +311,7 @@ def adapter_settings(config: RunConfig) -> RunConfig:
     """
     import dataclasses
 
-    from adaptrec_prompts.lora import MANIFEST, trained_settings
+    from adaptrec_prompts.backends.lora import MANIFEST, trained_settings
 
     trained = trained_settings(config.adapter) if config.adapter else None
     defaults = {"prompt": "full", "labels": "numbers", "demo_items": None}
@@ -375,9 +375,9 @@ def run_eval(config: RunConfig, lm=None, progress: bool = True, *, config_file: 
             rerunning retries only the failed examples.
     """
     from adaptrec_prompts.backends.api import is_local
-    from adaptrec_prompts.evaluation import evaluate
-    from adaptrec_prompts.modules import AdaptRec
-    from adaptrec_prompts.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.data.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.evaluation.harness import evaluate
+    from adaptrec_prompts.programs.adaptrec import AdaptRec
 
     if config.program == "baseline:sasrec:early-stop" and config.split == "valid":
         raise ConfigError("baseline:sasrec:early-stop chooses its epochs on the valid split: evaluated on valid it "
@@ -393,7 +393,7 @@ def run_eval(config: RunConfig, lm=None, progress: bool = True, *, config_file: 
     if program is config.program:
         _check_program_object(config, program)
     if config.adapter and isinstance(program, AdaptRec):  # a saved program brings its own prompt settings
-        from adaptrec_prompts.lora import MANIFEST, trained_settings
+        from adaptrec_prompts.backends.lora import MANIFEST, trained_settings
 
         trained = trained_settings(config.adapter)
         has = {"prompt": program.prompt, "labels": program.labels, "demo_items": program.demo_items}
@@ -460,8 +460,8 @@ def compare_runs(a: str | Path, b: str | Path) -> dict:
     Raises:
         ConfigError: a folder is missing or holds no predictions, or the runs differ in split or data (named).
     """
-    from adaptrec_prompts.evaluation import read_log
-    from adaptrec_prompts.metrics import paired_comparison
+    from adaptrec_prompts.evaluation.harness import read_log
+    from adaptrec_prompts.evaluation.metrics import paired_comparison
 
     logs, configs = [], []
     for name, folder in (("A", Path(a)), ("B", Path(b))):

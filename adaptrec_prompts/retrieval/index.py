@@ -174,7 +174,7 @@ class UserIndex:
         Example:
             >>> index = UserIndex.open("artifacts/chroma", data="artifacts/ml-100k")  # doctest: +SKIP
         """
-        from adaptrec_prompts.neighbors import make_embedder, open_index
+        from adaptrec_prompts.retrieval.neighbors import make_embedder, open_index
 
         emb = make_embedder(embedder, data, embed_model, device) if isinstance(embedder, str) else embedder
         client = make_client(path=None if url else path, url=url)
@@ -265,7 +265,7 @@ class UserIndex:
         """Add the pool (idempotent: ids are example ids and writes are upserts). Returns rows written.
 
         `progress`: a bar over the vectors written (Chroma builds the HNSW graph as they arrive)."""
-        from adaptrec_prompts.progress import bar
+        from adaptrec_prompts.utils.progress import bar
 
         if self.count() == len(example_ids):
             logger.info("collection %s already holds %d vectors; not rebuilt", self.name, len(example_ids))
@@ -300,7 +300,7 @@ class UserIndex:
         Raises:
             LeakageError: a query has no user id (the same-user rule could not be applied).
         """
-        from adaptrec_prompts.progress import bar
+        from adaptrec_prompts.utils.progress import bar
 
         missing = [q for q, u in enumerate(user_ids) if not u]
         if missing:

@@ -16,7 +16,7 @@ leaves every variant on the same examples; rerunning resumes (finished examples 
 `evaluation.run_identity`). After every round the report folder is rewritten: table.md (metrics with 95%
 CIs), compare.md (paired tests against zero-shot), bars.png and sweep.png.
 
-    from adaptrec_prompts.experiments import Experiment, run_experiment
+    from adaptrec_prompts.experiments.experiment import Experiment, run_experiment
     run_experiment(Experiment(data="artifacts/ml-100k-nb", lm="gemma-3-270m", out="runs/exp/ml-100k", limit=95))
 
 Every run goes through `runs.run_eval`, so each run folder is exactly what `adaptrec eval` writes.
@@ -82,7 +82,7 @@ class Experiment:
     title: str | None = None
 
     def __post_init__(self) -> None:
-        from adaptrec_prompts.devices import DEVICES, device_problem
+        from adaptrec_prompts.utils.devices import DEVICES, device_problem
 
         if device_problem(self.device):
             raise ConfigError(f"Experiment.device={self.device!r} is not valid; use {DEVICES}")
@@ -128,8 +128,8 @@ def stage1_folders(prepared: str, out: Path, embedders: list[str], pool_size: in
     """Build (once) a neighbour folder per embedder over the same seeded pool sample; name -> folder.
     `progress`: bars while each pool is embedded and indexed and the split is queried; `device`: where the
     lm/text embedders' model runs."""
-    from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
-    from adaptrec_prompts.retriever import make_client
+    from adaptrec_prompts.retrieval.index import make_client
+    from adaptrec_prompts.retrieval.neighbors import add_neighbors, make_embedder, open_index
 
     folders = {}
     client = None
@@ -155,7 +155,7 @@ def stage1_folders(prepared: str, out: Path, embedders: list[str], pool_size: in
 def write_report(out: Path, runs: list[Run], report_dir: Path, title: str, command: str, m: int,
                  ids: set[str] | None = None) -> None:
     """Rewrite the report folder; paired statistics cover the examples in `ids` (this round's rows)."""
-    from adaptrec_prompts.report import bars, comparisons, load_run, runs_data, sweep, table, write_json
+    from adaptrec_prompts.evaluation.report import bars, comparisons, load_run, runs_data, sweep, table, write_json
 
     done = {r.name: load_run(out / r.name) for r in runs if (out / r.name / "results.json").is_file()}
     if not done:
@@ -196,7 +196,7 @@ def claims_section(out: Path, runs: list[Run], done: dict, m: int, ids: set[str]
                    ) -> tuple[str, list[dict]]:
     """The paper's claims as paired comparisons, plus the M sweep's shape and Stage-2 parse failures:
     (markdown, the comparisons as data)."""
-    from adaptrec_prompts.report import claims, claims_data, load_log
+    from adaptrec_prompts.evaluation.report import claims, claims_data, load_log
 
     pairs = [("demonstrations help", "zero-shot", f"static-m{m}"),
              ("demonstrations help", "zero-shot", f"random-m{m}"),
@@ -248,10 +248,10 @@ def run_experiment(config: Experiment, command: str | None = None, *, config_fil
         IncompleteRunError: some variants ended with provider errors (the others finished; rerun to retry).
     """
     from adaptrec_prompts.backends.api import is_local, local_model_dir
-    from adaptrec_prompts.devices import resolve_device
-    from adaptrec_prompts.prepare import load_manifest, load_prepared
-    from adaptrec_prompts.runs import RunConfig, format_results, load_lm, run_eval
-    from adaptrec_prompts.schema import column
+    from adaptrec_prompts.data.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.data.schema import column
+    from adaptrec_prompts.evaluation.runs import RunConfig, format_results, load_lm, run_eval
+    from adaptrec_prompts.utils.devices import resolve_device
 
     command = command or "adaptrec_prompts.experiments.run_experiment(...) (experiment.json holds the config)"
     if is_local(config.lm) or any(e != "collab" for e in config.embedders):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from adaptrec_prompts.modules import AdaptRec, example_inputs
+from adaptrec_prompts.programs.adaptrec import AdaptRec, example_inputs
 
 
 def select_indices(program: AdaptRec, row: dict) -> list[int]:

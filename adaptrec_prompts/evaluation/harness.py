@@ -39,12 +39,12 @@ from pathlib import Path
 import dspy
 from dspy.utils.usage_tracker import track_usage
 
-from adaptrec_prompts import timing
 from adaptrec_prompts.errors import DISK_FULL, ConfigError, DiskFullError, Interrupted, ProviderError
-from adaptrec_prompts.metrics import RESULTS_SCHEMA_VERSION, aggregate, example_metrics
-from adaptrec_prompts.modules import AdaptRec, eval_adapter
-from adaptrec_prompts.progress import bar as progress_bar
-from adaptrec_prompts.runs import Results
+from adaptrec_prompts.evaluation.metrics import RESULTS_SCHEMA_VERSION, aggregate, example_metrics
+from adaptrec_prompts.evaluation.runs import Results
+from adaptrec_prompts.programs.adaptrec import AdaptRec, eval_adapter
+from adaptrec_prompts.utils import timing
+from adaptrec_prompts.utils.progress import bar as progress_bar
 
 logger = logging.getLogger(__name__)
 PACKAGES = ("adaptrec-prompts", "dspy", "datasets", "transformers", "torch", "peft", "trl", "chromadb", "litellm")
@@ -358,7 +358,7 @@ class _SlowRequests:
 def _RunLock(folder: Path):  # noqa: N802 - used as a context manager class
     """An exclusive lock on a run folder (`.lock`, holding the owner's pid), so two processes never append to
     one predictions log: `prepare.OutputLock` on the folder's own lock file."""
-    from adaptrec_prompts.prepare import OutputLock
+    from adaptrec_prompts.data.prepare import OutputLock
 
     return OutputLock(folder, Path(folder) / ".lock",
                       busy="{out} is in use by {owner}; wait for it to finish or choose another --out")

@@ -20,7 +20,7 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError
 
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.modules import AdaptRec, example_inputs
+from adaptrec_prompts.programs.adaptrec import AdaptRec, example_inputs
 
 OPTIMIZERS = ("mipro", "bootstrap")
 METRICS = ("hr1", "hr1+valid")

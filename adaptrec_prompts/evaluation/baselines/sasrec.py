@@ -15,7 +15,7 @@ import time
 import torch
 from torch import nn
 
-from adaptrec_prompts.schema import column
+from adaptrec_prompts.data.schema import column
 
 
 class SASRec(nn.Module):

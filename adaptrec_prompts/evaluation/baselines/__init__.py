@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from adaptrec_prompts.data.protocol import example_rng
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.protocol import example_rng
 
 
 def _full(ranked: list[int]) -> dict:
@@ -24,7 +24,7 @@ def _full(ranked: list[int]) -> dict:
 
 class RandomBaseline:
     def __init__(self, seed: int = 0):
-        from adaptrec_prompts.options import check_number
+        from adaptrec_prompts.utils.options import check_number
 
         check_number("seed (--seed)", seed, low=0)
         self.seed = seed
@@ -50,7 +50,7 @@ class PopularityBaseline:
 
 class UserKNNBaseline:
     def __init__(self, sequences: list[list[int]], n_retrieve: int = 10, history_weight: float = 0.1):
-        from adaptrec_prompts.options import check_number
+        from adaptrec_prompts.utils.options import check_number
 
         # n <= 0 would slice the neighbour lists to nothing (Popularity's ranking) or from the end (--n -5)
         check_number("n_retrieve (--n)", n_retrieve, low=1, hint="the neighbours UserKNN votes with")

@@ -21,14 +21,14 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from adaptrec_prompts.embed import (CollabEmbedder, Embedder, LMEmbedder, TextEmbedder, embed_all,
-                                    training_sequences)
+from adaptrec_prompts.data.prepare import OutputLock, load_items, load_manifest, load_prepared, save
+from adaptrec_prompts.data.protocol import example_rng
+from adaptrec_prompts.data.render import manifest_template
+from adaptrec_prompts.data.schema import SPLITS, column
 from adaptrec_prompts.errors import ConfigError, LeakageError, OutputExistsError
-from adaptrec_prompts.prepare import OutputLock, load_items, load_manifest, load_prepared, save
-from adaptrec_prompts.protocol import example_rng
-from adaptrec_prompts.render import manifest_template
-from adaptrec_prompts.retriever import QueryStats, UserIndex, collection_name
-from adaptrec_prompts.schema import SPLITS, column
+from adaptrec_prompts.retrieval.embedders import (CollabEmbedder, Embedder, LMEmbedder, TextEmbedder, embed_all,
+                                    training_sequences)
+from adaptrec_prompts.retrieval.index import QueryStats, UserIndex, collection_name
 
 logger = logging.getLogger(__name__)
 EMBEDDERS = ("collab", "lm", "text")
@@ -199,7 +199,7 @@ def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embed
             folder is moved into place: a folder another process finished meanwhile is kept).
         RunInUseError: another process is writing `out` (`prepare.OutputLock`).
     """
-    from adaptrec_prompts.options import check_number
+    from adaptrec_prompts.utils.options import check_number
 
     check_number("n (--n)", n, low=1, high=MAX_N)
     check_number("overfetch (--overfetch)", overfetch, low=1)
@@ -304,7 +304,7 @@ def build_neighbors(data: str | Path, out: str | Path, index: UserIndex, *, n: i
         >>> index = UserIndex.open("artifacts/chroma", data="artifacts/ml-100k")  # doctest: +SKIP
         >>> build_neighbors("artifacts/ml-100k", "artifacts/ml-100k-nb", index, splits=["test"])  # doctest: +SKIP
     """
-    from adaptrec_prompts.prepare import refuse_existing
+    from adaptrec_prompts.data.prepare import refuse_existing
 
     refuse_existing(out, overwrite)
     if not isinstance(index, UserIndex):

@@ -39,7 +39,7 @@ LORA_TARGETS = {"all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 
 def has_demonstrations(program, row: dict) -> bool:
     """Whether `program` has users to show as demonstrations for `row` (always true for zero-shot)."""
-    from adaptrec_prompts.modules import example_inputs
+    from adaptrec_prompts.programs.adaptrec import example_inputs
 
     x = example_inputs(row)
     return program.selection == "none" or bool(program.demonstration_pool(x["neighbors"], x["random_users"],
@@ -335,7 +335,7 @@ class ChoiceDiagnostics(TrainerCallback):
         import torch
 
         from adaptrec_prompts.backends.hf import HFEngine
-        from adaptrec_prompts.sft_data import listwise_row
+        from adaptrec_prompts.finetune.rows import listwise_row
 
         done = {(r["step"], r["slice"]) for r in self.records}
         todo = {name: rows for name, rows in self.slices.items() if (step, name) not in done}
@@ -448,8 +448,8 @@ class AdaptRecSFTArguments:
 
 
 def _program(script_args: AdaptRecSFTArguments, manifest: dict):
-    from adaptrec_prompts.modules import AdaptRec, load_program
-    from adaptrec_prompts.render import manifest_template
+    from adaptrec_prompts.data.render import manifest_template
+    from adaptrec_prompts.programs.adaptrec import AdaptRec, load_program
 
     if script_args.program:
         return load_program(script_args.program)
@@ -467,7 +467,7 @@ def _base_model(script_args, model_args, training_args, program, rows) -> str:
     if model_args.model_name_or_path != "tiny":
         return model_args.model_name_or_path
     from adaptrec_prompts.backends.tiny import build_tiny_llama
-    from adaptrec_prompts.sft_data import stage3_row
+    from adaptrec_prompts.finetune.rows import stage3_row
 
     out = Path(training_args.output_dir) / "base-model"
     if not (out / "config.json").is_file():
@@ -485,8 +485,8 @@ def _diagnostics(script_args: AdaptRecSFTArguments, manifest: dict, program, tra
     """The `ChoiceDiagnostics` callback of a run: the first `diagnostics_rows` rows of `diagnostics_split` and
     the first `diagnostics_train_rows` training rows, rendered by the program being trained (`select`: the
     adaptive selection, by the model being trained)."""
-    from adaptrec_prompts.baselines.demo_match import demo_exposure
-    from adaptrec_prompts.prepare import load_prepared
+    from adaptrec_prompts.data.prepare import load_prepared
+    from adaptrec_prompts.evaluation.baselines.demo_match import demo_exposure
 
     slices = {}
     if script_args.diagnostics_rows:
@@ -521,7 +521,7 @@ class SelfAdaptiveSelection(TrainerCallback):
                  prompt_format: str = "auto", render=None):
         import numpy as np
 
-        from adaptrec_prompts.sft_data import select_indices
+        from adaptrec_prompts.finetune.rows import select_indices
 
         self.program, self.rows, self.refresh_steps, self.window = program, rows, refresh_steps, window
         self.prompt_format = prompt_format
@@ -533,7 +533,7 @@ class SelfAdaptiveSelection(TrainerCallback):
 
     # The stream the trainer consumes: rows in a seeded order, rendered with the *current* selection.
     def stream(self, tokenize):
-        from adaptrec_prompts.sft_data import stage3_row
+        from adaptrec_prompts.finetune.rows import stage3_row
 
         render = self.render or stage3_row
         epoch = 0
@@ -550,7 +550,7 @@ class SelfAdaptiveSelection(TrainerCallback):
         import torch
 
         from adaptrec_prompts.backends.hf import HFEngine
-        from adaptrec_prompts.modules import example_inputs, stage2_completions, top_m_by_score
+        from adaptrec_prompts.programs.adaptrec import example_inputs, stage2_completions, top_m_by_score
 
         x = example_inputs(row)
         pool = self.program.demonstration_pool(x["neighbors"])
@@ -618,7 +618,7 @@ class LiveStream:
         yield from self.adaptive.stream(self.tokenize)
 
     def fingerprint(self) -> str:
-        from adaptrec_prompts.evaluation import _sha, program_state
+        from adaptrec_prompts.evaluation.harness import _sha, program_state
 
         a = self.adaptive
         return _sha({"program": program_state(a.program), "rows": [r["example_id"] for r in a.rows],
@@ -660,14 +660,14 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer, get_peft_config
 
-    from adaptrec_prompts.evaluation import package_versions, program_state
-    from adaptrec_prompts.lora import architecture
-    from adaptrec_prompts.evaluation import _sha as sha
-    from adaptrec_prompts.prepare import load_manifest, load_prepared
-    from adaptrec_prompts.sft_data import build_rows
+    from adaptrec_prompts.backends.lora import architecture
+    from adaptrec_prompts.data.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.evaluation.harness import package_versions, program_state
+    from adaptrec_prompts.evaluation.harness import _sha as sha
+    from adaptrec_prompts.finetune.rows import build_rows
 
     if script_args.device is not None:
-        from adaptrec_prompts.devices import trainer_use_cpu
+        from adaptrec_prompts.utils.devices import trainer_use_cpu
 
         use_cpu = trainer_use_cpu(script_args.device)
         if use_cpu != training_args.use_cpu:  # the arguments fix their device when built: build them again
@@ -691,7 +691,7 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
         raise ConfigError(f"{script_args.data} has no neighbours; run `adaptrec index neighbors` first")
     sample = manifest.get("neighbors", {}).get("splits", {}).get("train", {}).get("sample")
     if sample and script_args.selection != "none":  # neighbours were queried for a sample of train: use it
-        from adaptrec_prompts.neighbors import pool_rows
+        from adaptrec_prompts.retrieval.neighbors import pool_rows
 
         train = train.select(pool_rows(train.num_rows, sample["rows"], sample["seed"]))
     if script_args.rows_file:
@@ -733,7 +733,7 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
                 training_args.activation_checkpointing = False
         training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     if script_args.selection == "adaptive":
-        from adaptrec_prompts.sft_data import listwise_row
+        from adaptrec_prompts.finetune.rows import listwise_row
 
         adaptive = SelfAdaptiveSelection(program, rows, script_args.selection_refresh_steps,
                                          script_args.selection_refresh_window, seed=training_args.seed,
@@ -747,7 +747,7 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
             training_args.max_steps = max(1, int(training_args.num_train_epochs * len(rows) / per_step))
         callbacks.append(adaptive)
     elif listwise:
-        from adaptrec_prompts.sft_data import listwise_row
+        from adaptrec_prompts.finetune.rows import listwise_row
 
         tokenize = listwise_tokenize_fn(model, tokenizer, script_args.prompt_format)
         train_dataset = datasets.Dataset.from_list([tokenize(listwise_row(program, r)) for r in rows])

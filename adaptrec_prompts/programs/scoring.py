@@ -21,8 +21,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from adaptrec_prompts import timing
 from adaptrec_prompts.errors import ConfigError
+from adaptrec_prompts.utils import timing
 
 
 def score_completions(lm, messages: list[dict], completions: Sequence[str],

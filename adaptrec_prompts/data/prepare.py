@@ -20,10 +20,10 @@ import datasets
 from adaptrec_prompts import __version__
 from adaptrec_prompts.data import DATASET_NAMES, LOADERS, load_llara
 from adaptrec_prompts.data.interactions import Interactions, drop_duplicate_events
+from adaptrec_prompts.data.protocol import ProtocolConfig, build_examples, draw_candidates, example_row, example_rng
+from adaptrec_prompts.data.render import DATASET_DOMAINS
+from adaptrec_prompts.data.schema import EXAMPLE_FEATURES, SPLITS
 from adaptrec_prompts.errors import DISK_FULL, ConfigError, DataError, DiskFullError, OutputExistsError
-from adaptrec_prompts.protocol import ProtocolConfig, build_examples, draw_candidates, example_row, example_rng
-from adaptrec_prompts.render import DATASET_DOMAINS
-from adaptrec_prompts.schema import EXAMPLE_FEATURES, SPLITS
 
 MANIFEST = "manifest.json"
 ITEMS = "items.jsonl"
@@ -123,7 +123,7 @@ def prepare_dataset(dataset: str, out: str | Path, raw_dir: str | Path | None = 
                     cache_dir: str | Path = "artifacts/raw") -> Path:
     """`adaptrec data prepare` as a function: build the frozen splits and write the prepared folder `out`.
 
-    Named `prepare_dataset`, not `prepare`, because `adaptrec_prompts.prepare` is this module: a package
+    Named `prepare_dataset`, not `prepare`, because `adaptrec_prompts.data.prepare` is this module: a package
     attribute of that name would be replaced by the module as soon as anything imports it.
 
     Args:

@@ -54,7 +54,7 @@ class ProtocolConfig:
             raise ConfigError(f"split_ratios must be three fractions summing to 1, got {self.split_ratios}")
         if self.extended_seeds < 1:
             raise ConfigError(f"extended_seeds must be >= 1, got {self.extended_seeds}")
-        from adaptrec_prompts.options import check_number
+        from adaptrec_prompts.utils.options import check_number
 
         for name, low in (("history_len", 1), ("min_history", 1), ("k_candidates", 2), ("seed", 0),
                           ("extended_seeds", 1)):  # types too (a config value "10" must not compare as text)

@@ -18,14 +18,14 @@ from pathlib import Path
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
-from adaptrec_prompts.adapters import PROMPTS, adapter_for, eval_adapter  # noqa: F401 - re-exported
+from adaptrec_prompts.data.protocol import example_rng
+from adaptrec_prompts.data.render import LABELS, Template, candidate_label, load_template
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.options import check_number
-from adaptrec_prompts.parsing import parse_choice, parse_selection, ranking_from_scores
-from adaptrec_prompts.protocol import example_rng
-from adaptrec_prompts.render import LABELS, Template, candidate_label, load_template
-from adaptrec_prompts.scoring import score_completions
-from adaptrec_prompts.signatures import RecommendNextItem, RecommendNextItemZeroShot, SelectSimilarUsers, for_labels
+from adaptrec_prompts.programs.chat_adapters import PROMPTS, adapter_for, eval_adapter  # noqa: F401 - re-exported
+from adaptrec_prompts.programs.parsing import parse_choice, parse_selection, ranking_from_scores
+from adaptrec_prompts.programs.scoring import score_completions
+from adaptrec_prompts.programs.signatures import RecommendNextItem, RecommendNextItemZeroShot, SelectSimilarUsers, for_labels
+from adaptrec_prompts.utils.options import check_number
 
 logger = logging.getLogger(__name__)
 
@@ -376,7 +376,7 @@ class AdaptRec(dspy.Module):
             >>> with dspy.context(lm=make_lm("hf:artifacts/models/tiny")):  # doctest: +SKIP
             ...     program(history_titles=["Star Wars (1977)"], candidate_titles=["Fargo (1996)", "Heat (1995)"])
         """
-        from adaptrec_prompts.live import from_index
+        from adaptrec_prompts.retrieval.live import from_index
 
         return from_index(index, template, program=program, overfetch=overfetch, random_seed=random_seed, **config)
 
@@ -609,7 +609,7 @@ def load_program(path: str | Path, **overrides) -> AdaptRec:
         except ConfigError:
             raise
         except ValueError as exc:  # pydantic: a misspelt placeholder or key in the saved wording
-            from adaptrec_prompts.render import template_problem
+            from adaptrec_prompts.data.render import template_problem
 
             raise ConfigError(f"{path}: config.template is not a valid template: {template_problem(exc)}; fix it "
                               "or save the program again") from None

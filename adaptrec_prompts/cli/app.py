@@ -7,12 +7,12 @@ import logging
 import os
 import sys
 
-from adaptrec_prompts import commands
-from adaptrec_prompts.commands import PROGRAM_CHOICES
-from adaptrec_prompts.config_file import ConfigFileParser, add_config_option
-from adaptrec_prompts.devices import DEVICE_HELP, device_problem
+from adaptrec_prompts.cli import commands
+from adaptrec_prompts.cli.commands import PROGRAM_CHOICES
+from adaptrec_prompts.cli.config_file import ConfigFileParser, add_config_option
 from adaptrec_prompts.errors import DISK_FULL, AdaptRecError, Interrupted
-from adaptrec_prompts.options import number_type
+from adaptrec_prompts.utils.devices import DEVICE_HELP, device_problem
+from adaptrec_prompts.utils.options import number_type
 
 SPLITS = ("train", "valid", "test", "test_extended")  # schema.SPLITS, without importing datasets here
 NO_PROGRESS = "no progress bars (they show only when stderr is a terminal and CI is not set)"

@@ -6,7 +6,7 @@ in an embedded Chroma folder, the classical baselines score the whole test split
 library call its own command makes (`prepare_dataset`, `UserIndex.open` + `add_neighbors`, `run_eval`), so
 rerunning reuses the data, the neighbours and every finished example.
 
-    from adaptrec_prompts.pipeline import main_job, table
+    from adaptrec_prompts.experiments.pipeline import main_job, table
     runs = main_job("artifacts/main", raw_dir="../shared/data/ml-100k", lm="hf:artifacts/models/tiny", limit=3)
     print(table(runs))
 """
@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from adaptrec_prompts.report import position_cell
-from adaptrec_prompts.runs import Results, RunConfig, format_results, load_lm, run_eval
+from adaptrec_prompts.evaluation.report import position_cell
+from adaptrec_prompts.evaluation.runs import Results, RunConfig, format_results, load_lm, run_eval
 
 BASELINES = ("random", "popularity", "userknn")
 
@@ -43,10 +43,10 @@ def main_job(out: str | Path = "artifacts/main", *, raw_dir: str | Path | None =
             (`--no-progress`; `progress.enabled` has the rule).
     """
     from adaptrec_prompts.backends.api import is_local
-    from adaptrec_prompts.devices import check_device, resolve_device
-    from adaptrec_prompts.neighbors import add_neighbors
-    from adaptrec_prompts.prepare import load_manifest, prepare_dataset
-    from adaptrec_prompts.retriever import UserIndex
+    from adaptrec_prompts.data.prepare import load_manifest, prepare_dataset
+    from adaptrec_prompts.retrieval.index import UserIndex
+    from adaptrec_prompts.retrieval.neighbors import add_neighbors
+    from adaptrec_prompts.utils.devices import check_device, resolve_device
 
     check_device(device, "device")
     if is_local(lm):  # a GPU torch cannot see: refused before the data and the neighbours are built

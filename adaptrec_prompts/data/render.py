@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from adaptrec_prompts.errors import ConfigError
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 DATASET_DOMAINS = {"ml-100k": "movies", "lastfm": "music", "goodreads": "books"}
 # How Stage-3 candidates are labelled: "numbers" (1..K) or "letters" (A..Z). A letter is one token in every
 # common tokenizer; "10".."20" are two tokens wherever digits are split (Llama 2, Mistral, Gemma), which an API

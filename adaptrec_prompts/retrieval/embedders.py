@@ -21,8 +21,8 @@ from typing import Protocol
 
 import numpy as np
 
+from adaptrec_prompts.data.schema import column
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.schema import column
 
 
 class Embedder(Protocol):
@@ -50,7 +50,7 @@ def embed_all(embedder: Embedder, histories: Sequence[Sequence[int]], *, desc: s
     (each history on its own) and the lm embedder (the same batches); a sentence-transformers model pads
     each chunk on its own, which changes its vectors within float rounding only.
     """
-    from adaptrec_prompts.progress import bar
+    from adaptrec_prompts.utils.progress import bar
 
     if not len(histories):
         return embedder.embed(histories)
@@ -184,7 +184,7 @@ class LMEmbedder:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from adaptrec_prompts.devices import resolve_device
+        from adaptrec_prompts.utils.devices import resolve_device
 
         self.device = resolve_device(device)  # before loading: a GPU torch cannot see fails at once
         self.model_path = str(model_path)
@@ -227,7 +227,7 @@ class TextEmbedder:
             from sentence_transformers import SentenceTransformer
         except ImportError:
             raise ConfigError("the text embedder needs sentence-transformers: pip install -e '.[text]'") from None
-        from adaptrec_prompts.devices import resolve_device
+        from adaptrec_prompts.utils.devices import resolve_device
 
         self.model = SentenceTransformer(str(model_path), device=resolve_device(device))
         self.titles, self.render, self.batch_size = titles, render, batch_size

@@ -12,7 +12,7 @@ the K positions (the same number of rows per position, as far as the data allows
 lower its loss by preferring one position. Every step resumes: training from its newest checkpoint,
 evaluation from its run folder; the sample is written once and reused.
 
-    from adaptrec_prompts.sft_experiment import SFTExperiment, run
+    from adaptrec_prompts.finetune.experiment import SFTExperiment, run
     run(SFTExperiment(data="artifacts/ml-100k-nb", out="runs/sft/ml-100k", model="gemma-3-270m",
                       train_rows=1000))
 """
@@ -101,7 +101,7 @@ class SFTExperiment:
     train_only: bool = False
 
     def __post_init__(self) -> None:
-        from adaptrec_prompts.devices import DEVICES, device_problem
+        from adaptrec_prompts.utils.devices import DEVICES, device_problem
 
         if device_problem(self.device):
             raise ConfigError(f"SFTExperiment.device={self.device!r} is not valid; use {DEVICES}")
@@ -136,10 +136,10 @@ def balanced_sample(rows: list[dict], size: int, seed: int) -> list[str]:
 
 
 def _sample(config: SFTExperiment, out: Path) -> list[str]:
-    from adaptrec_prompts.modules import AdaptRec
-    from adaptrec_prompts.prepare import load_manifest, load_prepared
-    from adaptrec_prompts.render import manifest_template
-    from adaptrec_prompts.training import has_demonstrations
+    from adaptrec_prompts.data.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.data.render import manifest_template
+    from adaptrec_prompts.finetune.trainer import has_demonstrations
+    from adaptrec_prompts.programs.adaptrec import AdaptRec
 
     path = out / "sample.json"
     if path.is_file():
@@ -177,10 +177,10 @@ def _base_model(config: SFTExperiment, out: Path, sample: list[str], progress: b
     folder = out / "base-model"
     if not (folder / "config.json").is_file():
         from adaptrec_prompts.backends.tiny import build_tiny_llama
-        from adaptrec_prompts.modules import AdaptRec
-        from adaptrec_prompts.prepare import load_manifest, load_prepared
-        from adaptrec_prompts.render import manifest_template
-        from adaptrec_prompts.sft_data import stage3_row
+        from adaptrec_prompts.data.prepare import load_manifest, load_prepared
+        from adaptrec_prompts.data.render import manifest_template
+        from adaptrec_prompts.finetune.rows import stage3_row
+        from adaptrec_prompts.programs.adaptrec import AdaptRec
 
         program = AdaptRec(manifest_template(load_manifest(config.data)), selection="static",
                            n_retrieve=config.n, m_select=config.m, prompt=config.prompt, demo_items=config.demo_items,
@@ -198,9 +198,9 @@ def _train(config: SFTExperiment, variant: str, base: str, prompt_format: str, r
            progress: bool = True) -> dict:
     from trl import ModelConfig, SFTConfig
 
-    from adaptrec_prompts.devices import trainer_use_cpu
-    from adaptrec_prompts.progress import enabled as progress_enabled
-    from adaptrec_prompts.training import LORA_TARGETS, AdaptRecSFTArguments, train
+    from adaptrec_prompts.finetune.trainer import LORA_TARGETS, AdaptRecSFTArguments, train
+    from adaptrec_prompts.utils.devices import trainer_use_cpu
+    from adaptrec_prompts.utils.progress import enabled as progress_enabled
 
     steps = max(1, round(config.epochs * config.train_rows / (config.batch_size * config.grad_accum)))
     folder = out / "train" / variant
@@ -255,12 +255,12 @@ def run(config: SFTExperiment, command: str = "", *, config_file: str | Path | N
     """
     from adaptrec_prompts.backends.gemma import gemma_lm
     from adaptrec_prompts.backends.hf import hf_lm
-    from adaptrec_prompts.devices import trainer_use_cpu
-    from adaptrec_prompts.evaluation import evaluate
-    from adaptrec_prompts.modules import AdaptRec
-    from adaptrec_prompts.prepare import load_manifest, load_prepared
-    from adaptrec_prompts.render import manifest_template
-    from adaptrec_prompts.runs import build_program
+    from adaptrec_prompts.data.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.data.render import manifest_template
+    from adaptrec_prompts.evaluation.harness import evaluate
+    from adaptrec_prompts.evaluation.runs import build_program
+    from adaptrec_prompts.programs.adaptrec import AdaptRec
+    from adaptrec_prompts.utils.devices import trainer_use_cpu
 
     trainer_use_cpu(config.device)  # a GPU torch cannot see, or one the Trainer would not use: fail first
     out = Path(config.out)
@@ -311,7 +311,7 @@ def run(config: SFTExperiment, command: str = "", *, config_file: str | Path | N
 
 def write_report(config: SFTExperiment, out: Path, runs: list[str], command: str) -> Path:
     """table.md (every run, CIs, top-1 positions), the paired claims, loss curves, claims.json / runs.json."""
-    from adaptrec_prompts.report import (bars, claims, claims_data, exposure_text, load_run, runs_data, table,
+    from adaptrec_prompts.evaluation.report import (bars, claims, claims_data, exposure_text, load_run, runs_data, table,
                                          write_json)
 
     report = Path(config.report) if config.report else out / "report"
@@ -375,8 +375,8 @@ def write_report(config: SFTExperiment, out: Path, runs: list[str], command: str
 def target_exposure(config: SFTExperiment) -> dict[str, str | None]:
     """Example id -> where the static prompt of this experiment shows the target (`demo_exposure`), for the
     evaluated rows."""
-    from adaptrec_prompts.baselines.demo_match import DemoMatchBaseline, demo_exposure
-    from adaptrec_prompts.prepare import load_prepared
+    from adaptrec_prompts.data.prepare import load_prepared
+    from adaptrec_prompts.evaluation.baselines.demo_match import DemoMatchBaseline, demo_exposure
 
     split = load_prepared(config.data)[config.split]
     rows = split.select(range(min(config.limit or split.num_rows, split.num_rows)))
@@ -391,7 +391,7 @@ def diagnostics_seconds(config: SFTExperiment, out: Path) -> str:
     for variant in config.variants:
         path = out / "train" / variant / "choice_diagnostics.jsonl"
         if path.is_file():
-            from adaptrec_prompts.training import ChoiceDiagnostics
+            from adaptrec_prompts.finetune.trainer import ChoiceDiagnostics
 
             seconds += sum(r.get("seconds") or 0.0 for r in ChoiceDiagnostics.read(path))
     return f" (the training times include {seconds:.0f} s of choice diagnostics)" if seconds else ""
@@ -407,7 +407,7 @@ def diagnostics_section(config: SFTExperiment, out: Path) -> str:
         path = out / "train" / variant / "choice_diagnostics.jsonl"
         if not path.is_file():
             continue
-        from adaptrec_prompts.training import ChoiceDiagnostics
+        from adaptrec_prompts.finetune.trainer import ChoiceDiagnostics
 
         for d in ChoiceDiagnostics.read(path):  # one record per (step, slice), in step order
             k = d["k"]

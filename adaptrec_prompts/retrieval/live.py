@@ -27,13 +27,13 @@ from pathlib import Path
 import dspy
 import numpy as np
 
+from adaptrec_prompts.data.prepare import ITEMS, load_items, load_manifest, load_prepared
+from adaptrec_prompts.data.render import Template, manifest_template
+from adaptrec_prompts.data.schema import column
 from adaptrec_prompts.errors import ConfigError, LeakageError, UnknownItemError
-from adaptrec_prompts.modules import AdaptRec, check_titles, load_template_obj
-from adaptrec_prompts.neighbors import MAX_N, RandomUsers
-from adaptrec_prompts.prepare import ITEMS, load_items, load_manifest, load_prepared
-from adaptrec_prompts.render import Template, manifest_template
-from adaptrec_prompts.retriever import NEW_USER, NewUser, UserIndex
-from adaptrec_prompts.schema import column
+from adaptrec_prompts.programs.adaptrec import AdaptRec, check_titles, load_template_obj
+from adaptrec_prompts.retrieval.index import NEW_USER, NewUser, UserIndex
+from adaptrec_prompts.retrieval.neighbors import MAX_N, RandomUsers
 
 
 class ItemTable:

@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 # light (no torch/DSPy at import); build_program and format_results stay importable from here
-from adaptrec_prompts.runs import PROGRAM_CHOICES, Results, build_program, format_results  # noqa: F401
+from adaptrec_prompts.evaluation.runs import PROGRAM_CHOICES, Results, build_program, format_results  # noqa: F401
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from adaptrec_prompts.prepare import load_manifest, prepare_dataset
-    from adaptrec_prompts.protocol import ProtocolConfig
+    from adaptrec_prompts.data.prepare import load_manifest, prepare_dataset
+    from adaptrec_prompts.data.protocol import ProtocolConfig
 
     config = ProtocolConfig(
         history_len=args.history_len, min_history=args.min_history, k_candidates=args.k_candidates,
@@ -30,7 +30,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
-    from adaptrec_prompts.prepare import stats
+    from adaptrec_prompts.data.prepare import stats
 
     info = stats(args.dir)
     if args.json:
@@ -46,7 +46,7 @@ def cmd_stats(args: argparse.Namespace) -> None:
 def cmd_verify(args: argparse.Namespace) -> None:
     import time
 
-    from adaptrec_prompts.prepare import FILES, load_manifest, verify_prepared
+    from adaptrec_prompts.data.prepare import FILES, load_manifest, verify_prepared
 
     started = time.perf_counter()
     manifest = load_manifest(args.dir)
@@ -76,7 +76,7 @@ def cmd_compare_llara(args: argparse.Namespace) -> None:
 
 def index_parts(args: argparse.Namespace):
     """(embedder, index) from the index options: `UserIndex.open`, the code path the Python API uses too."""
-    from adaptrec_prompts.retriever import UserIndex
+    from adaptrec_prompts.retrieval.index import UserIndex
 
     hnsw = {"ef_search": args.ef_search, "ef_construction": args.ef_construction, "max_neighbors": args.max_neighbors}
     index = UserIndex.open(args.chroma_path, data=args.data, url=args.chroma_url, embedder=args.embedder,
@@ -91,8 +91,8 @@ def cmd_index_build(args: argparse.Namespace) -> None:
 
 
 def cmd_index_neighbors(args: argparse.Namespace) -> None:
-    from adaptrec_prompts.neighbors import build_neighbors
-    from adaptrec_prompts.prepare import load_manifest, refuse_existing
+    from adaptrec_prompts.data.prepare import load_manifest, refuse_existing
+    from adaptrec_prompts.retrieval.neighbors import build_neighbors
 
     refuse_existing(args.out, args.overwrite)  # before the index is opened or built
     _embedder, index = index_parts(args)
@@ -112,9 +112,9 @@ def cmd_index_neighbors(args: argparse.Namespace) -> None:
 
 def cmd_bench_retrieval(args: argparse.Namespace) -> None:
     from adaptrec_prompts.benchmarks.retrieval import coverage, measure
-    from adaptrec_prompts.embed import CollabEmbedder, training_sequences
-    from adaptrec_prompts.prepare import load_prepared
-    from adaptrec_prompts.schema import column
+    from adaptrec_prompts.data.prepare import load_prepared
+    from adaptrec_prompts.data.schema import column
+    from adaptrec_prompts.retrieval.embedders import CollabEmbedder, training_sequences
 
     print("$ adaptrec bench retrieval " + " ".join(sys.argv[3:]))
     pools = []
@@ -185,10 +185,10 @@ def cmd_bench_sft(args: argparse.Namespace) -> None:
 def cmd_prompt(args: argparse.Namespace) -> None:
     import dspy
 
-    from adaptrec_prompts.modules import AdaptRec
-    from adaptrec_prompts.prepare import load_manifest, load_prepared
-    from adaptrec_prompts.render import load_template, manifest_template
-    from adaptrec_prompts.sft_data import stage3_row
+    from adaptrec_prompts.data.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.data.render import load_template, manifest_template
+    from adaptrec_prompts.finetune.rows import stage3_row
+    from adaptrec_prompts.programs.adaptrec import AdaptRec
 
     row = load_prepared(args.data)[args.split][args.index]
     template = load_template(args.template) if args.template else manifest_template(load_manifest(args.data))
@@ -206,7 +206,7 @@ def cmd_eval(args: argparse.Namespace, lm=None) -> Results:
     """`adaptrec eval`: the options are RunConfig's fields (`run_eval` does the work); `lm` reuses an already
     loaded LM (it must be the one `args.lm` names)."""
     from adaptrec_prompts.errors import IncompleteRunError
-    from adaptrec_prompts.runs import RunConfig, config_fields, run_eval
+    from adaptrec_prompts.evaluation.runs import RunConfig, config_fields, run_eval
 
     config = RunConfig(**{name: getattr(args, name) for name in config_fields()})
     try:
@@ -220,7 +220,7 @@ def cmd_eval(args: argparse.Namespace, lm=None) -> Results:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from adaptrec_prompts.runs import compare_runs
+    from adaptrec_prompts.evaluation.runs import compare_runs
 
     res = compare_runs(args.a, args.b)
     print(f"$ adaptrec compare {args.a} {args.b}")
@@ -234,7 +234,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_tiny_model(args: argparse.Namespace) -> None:
     from adaptrec_prompts.backends.tiny import build_tiny_model
-    from adaptrec_prompts.prepare import load_prepared
+    from adaptrec_prompts.data.prepare import load_prepared
 
     out = build_tiny_model(args.data, args.out, size=args.size, texts=args.texts, vocab_size=args.vocab_size,
                            chat_template=args.chat, seed=args.seed)
@@ -244,11 +244,11 @@ def cmd_tiny_model(args: argparse.Namespace) -> None:
 
 def cmd_compile(args: argparse.Namespace) -> None:
     from adaptrec_prompts.backends.api import is_local, make_lm
+    from adaptrec_prompts.data.prepare import load_manifest, load_prepared
     from adaptrec_prompts.errors import ConfigError
-    from adaptrec_prompts.evaluation import _sha, estimate_cost, evaluate, program_state
-    from adaptrec_prompts.modules import AdaptRec, save_program
-    from adaptrec_prompts.optimize import call_budget, compile_program, to_examples
-    from adaptrec_prompts.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.evaluation.harness import _sha, estimate_cost, evaluate, program_state
+    from adaptrec_prompts.programs.adaptrec import AdaptRec, save_program
+    from adaptrec_prompts.programs.optimize import call_budget, compile_program, to_examples
 
     manifest = load_manifest(args.data)
     ddict = load_prepared(args.data)
@@ -310,13 +310,13 @@ def cmd_compile(args: argparse.Namespace) -> None:
 def dspy_context(lm):
     import dspy
 
-    from adaptrec_prompts.modules import eval_adapter
+    from adaptrec_prompts.programs.adaptrec import eval_adapter
 
     return dspy.context(lm=lm, adapter=eval_adapter())
 
 
 def cmd_programs_diff(args: argparse.Namespace) -> None:
-    from adaptrec_prompts.optimize import diff_programs
+    from adaptrec_prompts.programs.optimize import diff_programs
 
     print(diff_programs(args.a, args.b))
 
@@ -324,7 +324,7 @@ def cmd_programs_diff(args: argparse.Namespace) -> None:
 def cmd_sft_experiment(args: argparse.Namespace) -> None:
     import shlex
 
-    from adaptrec_prompts.sft_experiment import SFTExperiment, run
+    from adaptrec_prompts.finetune.experiment import SFTExperiment, run
 
     config = SFTExperiment(
         data=args.data, out=args.out, model=args.model, variants=tuple(v for v in args.variants.split(",") if v),
@@ -351,7 +351,7 @@ def cmd_experiment(args: argparse.Namespace) -> None:
     import shlex
 
     from adaptrec_prompts.errors import ConfigError
-    from adaptrec_prompts.experiments import Experiment, run_experiment
+    from adaptrec_prompts.experiments.experiment import Experiment, run_experiment
 
     try:
         m_values = tuple(int(x) for x in _names(args.m_values))
@@ -370,7 +370,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     """prepare -> Stage-1 neighbours -> baselines -> AdaptRec (static M) and zero-shot with an LM -> one table."""
     import time
 
-    from adaptrec_prompts.pipeline import main_job, table
+    from adaptrec_prompts.experiments.pipeline import main_job, table
 
     started = time.perf_counter()
     results = main_job(args.out, raw_dir=args.raw_dir, lm=args.lm, limit=args.limit, n=args.n, m=args.m,
