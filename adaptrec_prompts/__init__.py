@@ -20,12 +20,17 @@ chromadb only when it opens a client.
     results.metrics["HR@1"], results.to_pandas()
 
 (examples/notebook.py runs the whole path, save and load included; examples/quickstart.py a shorter tour.)
+
+The subpackages follow the data flow, each importing only those before it (docs/design.md, Package map):
+`data` -> `retrieval` (Stage 1) -> `programs` (Stages 2-3) -> `backends` -> `evaluation` -> `finetune` ->
+`cli`, `experiments`, `benchmarks`; `errors` and `utils` serve them all. The module paths of 0.1
+(`adaptrec_prompts.modules`, ...) still import, with a DeprecationWarning (`_compat`, CHANGELOG.md).
 """
 
 from __future__ import annotations
 
-import importlib
-
+from adaptrec_prompts import _compat
+from adaptrec_prompts._lazy import exports
 from adaptrec_prompts.errors import (AdaptRecError, ConfigError, DataError, DownloadError, IncompleteRunError,
                                      Interrupted, LeakageError, OutputExistsError, RunInUseError, UnknownItemError,
                                      UnsafePickleError)
@@ -69,15 +74,5 @@ __all__ = [
     "__version__",
 ]
 
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'adaptrec_prompts' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = exports(__name__, _LAZY)
+_compat.install()  # the 0.1 module paths (adaptrec_prompts.modules, ...) still import: CHANGELOG.md
