@@ -42,10 +42,11 @@ MOVED: dict[str, str | tuple[str, ...]] = {
     P + "embed": P + "retrieval.embedders",
     P + "retriever": P + "retrieval.index",
     P + "neighbors": P + "retrieval.neighbors",
-    P + "live": P + "retrieval.live",
+    P + "live": (P + "retrieval.live", P + "programs.adaptrec"),  # UserRetriever; LiveAdaptRec, from_index
     # Stages 2 and 3: programs
     P + "adapters": P + "programs.chat_adapters",
-    P + "modules": P + "programs.adaptrec",
+    P + "modules": (P + "programs.adaptrec", P + "programs.selector", P + "programs.recommender",
+                    P + "programs.saving", P + "programs.chat_adapters", P + "programs.scoring", P + "data.render"),
     P + "optimize": P + "programs.optimize",
     P + "parsing": P + "programs.parsing",
     P + "scoring": P + "programs.scoring",

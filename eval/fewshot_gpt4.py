@@ -62,7 +62,8 @@ def make_parser() -> argparse.ArgumentParser:
 def estimate(rows, variants, model: str, m: int, n: int, template, max_tokens: int) -> tuple[int, int, float | None]:
     """(prompt tokens, completion tokens, USD) before any call. Tokens ~ characters / 4 (no tokenizer download)."""
     from adaptrec_prompts.evaluation.harness import estimate_cost
-    from adaptrec_prompts.programs.adaptrec import AdaptRec, eval_adapter, example_inputs
+    from adaptrec_prompts.programs.adaptrec import AdaptRec, example_inputs
+    from adaptrec_prompts.programs.chat_adapters import eval_adapter
 
     adapter, chars, calls = eval_adapter(), 0, 0
     for variant in variants:

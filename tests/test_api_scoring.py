@@ -197,7 +197,7 @@ def test_calibrated_letters_over_the_api_rank_without_nan(ml100k, monkeypatch):
 
 def test_a_saved_program_keeps_its_labels(tmp_path):
     """Its instructions and demos name its labels: another labels value would mix numbered wording with letters."""
-    from adaptrec_prompts.programs.adaptrec import load_program, save_program
+    from adaptrec_prompts.programs.saving import load_program, save_program
 
     path = save_program(AdaptRec(MOVIES, selection="none"), tmp_path / "p.json")
     assert load_program(path).labels == "numbers"

@@ -10,7 +10,8 @@ import pytest
 from adaptrec_prompts.cli.app import main
 from adaptrec_prompts.data.render import load_template
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.programs.adaptrec import AdaptRec, load_program, save_program
+from adaptrec_prompts.programs.adaptrec import AdaptRec
+from adaptrec_prompts.programs.saving import load_program, save_program
 
 ANSWER = "[[ ## answer ## ]]\n1\n\n[[ ## completed ## ]]"
 

@@ -267,7 +267,8 @@ def test_compare_names_a_missing_folder_and_different_splits(ml100k_prepared, tm
 
 def _program(tmp_path, change=None):
     from adaptrec_prompts.data.render import load_template
-    from adaptrec_prompts.programs.adaptrec import AdaptRec, save_program
+    from adaptrec_prompts.programs.adaptrec import AdaptRec
+    from adaptrec_prompts.programs.saving import save_program
 
     path = save_program(AdaptRec(load_template("movies"), selection="none", mode="generate"), tmp_path / "p.json")
     if change:

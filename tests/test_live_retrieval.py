@@ -14,9 +14,10 @@ from adaptrec_prompts.cli.app import main
 from adaptrec_prompts.data.schema import SPLITS, column
 from adaptrec_prompts.errors import LeakageError, UnknownItemError
 from adaptrec_prompts.evaluation.harness import evaluate
-from adaptrec_prompts.programs.adaptrec import AdaptRec, example_inputs, load_program, save_program
+from adaptrec_prompts.programs.adaptrec import AdaptRec, LiveAdaptRec, example_inputs
+from adaptrec_prompts.programs.saving import load_program, save_program
 from adaptrec_prompts.retrieval.index import NEW_USER, UserIndex
-from adaptrec_prompts.retrieval.live import LiveAdaptRec, UserRetriever
+from adaptrec_prompts.retrieval.live import UserRetriever
 from conftest import goodreads_with_neighbors
 
 N = 5

@@ -14,7 +14,9 @@ from adaptrec_prompts import AdaptRec, Results, RunConfig, UserIndex, load_progr
 from adaptrec_prompts.backends.api import make_lm
 from adaptrec_prompts.data.render import load_template
 from adaptrec_prompts.errors import ConfigError, OutputExistsError
-from adaptrec_prompts.programs.adaptrec import NextItemRecommender, UserSelector, example_inputs
+from adaptrec_prompts.programs.adaptrec import example_inputs
+from adaptrec_prompts.programs.recommender import NextItemRecommender
+from adaptrec_prompts.programs.selector import UserSelector
 from adaptrec_prompts.utils.testing import MockOpenAIServer, logprobs_content
 from conftest import with_fake_neighbors
 

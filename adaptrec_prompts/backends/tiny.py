@@ -73,7 +73,8 @@ def build_tiny_llama(texts: Iterable[str], out_dir: str | Path, size: str = "mic
 def prompt_corpus(rows, template) -> list[str]:
     """Rendered Stage-3 prompts with their answers (each row's own history as its similar user): text to
     train a tiny tokenizer on, so the prompt boilerplate and titles tokenize compactly."""
-    from adaptrec_prompts.programs.adaptrec import NextItemRecommender, eval_adapter
+    from adaptrec_prompts.programs.chat_adapters import eval_adapter
+    from adaptrec_prompts.programs.recommender import NextItemRecommender
 
     rec, adapter = NextItemRecommender(template), eval_adapter()
     texts = []

@@ -247,8 +247,9 @@ def cmd_compile(args: argparse.Namespace) -> None:
     from adaptrec_prompts.data.prepare import load_manifest, load_prepared
     from adaptrec_prompts.errors import ConfigError
     from adaptrec_prompts.evaluation.harness import _sha, estimate_cost, evaluate, program_state
-    from adaptrec_prompts.programs.adaptrec import AdaptRec, save_program
+    from adaptrec_prompts.programs.adaptrec import AdaptRec
     from adaptrec_prompts.programs.optimize import call_budget, compile_program, to_examples
+    from adaptrec_prompts.programs.saving import save_program
 
     manifest = load_manifest(args.data)
     ddict = load_prepared(args.data)
@@ -310,7 +311,7 @@ def cmd_compile(args: argparse.Namespace) -> None:
 def dspy_context(lm):
     import dspy
 
-    from adaptrec_prompts.programs.adaptrec import eval_adapter
+    from adaptrec_prompts.programs.chat_adapters import eval_adapter
 
     return dspy.context(lm=lm, adapter=eval_adapter())
 

@@ -167,3 +167,26 @@ def manifest_template(manifest: dict) -> Template:
     if domain is None:
         raise ConfigError(f"no template domain recorded for dataset {manifest['dataset']!r}; pass --template")
     return load_template(domain)
+
+
+def as_template(template, where: str) -> Template:
+    """A `Template` from a Template, a domain name or a .toml path (`load_template`); anything else is
+    refused here, when the module is built, not at its first call."""
+    if isinstance(template, Template):
+        return template
+    if isinstance(template, (str, Path)):
+        return load_template(str(template))
+    raise TypeError(f"{where}: template={template!r} is a {type(template).__name__}; pass a Template, a domain "
+                    "name (\"movies\", \"music\", \"books\") or a .toml path")
+
+
+def check_titles(value, name: str) -> None:
+    """Refuse a bare string where a list of titles is expected (it would be read as one title per letter)."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a list of titles, got the string {value[:60]!r}; pass [{value[:60]!r}] "
+                        "for a single title")
+
+
+def load_template_obj(value: dict | str) -> Template:
+    """A `Template` from its fields (a saved program's `config["template"]`) or a name/.toml path."""
+    return Template(**value) if isinstance(value, dict) else load_template(value)

@@ -42,7 +42,8 @@ from dspy.utils.usage_tracker import track_usage
 from adaptrec_prompts.errors import DISK_FULL, ConfigError, DiskFullError, Interrupted, ProviderError
 from adaptrec_prompts.evaluation.metrics import RESULTS_SCHEMA_VERSION, aggregate, example_metrics
 from adaptrec_prompts.evaluation.runs import Results
-from adaptrec_prompts.programs.adaptrec import AdaptRec, eval_adapter
+from adaptrec_prompts.programs.adaptrec import AdaptRec
+from adaptrec_prompts.programs.chat_adapters import eval_adapter
 from adaptrec_prompts.utils import timing
 from adaptrec_prompts.utils.progress import bar as progress_bar
 

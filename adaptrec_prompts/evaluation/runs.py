@@ -108,7 +108,8 @@ class RunConfig:
         # the same choices the command line offers, checked here for Python callers (and config files)
         from adaptrec_prompts.data.render import LABELS
         from adaptrec_prompts.data.schema import SPLITS
-        from adaptrec_prompts.programs.adaptrec import MODES, PROMPTS
+        from adaptrec_prompts.programs.chat_adapters import PROMPTS
+        from adaptrec_prompts.programs.recommender import MODES
         from adaptrec_prompts.utils.devices import DEVICES, device_problem
 
         for name, value, valid in (("split", self.split, SPLITS), ("prompt", self.prompt, (None, *PROMPTS)),
@@ -261,7 +262,8 @@ def build_program(spec: str, data_dir: str | Path, *, n: int = 10, m: int = 5, m
     """A program (AdaptRec variant, saved program or baseline) from a spec (`RunConfig.program`)."""
     from adaptrec_prompts.data.prepare import load_manifest, load_prepared
     from adaptrec_prompts.data.render import load_template, manifest_template
-    from adaptrec_prompts.programs.adaptrec import SELECTIONS, AdaptRec, load_program
+    from adaptrec_prompts.programs.adaptrec import SELECTIONS, AdaptRec
+    from adaptrec_prompts.programs.saving import load_program
     from adaptrec_prompts.retrieval.embedders import training_sequences
 
     if not isinstance(spec, (str, os.PathLike)):  # a program object (RunConfig.program): used as it is

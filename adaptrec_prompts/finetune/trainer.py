@@ -449,7 +449,8 @@ class AdaptRecSFTArguments:
 
 def _program(script_args: AdaptRecSFTArguments, manifest: dict):
     from adaptrec_prompts.data.render import manifest_template
-    from adaptrec_prompts.programs.adaptrec import AdaptRec, load_program
+    from adaptrec_prompts.programs.adaptrec import AdaptRec
+    from adaptrec_prompts.programs.saving import load_program
 
     if script_args.program:
         return load_program(script_args.program)
@@ -550,7 +551,8 @@ class SelfAdaptiveSelection(TrainerCallback):
         import torch
 
         from adaptrec_prompts.backends.hf import HFEngine
-        from adaptrec_prompts.programs.adaptrec import example_inputs, stage2_completions, top_m_by_score
+        from adaptrec_prompts.programs.adaptrec import example_inputs
+        from adaptrec_prompts.programs.selector import stage2_completions, top_m_by_score
 
         x = example_inputs(row)
         pool = self.program.demonstration_pool(x["neighbors"])

@@ -1,11 +1,14 @@
-"""DSPy modules: UserSelector (Stage 2), NextItemRecommender (Stage 3), AdaptRec (1 -> 2 -> 3).
+"""AdaptRec (Stage 1 -> 2 -> 3) as a DSPy module, and its live form.
 
-Modules hold predictors and plain config only (a `Template`, strings, ints): no clients, models or
-files, so DSPy optimizers can deep-copy them. Stage-1 neighbours arrive as inputs, in embedding order.
-Programs are saved as JSON (`save_program` / `load_program`): the config plus DSPy's state
-(instructions, demos); never a pickle, never an LM endpoint or key. The one exception to "neighbours
-arrive as inputs" is `AdaptRec.from_index` (live.py): a program that retrieves them per call holds the
-retriever as a non-parameter attribute that deep copies share, and saves exactly like the plain program.
+`AdaptRec` runs Stage 2 (`selector.UserSelector`) and Stage 3 (`recommender.NextItemRecommender`) on
+Stage-1 neighbours that arrive as inputs, in embedding order (a prepared row's neighbour columns:
+`example_inputs`). Modules hold predictors and plain config only (a `Template`, strings, ints): no clients,
+models or files, so DSPy optimizers can deep-copy them; programs are saved as JSON (`saving`).
+
+The one exception to "neighbours arrive as inputs" is `AdaptRec.from_index`: a `LiveAdaptRec` retrieves them
+per call with a `retrieval.live.UserRetriever`, which it holds as a non-parameter attribute that deep copies
+share, and saves exactly like the plain program (config and DSPy state, never the index or a client); to serve
+a saved program live, bind an index again with `AdaptRec.from_index(index, program=load_program(path))`.
 """
 
 from __future__ import annotations
@@ -14,273 +17,28 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dspy
-from dspy.utils.exceptions import AdapterParseError
 
 from adaptrec_prompts.data.protocol import example_rng
-from adaptrec_prompts.data.render import LABELS, Template, candidate_label, load_template
+from adaptrec_prompts.data.render import Template, as_template, check_titles, load_template_obj, manifest_template
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.programs.chat_adapters import PROMPTS, adapter_for, eval_adapter  # noqa: F401 - re-exported
-from adaptrec_prompts.programs.parsing import parse_choice, parse_selection, ranking_from_scores
-from adaptrec_prompts.programs.scoring import score_completions
-from adaptrec_prompts.programs.signatures import RecommendNextItem, RecommendNextItemZeroShot, SelectSimilarUsers, for_labels
+from adaptrec_prompts.programs.chat_adapters import check_prompt
+from adaptrec_prompts.programs.recommender import SCORE_ORDERS, NextItemRecommender
+from adaptrec_prompts.programs.selector import UserSelector
+from adaptrec_prompts.retrieval.index import NEW_USER, NewUser, check_user_id
 from adaptrec_prompts.utils.options import check_number
+
+if TYPE_CHECKING:
+    from adaptrec_prompts.retrieval.index import UserIndex
+    from adaptrec_prompts.retrieval.live import UserRetriever
 
 logger = logging.getLogger(__name__)
 
 # "random": M users drawn from the whole Stage-1 pool (the paper's control; persisted by `index neighbors`);
 # "random-retrieved": M of the N retrieved users drawn at random (a shuffle of the retrieved, not a control).
 SELECTIONS = ("none", "random", "random-retrieved", "static", "adaptive")
-MODES = ("generate", "score", "score-calibrated", "score-permuted")
-SCORE_ORDERS = 3  # list orders averaged by mode "score-permuted"
-# The content-free context of mode "score-calibrated": the zero-shot prompt with this instead of a history.
-NULL_HISTORY = "The user's history is not shown."
-PROGRAM_FORMAT = 1
-
-
-def answer_block(assistant_content: str) -> str:
-    """What score mode scores: the answer field (header, value and the newline that ends it), without the
-    end-marker block that is the same boilerplate after every candidate."""
-    return assistant_content.split("\n\n[[ ## completed ## ]]")[0] + "\n"
-
-
-def _check_prompt(prompt: str) -> str:
-    if prompt not in PROMPTS:
-        raise ConfigError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
-    return prompt
-
-
-def _as_template(template, where: str) -> Template:
-    """A `Template` from a Template, a domain name or a .toml path (`render.load_template`); anything else is
-    refused here, when the module is built, not at its first call."""
-    if isinstance(template, Template):
-        return template
-    if isinstance(template, (str, Path)):
-        return load_template(str(template))
-    raise TypeError(f"{where}: template={template!r} is a {type(template).__name__}; pass a Template, a domain "
-                    "name (\"movies\", \"music\", \"books\") or a .toml path")
-
-
-def check_titles(value, name: str) -> None:
-    """Refuse a bare string where a list of titles is expected (it would be read as one title per letter)."""
-    if isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} must be a list of titles, got the string {value[:60]!r}; pass [{value[:60]!r}] "
-                        "for a single title")
-
-
-def lm_of(predictor: dspy.Predict):
-    """The LM a predictor runs on, as DSPy resolves it: its own (`set_lm`) before the global one."""
-    return predictor.lm or dspy.settings.lm
-
-
-STAGE2_MODES = ("auto", "generate", "score")
-
-
-def stage2_completions(pool_size: int, m: int) -> list[str]:
-    """What Stage 2 in score mode scores: the selection field opening with user i, for i = 1..pool_size.
-
-    "[i," when M > 1 (user i named first, more to follow: "[1," cannot be read as the start of "[10"),
-    "[i]" when M = 1.
-    """
-    close = "," if m > 1 else "]"
-    return [f"[[ ## selected_users ## ]]\n[{i}{close}" for i in range(1, pool_size + 1)]
-
-
-def top_m_by_score(scores: Sequence[float], m: int) -> list[int]:
-    """The M highest-scoring pool positions (ties: embedding order), in embedding order."""
-    return sorted(sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:m])
-
-
-class UserSelector(dspy.Module):
-    """Stage 2: the LM picks the M pool users most similar to the target user.
-
-    mode="generate": the LM writes the list; if the answer does not parse, the selection falls back to
-    embedding order and says so (`fallback=True`); if it names fewer than M users, embedding order fills
-    the rest (`padded=True`).
-    mode="score" (local engines that score): the same prompt, one prefill, and the M users whose number is
-    most likely to open the list (`stage2_completions`) are kept: always a valid selection, the one the
-    self-adaptive fine-tuning callback uses too. "auto": score when the LM's engine can, else generate.
-    """
-
-    def __init__(self, template: Template | str, m_select: int = 5, mode: str = "auto", prompt: str = "full"):
-        super().__init__()
-        if mode not in STAGE2_MODES:
-            raise ConfigError(f"Stage-2 mode must be one of {STAGE2_MODES}, got {mode!r}")
-        self.template = _as_template(template, "UserSelector")
-        self.m_select = m_select
-        self.mode = mode
-        self.prompt = _check_prompt(prompt)
-        self.select = dspy.Predict(SelectSimilarUsers)
-
-    def adapter(self) -> dspy.ChatAdapter:
-        """The adapter this module renders through (`adapters.adapter_for`)."""
-        return adapter_for(self.prompt)
-
-    def inputs(self, history_titles: Sequence[str], pool_histories: Sequence[Sequence[str]], m: int) -> dict:
-        return {"user_history": self.template.render_history(history_titles),
-                "candidate_users": self.template.render_pool(pool_histories), "select_count": m}
-
-    def forward(self, history_titles: Sequence[str], pool_histories: Sequence[Sequence[str]]) -> dspy.Prediction:
-        check_titles(history_titles, "history_titles")
-        m = min(self.m_select, len(pool_histories))
-        inputs = self.inputs(history_titles, pool_histories, m)
-        lm = lm_of(self.select)  # a predictor's own LM wins, as in generate mode (dspy.Predict)
-        engine = getattr(lm, "engine", None)
-        can_score = callable(getattr(engine, "score", None))
-        if self.mode == "score" and not can_score:
-            raise ConfigError("Stage-2 score mode needs a local model whose engine scores (hf:PATH or "
-                              "gemma-3-270m); use stage2='generate' for API models")
-        if self.mode == "score" or (self.mode == "auto" and can_score):
-            adapter = self.adapter()
-            messages = adapter.format(signature=self.select.signature, demos=self.select.demos, inputs=inputs)
-            scores = score_completions(lm, messages, stage2_completions(len(pool_histories), m))
-            return dspy.Prediction(indices=top_m_by_score(scores, m), fallback=False, padded=False, reason="",
-                                   method="score")
-        raw, values = None, None
-        try:
-            with dspy.context(adapter=self.adapter()):
-                pred = self.select(**inputs)
-            values = pred.selected_users
-        except AdapterParseError as exc:
-            raw = exc.lm_response
-        picked, reason = parse_selection(values, len(pool_histories), m) if values is not None else (
-            None, f"adapter could not parse the answer: {str(raw)[:200]!r}")
-        if picked is None:
-            return dspy.Prediction(indices=list(range(m)), fallback=True, padded=False, reason=reason,
-                                   method="generate")
-        padded = len(picked) < m
-        picked += [i for i in range(len(pool_histories)) if i not in picked][: m - len(picked)]
-        return dspy.Prediction(indices=picked, fallback=False, padded=padded, reason="", method="generate")
-
-
-class NextItemRecommender(dspy.Module):
-    """Stage 3: pick the next item among K labelled candidates, with or without similar users.
-
-    labels="numbers" lists them as "1. <title>" .. "20. <title>"; labels="letters" as "A. <title>" ..
-    "T. <title>" (one token each in every common tokenizer: what API score mode needs, see scoring.py);
-    labels="titles" lists the titles alone and the answer is the title (LLaRA's format: the choice is made
-    in title tokens, which the similar users' next items show; score mode then ranks the K titles by their
-    likelihood, local engines only).
-
-    mode="generate": the LM writes an answer, parsed exactly (parsing.parse_choice).
-    mode="score": every candidate's answer (the answer field "<number>. <title>" and its newline) is
-    scored by log-likelihood after the same prompt (one prefill, cache reused; the backend must support
-    scoring), giving a full ranking.
-    mode="score-calibrated": the score minus the same answer's score after a content-free prompt (the
-    zero-shot prompt with `NULL_HISTORY` for the history and the same candidates): what the context adds
-    to a candidate beyond its prior as a string and its number (Holtzman et al., 2021, "Surface Form
-    Competition"; Zhao et al., 2021, "Calibrate Before Use"). One more prefill per example.
-    mode="score-permuted": the candidate list is shown in `orders` cyclic shifts (by K / orders positions)
-    and each candidate's score is averaged over them, so every list position is held by `orders` different
-    candidates and no candidate is scored only at position 1 (Hou et al., 2023, "Large Language Models are
-    Zero-Shot Rankers", bootstrapped orders). `orders` prefills per example.
-    """
-
-    def __init__(self, template: Template | str, mode: str = "generate", zero_shot: bool = False,
-                 orders: int = SCORE_ORDERS, prompt: str = "full", labels: str = "numbers"):
-        super().__init__()
-        template = _as_template(template, "NextItemRecommender")
-        if labels not in LABELS:
-            raise ConfigError(f"labels must be one of {LABELS}, got {labels!r}")
-        if mode not in MODES:
-            raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
-        if orders < 1:
-            raise ConfigError(f"orders must be >= 1, got {orders}")
-        self.template = template
-        self.mode = mode
-        self.orders = orders
-        self.prompt = _check_prompt(prompt)
-        self.zero_shot = zero_shot
-        self.labels = labels
-        signature = RecommendNextItemZeroShot if zero_shot else RecommendNextItem
-        self.recommend = dspy.Predict(for_labels(signature, labels))
-        # the content-free prompt of score-calibrated mode, labelled like the real one
-        self.null_signature = for_labels(RecommendNextItemZeroShot, labels)
-
-    def adapter(self) -> dspy.ChatAdapter:
-        """The adapter this module renders through (`adapters.adapter_for`)."""
-        return adapter_for(self.prompt)
-
-    def inputs(self, history_titles: Sequence[str], candidate_titles: Sequence[str],
-               similar_users: Sequence[tuple[Sequence[str], str]] = ()) -> dict[str, str]:
-        """The signature's input values, rendered with the template."""
-        values = {"user_history": self.template.render_history(history_titles),
-                  "candidates": self.template.render_candidates(candidate_titles, self.labels)}
-        if not self.zero_shot:
-            values["similar_users"] = self.template.render_similar_users(similar_users)
-        return values
-
-    def answer_text(self, number: int, title: str) -> str:
-        """The answer the `number`-th candidate (1-based) would be, as the signature asks for it."""
-        return self.template.render_candidate(number, title, self.labels)
-
-    def candidate_labels(self, k: int) -> list[str] | None:
-        """The labels of K candidates, in list order ("1".."K" or "A"..; None for titles: no label)."""
-        if self.labels == "titles":
-            return None
-        return [candidate_label(i, self.labels) for i in range(1, k + 1)]
-
-    def completions(self, adapter, candidate_titles: Sequence[str]) -> list[str]:
-        """What score mode scores for each candidate, in list order (see `answer_block`)."""
-        signature = self.recommend.signature
-        return [answer_block(adapter.format_assistant_message_content(signature, {"answer": self.answer_text(i, t)}))
-                for i, t in enumerate(candidate_titles, start=1)]
-
-    def permuted_scores(self, adapter, first: list[float], history_titles, candidate_titles, similar_users, lm=None
-                        ) -> list[float]:
-        """Mean score of each candidate over `orders` cyclic shifts of the list (`first`: the shift by 0)."""
-        k = len(candidate_titles)
-        totals = list(first)
-        for p in range(1, self.orders):
-            shift = (p * k) // self.orders
-            order = [(i + shift) % k for i in range(k)]  # position j shows candidate order[j]
-            titles = [candidate_titles[i] for i in order]
-            messages = adapter.format(signature=self.recommend.signature, demos=self.recommend.demos,
-                                      inputs=self.inputs(history_titles, titles, similar_users))
-            for j, score in enumerate(score_completions(lm or lm_of(self.recommend), messages,
-                                                        self.completions(adapter, titles),
-                                                        labels=self.candidate_labels(k))):
-                totals[order[j]] += score
-        return [t / self.orders for t in totals]
-
-    def forward(self, history_titles: Sequence[str], candidate_ids: Sequence[int], candidate_titles: Sequence[str],
-                similar_users: Sequence[tuple[Sequence[str], str]] = ()) -> dspy.Prediction:
-        check_titles(history_titles, "history_titles")
-        check_titles(candidate_titles, "candidate_titles")
-        inputs = self.inputs(history_titles, candidate_titles, similar_users)
-        if self.mode in ("score", "score-calibrated", "score-permuted"):
-            lm = lm_of(self.recommend)  # a predictor's own LM wins, as in generate mode (dspy.Predict)
-            adapter = self.adapter()
-            signature = self.recommend.signature
-            messages = adapter.format(signature=signature, demos=self.recommend.demos, inputs=inputs)
-            completions = self.completions(adapter, candidate_titles)
-            labels = self.candidate_labels(len(candidate_titles))
-            scores = score_completions(lm, messages, completions, labels=labels)
-            if self.mode == "score-permuted":
-                scores = self.permuted_scores(adapter, scores, history_titles, candidate_titles, similar_users, lm)
-            if self.mode == "score-calibrated":
-                null = adapter.format(signature=self.null_signature, demos=[], inputs={
-                    "user_history": NULL_HISTORY, "candidates": inputs["candidates"]})
-                scores = [s - b for s, b in zip(scores, score_completions(lm, null, completions, labels=labels),
-                                                strict=True)]
-            if all(s == float("-inf") for s in scores):
-                return dspy.Prediction(answer=None, raw=None, scores=scores, valid=False, ranking=[],
-                                       reason="no candidate label found in the answer's token logprobs")
-            result = ranking_from_scores(scores, candidate_ids)
-            return dspy.Prediction(answer=None, raw=None, scores=scores, valid=True, ranking=result.ranking, reason="")
-        raw = answer = None
-        try:
-            with dspy.context(adapter=self.adapter()):
-                answer = self.recommend(**inputs).answer
-            raw = answer
-        except AdapterParseError as exc:
-            raw = exc.lm_response
-        result = parse_choice(answer, candidate_ids, candidate_titles, self.labels)
-        if answer is None:
-            result = type(result)(False, [], f"adapter could not parse the answer: {str(raw)[:200]!r}")
-        return dspy.Prediction(answer=answer, raw=raw, scores=None, valid=result.valid, ranking=result.ranking,
-                               reason=result.reason)
 
 
 class AdaptRec(dspy.Module):
@@ -316,7 +74,7 @@ class AdaptRec(dspy.Module):
                  mode: str = "generate", seed: int = 0, stage2: str = "auto", orders: int = SCORE_ORDERS,
                  prompt: str = "full", demo_items: int | None = None, labels: str = "numbers"):
         super().__init__()
-        template = _as_template(template, type(self).__name__)
+        template = as_template(template, type(self).__name__)
         if selection not in SELECTIONS:
             raise ConfigError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         check_number("n_retrieve (--n)", n_retrieve, low=1)
@@ -338,7 +96,7 @@ class AdaptRec(dspy.Module):
         # "auto" scores Stage 2 only in a score-mode program (a generate-mode program generates both stages);
         # UserSelector validates the value
         self.orders = orders
-        self.prompt = _check_prompt(prompt)
+        self.prompt = check_prompt(prompt)
         if demo_items is not None and demo_items < 1:
             raise ConfigError(f"demo_items must be >= 1 (or None for whole histories), got {demo_items}")
         self.demo_items = demo_items
@@ -376,8 +134,6 @@ class AdaptRec(dspy.Module):
             >>> with dspy.context(lm=make_lm("hf:artifacts/models/tiny")):  # doctest: +SKIP
             ...     program(history_titles=["Star Wars (1977)"], candidate_titles=["Fargo (1996)", "Heat (1995)"])
         """
-        from adaptrec_prompts.retrieval.live import from_index
-
         return from_index(index, template, program=program, overfetch=overfetch, random_seed=random_seed, **config)
 
     def init_config(self) -> dict:
@@ -490,145 +246,6 @@ def example_inputs(row: dict) -> dict:
             "random_users": random_users}
 
 
-def save_program(program: AdaptRec, path: str | Path) -> Path:
-    """Write a program as JSON: its config and DSPy state (instructions, demos). No LM, no keys."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = program.dump_state()
-    for predictor in state.values():  # an LM set on a predictor carries endpoints: never saved
-        if isinstance(predictor, dict):
-            predictor["lm"] = None
-    payload = {"format": PROGRAM_FORMAT, "class": "AdaptRec", "config": program.config(), "state": state}
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
-    return path
-
-
-# What `save_program` writes, and all `load_program` accepts (docs/failure-behaviour.md): a program file names
-# prompts and demonstrations, never a model, a server or an attribute to set. DSPy's `Predict.load_state` would
-# rebuild an LM from a predictor's "lm" entry and set any other key as an attribute; both are refused here.
-PROGRAM_KEYS = {"format", "class", "config", "state"}
-PREDICTOR_KEYS = {"demos", "lm", "signature", "traces", "train"}
-SIGNATURE_KEYS = {"instructions", "fields"}
-FIELD_KEYS = {"prefix", "description"}
-
-
-def _refuse(path: Path, where: str, problem: str) -> ConfigError:
-    return ConfigError(f"{path}: {where}: {problem}; a program file holds only what save_program writes "
-                       "(config, instructions, demos): remove it, or save the program again with save_program()")
-
-
-def _json_value(value) -> bool:
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _json_value(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_json_value(v) for v in value)
-    return value is None or isinstance(value, (str, int, float, bool))
-
-
-def check_program_payload(path: Path, payload, program: AdaptRec) -> None:
-    """Refuse a program file with anything `save_program` does not write (an `lm` state above all).
-
-    Raises:
-        ConfigError: naming the file and the key.
-    """
-    if not isinstance(payload, dict):
-        raise _refuse(path, "top level", f"expected a JSON object, got {type(payload).__name__}")
-    for key in sorted(set(payload) - PROGRAM_KEYS):
-        raise _refuse(path, f"key {key!r}", "not a key of a saved program")
-    if payload.get("format") != PROGRAM_FORMAT or payload.get("class") != "AdaptRec":
-        raise _refuse(path, "format/class", f"expected format {PROGRAM_FORMAT} and class 'AdaptRec', got "
-                      f"{payload.get('format')!r} and {payload.get('class')!r}")
-    state = payload.get("state")
-    expected = {name for name, _ in program.named_predictors()}
-    if not isinstance(state, dict):
-        raise _refuse(path, "state", f"expected an object, got {type(state).__name__}")
-    for name in sorted(set(state) ^ expected):
-        raise _refuse(path, f"state[{name!r}]", f"this program's predictors are {sorted(expected)}")
-    for name, predictor in state.items():
-        where = f"state[{name!r}]"
-        if not isinstance(predictor, dict):
-            raise _refuse(path, where, f"expected an object, got {type(predictor).__name__}")
-        for key in sorted(set(predictor) - PREDICTOR_KEYS):
-            raise _refuse(path, f"{where}[{key!r}]", "not a key save_program writes")
-        if predictor.get("lm") is not None:  # DSPy would build this LM and call it instead of --lm/--api-base
-            raise _refuse(path, f"{where}['lm']", "a program file must not name a model or a server (the run's "
-                          "--lm/--api-base decide them); save_program writes null here")
-        for key in ("demos", "traces", "train"):
-            value = predictor.get(key, [])
-            if not isinstance(value, list) or not _json_value(value):
-                raise _refuse(path, f"{where}[{key!r}]", f"expected a list of JSON values, got {type(value).__name__}")
-        if not all(isinstance(d, dict) for d in predictor.get("demos", [])):
-            raise _refuse(path, f"{where}['demos']", "every demo must be an object of field name -> value")
-        signature = predictor.get("signature")
-        if not isinstance(signature, dict):
-            raise _refuse(path, f"{where}['signature']", f"expected an object, got {type(signature).__name__}")
-        for key in sorted(set(signature) - SIGNATURE_KEYS):
-            raise _refuse(path, f"{where}['signature'][{key!r}]", "not a key save_program writes")
-        if not isinstance(signature.get("instructions", ""), str):
-            raise _refuse(path, f"{where}['signature']['instructions']", "expected a string")
-        fields = signature.get("fields", [])
-        if not isinstance(fields, list) or not all(isinstance(f, dict) and set(f) <= FIELD_KEYS and
-                                                   all(isinstance(v, str) for v in f.values()) for f in fields):
-            raise _refuse(path, f"{where}['signature']['fields']",
-                          f"expected a list of objects with string {sorted(FIELD_KEYS)}")
-
-
-def load_program(path: str | Path, **overrides) -> AdaptRec:
-    """Build an AdaptRec from a saved JSON file (optionally overriding config keys such as mode).
-
-    Only what `save_program` writes is accepted (`check_program_payload`): a predictor state naming an LM,
-    or any other key, is refused, and no LM is ever built from a file.
-
-    Raises:
-        ConfigError: the file is not a saved AdaptRec program, or holds a key save_program does not write.
-    """
-    path = Path(path)
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(payload, dict) and "metadata" in payload and "config" not in payload:
-            raise ConfigError(f"{path} was written by DSPy's program.save: it holds DSPy state without the program's "
-                              "configuration; build the same AdaptRec and call program.load(path), or save with "
-                              "save_program(program, path) to read it back with load_program")
-        if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict):
-            raise KeyError("config")
-        unknown = sorted(set(payload["config"]) - set(_INIT_ARGS) - {"random_from"})
-        if unknown:
-            raise _refuse(path, f"config[{unknown[0]!r}]", f"not an AdaptRec setting; valid: {', '.join(_INIT_ARGS)}")
-        saved = payload["config"].get("labels", "numbers")
-        if overrides.get("labels", saved) != saved:  # the saved instructions and demos name the saved labels
-            raise ConfigError(f"{path} was saved with labels={saved!r}: its instructions and demos say so; "
-                              f"evaluate it with labels={saved!r}, or build and compile a program with "
-                              f"labels={overrides['labels']!r}")
-        config = {**payload["config"], **overrides}
-        config.pop("random_from", None)  # an identity marker of config(), not a constructor argument
-        template = config.pop("template")
-        if not isinstance(template, dict):  # save_program writes the wording itself, never a path to read
-            raise _refuse(path, "config['template']", f"expected the template's fields, got {type(template).__name__}")
-        try:
-            template = load_template_obj(template)
-        except ConfigError:
-            raise
-        except ValueError as exc:  # pydantic: a misspelt placeholder or key in the saved wording
-            from adaptrec_prompts.data.render import template_problem
-
-            raise ConfigError(f"{path}: config.template is not a valid template: {template_problem(exc)}; fix it "
-                              "or save the program again") from None
-        try:
-            program = AdaptRec(template, **config)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: config: {exc}") from None
-        check_program_payload(path, payload, program)
-        _check_state_shapes(path, program, payload["state"])
-        # the state is checked: no "lm", no key DSPy would set as an attribute, the shapes DSPy reads
-        program.load_state(payload["state"])
-    except ConfigError:
-        raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a saved AdaptRec program ({type(exc).__name__}: {exc}); create one with "
-                          "save_program()") from None
-    return program
-
-
 def _saved_program(path) -> dict | None:
     """A `save_program` file's payload, or None for any other file (e.g. DSPy's own `program.save`)."""
     try:
@@ -640,36 +257,78 @@ def _saved_program(path) -> dict | None:
     return None
 
 
-_INIT_ARGS = ("template", "selection", "n_retrieve", "m_select", "mode", "seed", "stage2", "orders", "prompt",
-              "demo_items", "labels")
+class LiveAdaptRec(AdaptRec):
+    """AdaptRec whose Stage-1 neighbours are retrieved per call (`UserRetriever`), not read from a row.
+
+    Build it with `AdaptRec.from_index`. Call it with a history (titles and/or item ids) and candidates
+    (titles and/or ids); a dataset row also passes its `user_id`, `timestamp` and `example_id`
+    (`row_inputs` does, for the evaluation harness), a new history passes none of them.
+
+    The Prediction is AdaptRec's (`ranking` holds candidate ids, `top_title` the first one's title,
+    `selected_users` the users shown to the LM) plus `ranked_titles`, and the retrieval:
+    `neighbor_example_ids`, `neighbor_user_ids`, `neighbor_scores` (empty for selection "none"/"random").
+    Here `selected_users` also name each user (`user_id`) and the training window shown (`example_id`).
+    """
+
+    def __init__(self, retriever: UserRetriever, template: Template, **config):
+        super().__init__(template, **config)
+        if retriever.n < self.n_retrieve:
+            raise ConfigError(f"the retriever returns {retriever.n} users, fewer than n_retrieve={self.n_retrieve}")
+        self.retriever = retriever
+
+    def row_inputs(self, row: dict) -> dict:
+        """A prepared row's inputs for live retrieval: its own user, time and example id (never its
+        persisted neighbour columns). A row without a user id is refused when called."""
+        return {"history_titles": row["history_titles"], "history_item_ids": row["history_item_ids"],
+                "candidate_titles": row["candidate_titles"], "candidate_ids": row["candidate_item_ids"],
+                "user_id": row.get("user_id"), "timestamp": row.get("timestamp"), "example_id": row["example_id"]}
+
+    def forward(self, history_titles: Sequence[str] | None = None, candidate_titles: Sequence[str] | None = None,
+                history_item_ids: Sequence[int] | None = None, candidate_ids: Sequence[int] | None = None,
+                user_id: str | NewUser = NEW_USER, timestamp: int | None = None, example_id: str = "") -> dspy.Prediction:
+        items = self.retriever.items
+        history_item_ids, history_titles = items.resolve(history_item_ids, history_titles, "history")
+        candidate_ids, candidate_titles = items.resolve(candidate_ids, candidate_titles, "candidate")
+        check_user_id(user_id, example_id)
+        neighbors, random_users, retrieved, pool_ids = [], [], None, []
+        if self.selection == "random":
+            pool_ids = self.retriever.random_example_ids(user_id, timestamp, example_id, self.n_retrieve)
+            random_users = self.retriever.random_users(user_id, timestamp, example_id, self.n_retrieve)
+        elif self.selection != "none":
+            retrieved = self.retriever(history_item_ids=history_item_ids, user_id=user_id, timestamp=timestamp,
+                                       example_id=example_id, n=self.n_retrieve)
+            neighbors, pool_ids = retrieved.users, list(retrieved.example_ids)
+        pred = super().forward(history_titles, candidate_ids, candidate_titles, neighbors=neighbors,
+                               example_id=example_id, random_users=random_users)
+        for user, index in zip(pred.selected_users, pred.selection["indices"], strict=True):
+            user["example_id"] = pool_ids[index]
+            user["user_id"] = self.retriever.pool_user(pool_ids[index])
+        found = {"example_ids": [], "user_ids": [], "scores": []} if retrieved is None else retrieved
+        return dspy.Prediction(**dict(pred.items()), ranked_titles=[items.title_of[i] for i in pred.ranking],
+                               **{f"neighbor_{k}": list(found[k]) for k in ("example_ids", "user_ids", "scores")})
 
 
-def _check_state_shapes(path: Path, program: AdaptRec, state) -> None:
-    """The saved predictor states have the shapes DSPy reads (an object per predictor, a list of demo objects,
-    a signature object) and no key that would replace one of the predictor's methods (DSPy sets every key
-    as an attribute), so a bad file fails here, named, not at the first example after the model loaded."""
-    if not isinstance(state, dict):
-        raise ConfigError(f"{path}: \"state\" must be an object of predictor states, got {type(state).__name__}")
-    for name, predictor in program.named_predictors():
-        entry = state.get(name)
-        where = f"{path}: state[{name!r}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where} must be an object (demos, signature, ...), got "
-                              f"{'nothing' if entry is None else type(entry).__name__}; save the program again")
-        demos = entry.get("demos", [])
-        if not isinstance(demos, list) or not all(isinstance(d, dict) for d in demos):
-            raise ConfigError(f"{where}[\"demos\"] must be a list of demo objects, got "
-                              f"{type(demos).__name__ if not isinstance(demos, list) else 'a list with a non-object'}"
-                              "; use [] for none")
-        if not isinstance(entry.get("signature"), dict):
-            raise ConfigError(f"{where}[\"signature\"] must be an object (instructions, fields); save the program "
-                              "again")
-        for key in entry:  # DSPy reads these four itself; it sets every other key as an attribute
-            if key not in ("signature", "extended_signature", "lm", "fields") and callable(getattr(predictor, key,
-                                                                                                  None)):
-                raise ConfigError(f"{where}[{key!r}] would replace the predictor's method {key!r}: a saved program "
-                                  "holds data only; remove the key")
+def from_index(index: UserIndex, template: Template | str | None = None, *, program: AdaptRec | None = None,
+               overfetch: int = 3, random_seed: int = 0, **config) -> LiveAdaptRec:
+    """`AdaptRec.from_index` (see there)."""
+    if program is not None:
+        if config.get("labels", program.labels) != program.labels:  # its DSPy state names its own labels
+            raise ConfigError(f"the program uses labels={program.labels!r} (its instructions and demos say so); "
+                              f"labels={config['labels']!r} would mix the two")
+        config = {**{k: v for k, v in program.init_config().items() if k != "template"}, **config}
+        template = program.template if template is None else template
+    if template is None:
+        if index.data is None:
+            raise ConfigError("give template=... or open the index with UserIndex.open(path, data=FOLDER)")
+        from adaptrec_prompts.data.prepare import load_manifest
 
+        template = manifest_template(load_manifest(index.data))
+    elif isinstance(template, str):
+        template = load_template_obj(template)
+    from adaptrec_prompts.retrieval.live import UserRetriever
 
-def load_template_obj(value: dict | str) -> Template:
-    return Template(**value) if isinstance(value, dict) else load_template(value)
+    retriever = UserRetriever(index, n=config.get("n_retrieve", 10), overfetch=overfetch, random_seed=random_seed)
+    live = LiveAdaptRec(retriever, template, **config)
+    if program is not None:
+        live.load_state(program.dump_state())
+    return live

@@ -14,6 +14,8 @@ import textwrap
 
 import dspy
 
+from adaptrec_prompts.errors import ConfigError
+
 PROMPTS = ("full", "compact")
 
 
@@ -41,3 +43,14 @@ def adapter_for(prompt: str) -> dspy.ChatAdapter:
     if prompt == "compact":
         return CompactAdapter()
     return dspy.settings.adapter or eval_adapter()
+
+
+def check_prompt(prompt: str) -> str:
+    """`prompt` if it names an adapter (`PROMPTS`).
+
+    Raises:
+        ConfigError: any other value.
+    """
+    if prompt not in PROMPTS:
+        raise ConfigError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
+    return prompt

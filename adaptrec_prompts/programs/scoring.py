@@ -21,6 +21,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import dspy
+
 from adaptrec_prompts.errors import ConfigError
 from adaptrec_prompts.utils import timing
 
@@ -167,3 +169,8 @@ def _check_numbers(lm, tops: list[tuple[str, float]], answer: list[dict], labels
            "showed no multi-digit number token yet")
         + ", so the token '1' cannot tell candidate 1 from 10-19. Label the candidates with letters "
         "(labels='letters', --labels letters), or use mode='generate'")
+
+
+def lm_of(predictor: dspy.Predict):
+    """The LM a predictor runs on, as DSPy resolves it: its own (`set_lm`) before the global one."""
+    return predictor.lm or dspy.settings.lm

@@ -56,6 +56,28 @@ class NewUser:
 NEW_USER = NewUser()
 
 
+def check_user_id(user_id: str | NewUser | None, example_id: str | None = None) -> None:
+    """The query user rule of live retrieval: a user id string, or `NEW_USER` for a history from outside the
+    dataset (then no `example_id`: a dataset row must name its user, whose windows are excluded).
+
+    Raises:
+        LeakageError: otherwise (None, "", a non-string id, or NEW_USER with an example id).
+    """
+    if isinstance(user_id, NewUser):
+        if example_id:  # a dataset row passed without its user: its own user's windows would come back
+            raise LeakageError(f"example_id={example_id!r} names a dataset row, but user_id is NEW_USER: pass the "
+                               "row's user_id so that its own user's windows are excluded")
+        return
+    if not isinstance(user_id, str):  # pool user ids are strings: 196 would never equal "196" and exclude nothing
+        raise LeakageError(f"user_id={user_id!r} is a {type(user_id).__name__}; user ids are strings "
+                           f"(user_id={str(user_id)!r}), as the index stores them")
+    if user_id == "":
+        raise LeakageError(f"user_id={user_id!r}: without a user id the query's own user cannot be excluded from "
+                           "its neighbours. A dataset row without one needs the data re-prepared with this version "
+                           "(`adaptrec data prepare`); a history from outside the dataset is user_id=NEW_USER "
+                           "(the default)")
+
+
 @dataclass(frozen=True)
 class Neighbor:
     example_id: str

@@ -1,4 +1,4 @@
-"""Live Stage 1: similar users retrieved per call from an opened `UserIndex`, and AdaptRec on top of it.
+"""Live Stage 1: similar users retrieved per call from an opened `UserIndex` (`UserRetriever`).
 
 `adaptrec index neighbors` persists neighbours for a dataset's rows; a deployed recommender gets
 histories that are in no dataset. `UserRetriever` answers both the same way: it embeds the history with
@@ -12,10 +12,8 @@ or "" (a dataset row without one) is refused with `LeakageError`, as `index neig
 
 Copies and saving: the retriever holds a Chroma client, an embedder and the pool's titles. It is a
 `dspy.Module` without parameters, so it adds nothing to a program's DSPy state, and deep copies (DSPy
-optimizers copy programs) share it instead of copying a client. `LiveAdaptRec` is an `AdaptRec` plus a
-retriever: `save_program` writes the same file as for the plain program (config and DSPy state, never
-the index or a client); to serve a saved program live, bind an index again with
-`AdaptRec.from_index(index, program=load_program(path))`.
+optimizers copy programs) share it instead of copying a client. AdaptRec on top of it, `LiveAdaptRec`
+(`AdaptRec.from_index`), is a program: `programs.adaptrec`.
 """
 
 from __future__ import annotations
@@ -27,12 +25,11 @@ from pathlib import Path
 import dspy
 import numpy as np
 
-from adaptrec_prompts.data.prepare import ITEMS, load_items, load_manifest, load_prepared
-from adaptrec_prompts.data.render import Template, manifest_template
+from adaptrec_prompts.data.prepare import ITEMS, load_items, load_prepared
+from adaptrec_prompts.data.render import check_titles
 from adaptrec_prompts.data.schema import column
-from adaptrec_prompts.errors import ConfigError, LeakageError, UnknownItemError
-from adaptrec_prompts.programs.adaptrec import AdaptRec, check_titles, load_template_obj
-from adaptrec_prompts.retrieval.index import NEW_USER, NewUser, UserIndex
+from adaptrec_prompts.errors import ConfigError, UnknownItemError
+from adaptrec_prompts.retrieval.index import NEW_USER, NewUser, UserIndex, check_user_id
 from adaptrec_prompts.retrieval.neighbors import MAX_N, RandomUsers
 
 
@@ -98,22 +95,6 @@ class ItemTable:
         return ids, titles
 
 
-def _check_user(user_id: str | NewUser | None, example_id: str | None = None) -> None:
-    if isinstance(user_id, NewUser):
-        if example_id:  # a dataset row passed without its user: its own user's windows would come back
-            raise LeakageError(f"example_id={example_id!r} names a dataset row, but user_id is NEW_USER: pass the "
-                               "row's user_id so that its own user's windows are excluded")
-        return
-    if not isinstance(user_id, str):  # pool user ids are strings: 196 would never equal "196" and exclude nothing
-        raise LeakageError(f"user_id={user_id!r} is a {type(user_id).__name__}; user ids are strings "
-                           f"(user_id={str(user_id)!r}), as the index stores them")
-    if user_id == "":
-        raise LeakageError(f"user_id={user_id!r}: without a user id the query's own user cannot be excluded from "
-                           "its neighbours. A dataset row without one needs the data re-prepared with this version "
-                           "(`adaptrec data prepare`); a history from outside the dataset is user_id=NEW_USER "
-                           "(the default)")
-
-
 class UserRetriever(dspy.Module):
     """Stage 1, live: the N most similar allowed users of one history (module docstring for the rules).
 
@@ -173,7 +154,7 @@ class UserRetriever(dspy.Module):
             UnknownItemError: a title or id is not in the items table, or (new user) no history item occurs
                 in the training split, so the embedder cannot place the history.
         """
-        _check_user(user_id, example_id)
+        check_user_id(user_id, example_id)
         history_item_ids, _ = self.items.resolve(history_item_ids, history_titles, "history")
         vectors = self.index.embedder.embed([list(history_item_ids)])
         if user_id is NEW_USER and not np.any(vectors):
@@ -201,7 +182,7 @@ class UserRetriever(dspy.Module):
     def random_example_ids(self, user_id: str | NewUser, timestamp: int | None, example_id: str | None, n: int
                            ) -> list[str]:
         """The example ids `random_users` draws (the same draw)."""
-        _check_user(user_id, example_id)
+        check_user_id(user_id, example_id)
         if self._random is None:
             lookup = self.index.lookup
             if lookup is None:
@@ -210,76 +191,3 @@ class UserRetriever(dspy.Module):
                     "example_id", "user_id", "target_item_id", "timestamp")), strict=True)}
             self._random = RandomUsers(lookup, seed=self.random_seed)
         return self._random.draw(example_id or "", user_id, timestamp, n)
-
-
-class LiveAdaptRec(AdaptRec):
-    """AdaptRec whose Stage-1 neighbours are retrieved per call (`UserRetriever`), not read from a row.
-
-    Build it with `AdaptRec.from_index`. Call it with a history (titles and/or item ids) and candidates
-    (titles and/or ids); a dataset row also passes its `user_id`, `timestamp` and `example_id`
-    (`row_inputs` does, for the evaluation harness), a new history passes none of them.
-
-    The Prediction is AdaptRec's (`ranking` holds candidate ids, `top_title` the first one's title,
-    `selected_users` the users shown to the LM) plus `ranked_titles`, and the retrieval:
-    `neighbor_example_ids`, `neighbor_user_ids`, `neighbor_scores` (empty for selection "none"/"random").
-    Here `selected_users` also name each user (`user_id`) and the training window shown (`example_id`).
-    """
-
-    def __init__(self, retriever: UserRetriever, template: Template, **config):
-        super().__init__(template, **config)
-        if retriever.n < self.n_retrieve:
-            raise ConfigError(f"the retriever returns {retriever.n} users, fewer than n_retrieve={self.n_retrieve}")
-        self.retriever = retriever
-
-    def row_inputs(self, row: dict) -> dict:
-        """A prepared row's inputs for live retrieval: its own user, time and example id (never its
-        persisted neighbour columns). A row without a user id is refused when called."""
-        return {"history_titles": row["history_titles"], "history_item_ids": row["history_item_ids"],
-                "candidate_titles": row["candidate_titles"], "candidate_ids": row["candidate_item_ids"],
-                "user_id": row.get("user_id"), "timestamp": row.get("timestamp"), "example_id": row["example_id"]}
-
-    def forward(self, history_titles: Sequence[str] | None = None, candidate_titles: Sequence[str] | None = None,
-                history_item_ids: Sequence[int] | None = None, candidate_ids: Sequence[int] | None = None,
-                user_id: str | NewUser = NEW_USER, timestamp: int | None = None, example_id: str = "") -> dspy.Prediction:
-        items = self.retriever.items
-        history_item_ids, history_titles = items.resolve(history_item_ids, history_titles, "history")
-        candidate_ids, candidate_titles = items.resolve(candidate_ids, candidate_titles, "candidate")
-        _check_user(user_id, example_id)
-        neighbors, random_users, retrieved, pool_ids = [], [], None, []
-        if self.selection == "random":
-            pool_ids = self.retriever.random_example_ids(user_id, timestamp, example_id, self.n_retrieve)
-            random_users = self.retriever.random_users(user_id, timestamp, example_id, self.n_retrieve)
-        elif self.selection != "none":
-            retrieved = self.retriever(history_item_ids=history_item_ids, user_id=user_id, timestamp=timestamp,
-                                       example_id=example_id, n=self.n_retrieve)
-            neighbors, pool_ids = retrieved.users, list(retrieved.example_ids)
-        pred = super().forward(history_titles, candidate_ids, candidate_titles, neighbors=neighbors,
-                               example_id=example_id, random_users=random_users)
-        for user, index in zip(pred.selected_users, pred.selection["indices"], strict=True):
-            user["example_id"] = pool_ids[index]
-            user["user_id"] = self.retriever.pool_user(pool_ids[index])
-        found = {"example_ids": [], "user_ids": [], "scores": []} if retrieved is None else retrieved
-        return dspy.Prediction(**dict(pred.items()), ranked_titles=[items.title_of[i] for i in pred.ranking],
-                               **{f"neighbor_{k}": list(found[k]) for k in ("example_ids", "user_ids", "scores")})
-
-
-def from_index(index: UserIndex, template: Template | str | None = None, *, program: AdaptRec | None = None,
-               overfetch: int = 3, random_seed: int = 0, **config) -> LiveAdaptRec:
-    """`AdaptRec.from_index` (see there)."""
-    if program is not None:
-        if config.get("labels", program.labels) != program.labels:  # its DSPy state names its own labels
-            raise ConfigError(f"the program uses labels={program.labels!r} (its instructions and demos say so); "
-                              f"labels={config['labels']!r} would mix the two")
-        config = {**{k: v for k, v in program.init_config().items() if k != "template"}, **config}
-        template = program.template if template is None else template
-    if template is None:
-        if index.data is None:
-            raise ConfigError("give template=... or open the index with UserIndex.open(path, data=FOLDER)")
-        template = manifest_template(load_manifest(index.data))
-    elif isinstance(template, str):
-        template = load_template_obj(template)
-    retriever = UserRetriever(index, n=config.get("n_retrieve", 10), overfetch=overfetch, random_seed=random_seed)
-    live = LiveAdaptRec(retriever, template, **config)
-    if program is not None:
-        live.load_state(program.dump_state())
-    return live
