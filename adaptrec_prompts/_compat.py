@@ -41,7 +41,7 @@ MOVED: dict[str, str | tuple[str, ...]] = {
     # Stage 1: retrieval
     P + "embed": P + "retrieval.embedders",
     P + "retriever": P + "retrieval.index",
-    P + "neighbors": P + "retrieval.neighbors",
+    P + "neighbors": (P + "retrieval.neighbors", P + "retrieval.embedders", P + "retrieval.index"),
     P + "live": (P + "retrieval.live", P + "programs.adaptrec"),  # UserRetriever; LiveAdaptRec, from_index
     # Stages 2 and 3: programs
     P + "adapters": P + "programs.chat_adapters",

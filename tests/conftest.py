@@ -70,8 +70,10 @@ def goodreads_with_neighbors(root: Path, raw: Path, n: int, splits: list[str]) -
     for `splits` under root/gr-nb. Returns (prepared, with neighbours)."""
     from adaptrec_prompts.data.prepare import build, save
     from adaptrec_prompts.data.protocol import ProtocolConfig
+    from adaptrec_prompts.retrieval.embedders import make_embedder
     from adaptrec_prompts.retrieval.index import make_client
-    from adaptrec_prompts.retrieval.neighbors import add_neighbors, make_embedder, open_index
+    from adaptrec_prompts.retrieval.index import open_index
+    from adaptrec_prompts.retrieval.neighbors import add_neighbors
 
     data = save(*build("goodreads", raw, ProtocolConfig(k_candidates=10)), root / "gr")
     emb = make_embedder("collab", data)

@@ -250,8 +250,10 @@ def test_a_damaged_hnsw_file_is_detected_and_the_index_rebuilt(ml100k_prepared, 
     import datasets
     from chromadb.api.client import SharedSystemClient
 
+    from adaptrec_prompts.retrieval.embedders import make_embedder
     from adaptrec_prompts.retrieval.index import make_client
-    from adaptrec_prompts.retrieval.neighbors import add_neighbors, make_embedder, open_index
+    from adaptrec_prompts.retrieval.index import open_index
+    from adaptrec_prompts.retrieval.neighbors import add_neighbors
 
     embedder = make_embedder("collab", ml100k_prepared)
     index = open_index(ml100k_prepared, embedder, make_client(path=tmp_path / "chroma"), pool_size=3000)

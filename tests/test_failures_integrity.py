@@ -141,8 +141,9 @@ def gr(tmp_path_factory, goodreads_raw):
 
 
 def _index(gr, chroma):
+    from adaptrec_prompts.retrieval.embedders import make_embedder
     from adaptrec_prompts.retrieval.index import make_client
-    from adaptrec_prompts.retrieval.neighbors import make_embedder, open_index
+    from adaptrec_prompts.retrieval.index import open_index
 
     embedder = make_embedder("collab", gr)
     return open_index(gr, embedder, make_client(path=chroma), progress=False), embedder
@@ -221,8 +222,10 @@ def test_partial_index_damage_is_found_by_the_recorded_checksums_and_rebuilt(ml1
     import datasets
     from chromadb.api.client import SharedSystemClient
 
+    from adaptrec_prompts.retrieval.embedders import make_embedder
     from adaptrec_prompts.retrieval.index import make_client
-    from adaptrec_prompts.retrieval.neighbors import add_neighbors, make_embedder, open_index
+    from adaptrec_prompts.retrieval.index import open_index
+    from adaptrec_prompts.retrieval.neighbors import add_neighbors
 
     embedder = make_embedder("collab", ml100k_prepared)
 

@@ -84,8 +84,10 @@ def test_link_users_rule_is_the_window_continuation():
 def llara_lastfm(tmp_path_factory, llara_lastfm_raw):
     from adaptrec_prompts.data.prepare import build, save
     from adaptrec_prompts.data.protocol import ProtocolConfig
+    from adaptrec_prompts.retrieval.embedders import make_embedder
     from adaptrec_prompts.retrieval.index import make_client
-    from adaptrec_prompts.retrieval.neighbors import add_neighbors, make_embedder, open_index
+    from adaptrec_prompts.retrieval.index import open_index
+    from adaptrec_prompts.retrieval.neighbors import add_neighbors
 
     root = tmp_path_factory.mktemp("llara-lastfm")
     data = save(*build("llara", llara_lastfm_raw, ProtocolConfig()), root / "data")
@@ -125,8 +127,10 @@ def test_neighbours_are_refused_for_rows_without_user_ids(tmp_path, goodreads_ra
 
     from adaptrec_prompts.data.prepare import build, save
     from adaptrec_prompts.data.protocol import ProtocolConfig
+    from adaptrec_prompts.retrieval.embedders import make_embedder
     from adaptrec_prompts.retrieval.index import make_client
-    from adaptrec_prompts.retrieval.neighbors import add_neighbors, make_embedder, open_index
+    from adaptrec_prompts.retrieval.index import open_index
+    from adaptrec_prompts.retrieval.neighbors import add_neighbors
 
     ddict, titles, manifest = build("goodreads", goodreads_raw, ProtocolConfig(k_candidates=10))
     ddict = datasets.DatasetDict({s: d.map(lambda r: {"user_id": None}, features=d.features) for s, d in ddict.items()})
@@ -399,8 +403,10 @@ def test_only_explicit_causes_make_an_error_a_transport_error():
 def test_neighbours_refuse_splits_whose_users_are_not_sure(tmp_path):
     from adaptrec_prompts.data.prepare import build, save
     from adaptrec_prompts.data.protocol import ProtocolConfig
+    from adaptrec_prompts.retrieval.embedders import make_embedder
     from adaptrec_prompts.retrieval.index import make_client
-    from adaptrec_prompts.retrieval.neighbors import add_neighbors, make_embedder, open_index
+    from adaptrec_prompts.retrieval.index import open_index
+    from adaptrec_prompts.retrieval.neighbors import add_neighbors
 
     def neighbours(raw: Path, splits: list[str]) -> None:
         data = save(*build("llara", raw, ProtocolConfig(k_candidates=5)), raw.parent / (raw.name + "-data"))

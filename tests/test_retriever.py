@@ -18,8 +18,10 @@ from adaptrec_prompts.data.prepare import build, load_manifest, save
 from adaptrec_prompts.data.protocol import ProtocolConfig
 from adaptrec_prompts.data.schema import column
 from adaptrec_prompts.retrieval.embedders import CollabEmbedder, LMEmbedder, l2_normalize, training_sequences
+from adaptrec_prompts.retrieval.embedders import make_embedder
 from adaptrec_prompts.retrieval.index import QueryStats, UserIndex, collection_name, exact_top_k, make_client
-from adaptrec_prompts.retrieval.neighbors import add_neighbors, make_embedder, open_index
+from adaptrec_prompts.retrieval.index import open_index
+from adaptrec_prompts.retrieval.neighbors import add_neighbors
 from conftest import check_neighbour_rules
 
 
@@ -156,7 +158,7 @@ def test_neighbors_pipeline_embedded_respects_leakage_rules(gr, tmp_path):
 
 
 def test_a_sampled_pool_indexes_only_its_sample_and_keeps_the_rules(gr, tmp_path):
-    from adaptrec_prompts.retrieval.neighbors import pool_rows
+    from adaptrec_prompts.retrieval.index import pool_rows
 
     train = datasets.load_from_disk(str(gr))["train"]
     rows = pool_rows(train.num_rows, 40, seed=3)

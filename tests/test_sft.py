@@ -16,8 +16,10 @@ from adaptrec_prompts.data.render import load_template
 from adaptrec_prompts.errors import ConfigError
 from adaptrec_prompts.finetune.rows import build_rows, stage2_label, stage2_row, stage3_row
 from adaptrec_prompts.programs.adaptrec import AdaptRec, example_inputs
+from adaptrec_prompts.retrieval.embedders import make_embedder
 from adaptrec_prompts.retrieval.index import make_client
-from adaptrec_prompts.retrieval.neighbors import add_neighbors, make_embedder, open_index
+from adaptrec_prompts.retrieval.index import open_index
+from adaptrec_prompts.retrieval.neighbors import add_neighbors
 from conftest import goodreads_with_neighbors
 
 SCRIPT = Path(__file__).resolve().parents[1] / "finetune" / "sft.py"
@@ -247,7 +249,7 @@ def test_plain_prompt_training_tokenizes_like_the_plain_engine(gr_nb, tmp_path):
 def test_a_train_sample_of_neighbours_is_what_sft_trains_on(goodreads_raw, tmp_path):
     import datasets
 
-    from adaptrec_prompts.retrieval.neighbors import pool_rows
+    from adaptrec_prompts.retrieval.index import pool_rows
 
     data = save(*build("goodreads", goodreads_raw, ProtocolConfig(k_candidates=10)), tmp_path / "gr")
     emb = make_embedder("collab", data)

@@ -128,8 +128,10 @@ def stage1_folders(prepared: str, out: Path, embedders: list[str], pool_size: in
     """Build (once) a neighbour folder per embedder over the same seeded pool sample; name -> folder.
     `progress`: bars while each pool is embedded and indexed and the split is queried; `device`: where the
     lm/text embedders' model runs."""
+    from adaptrec_prompts.retrieval.embedders import make_embedder
     from adaptrec_prompts.retrieval.index import make_client
-    from adaptrec_prompts.retrieval.neighbors import add_neighbors, make_embedder, open_index
+    from adaptrec_prompts.retrieval.index import open_index
+    from adaptrec_prompts.retrieval.neighbors import add_neighbors
 
     folders = {}
     client = None

@@ -693,7 +693,7 @@ def train(script_args: AdaptRecSFTArguments, training_args, model_args) -> dict:
         raise ConfigError(f"{script_args.data} has no neighbours; run `adaptrec index neighbors` first")
     sample = manifest.get("neighbors", {}).get("splits", {}).get("train", {}).get("sample")
     if sample and script_args.selection != "none":  # neighbours were queried for a sample of train: use it
-        from adaptrec_prompts.retrieval.neighbors import pool_rows
+        from adaptrec_prompts.retrieval.index import pool_rows
 
         train = train.select(pool_rows(train.num_rows, sample["rows"], sample["seed"]))
     if script_args.rows_file:

@@ -8,7 +8,8 @@
 - `TextEmbedder`: a sentence-transformers model given by path (optional extra, imported lazily).
 
 Each has an `id` naming the method and every parameter that changes its vectors; the Chroma collection
-name is derived from it, so a changed embedder never reuses a stale collection.
+name is derived from it, so a changed embedder never reuses a stale collection. `make_embedder(kind, data_dir)`
+builds one by name for a prepared folder (`--embedder`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from typing import Protocol
 
 import numpy as np
 
+from adaptrec_prompts.data.prepare import load_items, load_manifest, load_prepared
+from adaptrec_prompts.data.render import manifest_template
 from adaptrec_prompts.data.schema import column
 from adaptrec_prompts.errors import ConfigError
+
+EMBEDDERS = ("collab", "lm", "text")
 
 
 class Embedder(Protocol):
@@ -236,3 +241,18 @@ class TextEmbedder:
     def embed(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
         texts = [self.render([self.titles[i] for i in h]) for h in histories]
         return l2_normalize(np.asarray(self.model.encode(texts, batch_size=self.batch_size), dtype=np.float32))
+
+
+def make_embedder(kind: str, data_dir: str | Path, model_path: str | Path | None = None,
+                  device: str = "cpu") -> Embedder:
+    """Build the embedder `kind` for a prepared folder (collab is fitted on its train split); `device`: where
+    the lm/text embedders' model runs (`devices`; the collab embedder has no model)."""
+    if kind not in EMBEDDERS:
+        raise ConfigError(f"unknown embedder {kind!r}; valid: {', '.join(EMBEDDERS)}")
+    if kind == "collab":
+        return CollabEmbedder().fit(training_sequences(load_prepared(data_dir)["train"]))
+    if model_path is None:
+        raise ConfigError(f"the {kind} embedder needs --embed-model PATH (a local model folder)")
+    template = manifest_template(load_manifest(data_dir))
+    cls = LMEmbedder if kind == "lm" else TextEmbedder
+    return cls(model_path, load_items(data_dir), template.render_history, device=device)

@@ -16,11 +16,16 @@ since the same-user rule could not be applied to them. A history from outside th
 served live) says so explicitly with the user id `NEW_USER`: nothing of that user is in the pool, so no
 window is excluded as theirs. `NEW_USER` is an object, not a string, so it never equals a pool user and
 never comes out of a dataset column (whose missing user ids are None and stay refused).
+
+`open_index` is the collection of a prepared folder's training pool (the whole split or a seeded sample,
+`pool_rows`), built when missing and checked when found; `UserIndex.open` is the same call with the
+embedder and the client made from their names.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,7 +164,7 @@ class UserIndex:
         """
         self.client = client
         self.lookup = lookup
-        # set by `UserIndex.open` / `neighbors.open_index`: what a live retriever needs to embed and render
+        # set by `UserIndex.open` / `open_index`: what a live retriever needs to embed and render
         self.embedder = None  # the Embedder whose vectors the collection holds
         self.data: Path | None = None  # the prepared folder the pool comes from
         self.pool: dict | None = None  # {"size", "train_rows", "seed"} of the indexed training examples
@@ -175,7 +180,7 @@ class UserIndex:
              device: str = "cpu") -> UserIndex:
         """The collection of a prepared folder's training pool, as `adaptrec index build/neighbors` open it.
 
-        The same code path as the CLI (`neighbors.make_embedder` + `make_client` + `neighbors.open_index`):
+        The same code path as the CLI (`embedders.make_embedder` + `make_client` + `open_index`):
         the collection name derives from the dataset, the embedder and the data hash, so this finds the one
         `adaptrec index build --data DATA --chroma-path PATH` made, and builds it (idempotently) if it is not
         there yet. The returned index carries its `embedder` and `data` folder, which a live retriever
@@ -196,7 +201,7 @@ class UserIndex:
         Example:
             >>> index = UserIndex.open("artifacts/chroma", data="artifacts/ml-100k")  # doctest: +SKIP
         """
-        from adaptrec_prompts.retrieval.neighbors import make_embedder, open_index
+        from adaptrec_prompts.retrieval.embedders import make_embedder
 
         emb = make_embedder(embedder, data, embed_model, device) if isinstance(embedder, str) else embedder
         client = make_client(path=None if url else path, url=url)
@@ -276,7 +281,7 @@ class UserIndex:
         """(file, what differs) for the first HNSW file of this collection that differed from its recorded
         sha256 when this process opened the folder (`make_client`); None when all matched or nothing was
         recorded (an index from before the checksums, a server). A changed byte anywhere is found, which the
-        20-vector probe of `neighbors.open_index` can miss."""
+        20-vector probe of `open_index` can miss."""
         folder = self.segment_dir()
         if folder is None:
             return None
@@ -367,6 +372,89 @@ class UserIndex:
             stats.short += len(kept) < n
             out.append(kept[:n])
         return out
+
+
+def pool_rows(num_rows: int, pool_size: int | None, seed: int = 0) -> list[int]:
+    """Train rows indexed in Stage 1: all of them, or a seeded uniform sample of `pool_size` (sorted).
+
+    A smaller pool makes slow embedders (a real LM over 80k windows) affordable; compare embedders on the
+    same pool (same size and seed), since a smaller pool alone changes what can be retrieved.
+    """
+    if pool_size is None or pool_size >= num_rows:
+        return list(range(num_rows))
+    if pool_size < 1:
+        raise ConfigError(f"pool size must be >= 1, got {pool_size}")
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(num_rows, size=pool_size, replace=False))
+
+
+def take_rows(columns: Sequence[list], rows: list[int]) -> list[list]:
+    """The given rows of several parallel columns."""
+    return [[col[r] for r in rows] for col in columns]
+
+
+def open_index(data_dir: str | Path, embedder, client, hnsw: dict | None = None,
+               pool_size: int | None = None, pool_seed: int = 0, progress: bool = True) -> UserIndex:
+    """The Chroma collection for (dataset, embedder, data, pool); built from the train pool if empty.
+
+    The index returned carries `embedder` and `data` (this folder), so it can serve live queries.
+
+    Args:
+        pool_size: index a seeded sample of this many training examples instead of all of them.
+        pool_seed: the sample's seed.
+        progress: bars while a new collection's pool is embedded and written (`progress.enabled`).
+    """
+    from adaptrec_prompts.data.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.data.schema import column
+    from adaptrec_prompts.retrieval.embedders import embed_all
+
+    manifest = load_manifest(data_dir)
+    train = load_prepared(data_dir)["train"]
+    rows = pool_rows(train.num_rows, pool_size, pool_seed)
+    sampled = len(rows) < train.num_rows
+    suffix = f"-pool{len(rows)}s{pool_seed}" if sampled else ""
+    name = collection_name(manifest["dataset"], embedder.id + suffix, manifest["data_hash"])
+    ids, users, nexts, times = (column(train, c) for c in ("example_id", "user_id", "target_item_id", "timestamp"))
+    if sampled:
+        ids, users, nexts, times = take_rows((ids, users, nexts, times), rows)
+    lookup = {e: (u, n, t) for e, u, n, t in zip(ids, users, nexts, times, strict=True)}
+    index = UserIndex(client, name, hnsw=hnsw, lookup=lookup,
+                      metadata={"embedder_id": embedder.id, "data_hash": manifest["data_hash"],
+                                "dataset": manifest["dataset"],
+                                **({"pool_size": len(rows), "pool_seed": pool_seed} if sampled else {})})
+    index.pool = {"size": len(rows), "train_rows": train.num_rows, "seed": pool_seed if sampled else None}
+    histories = None
+    damage = None
+    if index.count() == len(rows) and len(rows):  # an existing collection: check its files, else probe it
+        damaged = index.damaged_file()  # the sha256s recorded when last written (docs/failure-behaviour.md)
+        if damaged is not None:
+            damage = f"{damaged[0]}: {damaged[1]}"
+        elif not index.has_checksums():  # built before checksums, or a server: probe
+            histories = column(train, "history_item_ids")
+            probe = sorted(int(i) for i in np.random.default_rng(0).choice(len(rows), size=min(20, len(rows)),
+                                                                            replace=False))
+            pool_histories = take_rows((histories,), rows)[0] if sampled else histories
+            found = index.probe(embedder.embed([pool_histories[i] for i in probe]))
+            if sum(found) < len(probe):
+                damage = f"found only {sum(found)} of {len(probe)} stored vectors"
+        if damage:
+            logger.warning("collection %s is damaged (%s); rebuilding it", name, damage)
+            metadata = index.collection.metadata
+            client.delete_collection(name)
+            index = UserIndex(client, name, hnsw=hnsw, lookup=lookup, metadata=metadata)
+            index.pool = {"size": len(rows), "train_rows": train.num_rows, "seed": pool_seed if sampled else None}
+            index.rebuilt_after_damage = True
+    if index.count() != len(rows):
+        started = time.perf_counter()
+        histories = histories or column(train, "history_item_ids")
+        vectors = embed_all(embedder, take_rows((histories,), rows)[0] if sampled else histories,
+                            desc="embed train pool", progress=progress)
+        index.build(ids, vectors, users, nexts, times, progress=progress)
+        logger.info("built %s: %d vectors in %.1fs", name, len(rows), time.perf_counter() - started)
+    # the files as this process leaves them (Chroma rewrote them when it opened the folder, or built them):
+    # the next process checks them before Chroma opens the folder (`retriever.CHECKSUM_FILE`)
+    index.record_checksums()
+    index.embedder, index.data = embedder, Path(data_dir)  # what a live retriever needs (live.UserRetriever)
+    return index
 
 
 def _folder_checksums(folder: Path) -> dict[str, str]:

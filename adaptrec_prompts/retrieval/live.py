@@ -99,7 +99,7 @@ class UserRetriever(dspy.Module):
     """Stage 1, live: the N most similar allowed users of one history (module docstring for the rules).
 
     Args:
-        index: an index opened with `UserIndex.open` (or `neighbors.open_index`): it carries the embedder
+        index: an index opened with `UserIndex.open` (or `index.open_index`): it carries the embedder
             and the prepared folder whose training split is the pool.
         n: N, users returned (1..50).
         overfetch: as `adaptrec index neighbors --overfetch` (the same value gives the same neighbours).
@@ -114,7 +114,7 @@ class UserRetriever(dspy.Module):
         super().__init__()
         if index.embedder is None or index.data is None:
             raise ConfigError(f"the index {index.name!r} knows no embedder or prepared folder; open it with "
-                              "UserIndex.open(path, data=FOLDER) (or neighbors.open_index)")
+                              "UserIndex.open(path, data=FOLDER) (or retrieval.index.open_index)")
         if not 1 <= n <= MAX_N:
             raise ConfigError(f"n must be in 1..{MAX_N}, got {n}")
         self.index, self.n, self.overfetch, self.random_seed = index, n, overfetch, random_seed

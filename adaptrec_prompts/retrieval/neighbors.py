@@ -19,19 +19,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import datasets
-import numpy as np
 
 from adaptrec_prompts.data.prepare import OutputLock, load_items, load_manifest, load_prepared, save
 from adaptrec_prompts.data.protocol import example_rng
-from adaptrec_prompts.data.render import manifest_template
 from adaptrec_prompts.data.schema import SPLITS, column
 from adaptrec_prompts.errors import ConfigError, LeakageError, OutputExistsError
-from adaptrec_prompts.retrieval.embedders import (CollabEmbedder, Embedder, LMEmbedder, TextEmbedder, embed_all,
-                                    training_sequences)
-from adaptrec_prompts.retrieval.index import QueryStats, UserIndex, collection_name
+from adaptrec_prompts.retrieval.embedders import Embedder, embed_all
+from adaptrec_prompts.retrieval.index import QueryStats, UserIndex, pool_rows, take_rows
 
 logger = logging.getLogger(__name__)
-EMBEDDERS = ("collab", "lm", "text")
 MAX_N = 50
 NEIGHBOR_FEATURES = {
     "neighbor_example_ids": datasets.Sequence(datasets.Value("string")),
@@ -82,100 +78,6 @@ class RandomUsers:
             if len(picked) == n:
                 break
         return picked
-
-
-def make_embedder(kind: str, data_dir: str | Path, model_path: str | Path | None = None,
-                  device: str = "cpu") -> Embedder:
-    """Build the embedder `kind` for a prepared folder (collab is fitted on its train split); `device`: where
-    the lm/text embedders' model runs (`devices`; the collab embedder has no model)."""
-    if kind not in EMBEDDERS:
-        raise ConfigError(f"unknown embedder {kind!r}; valid: {', '.join(EMBEDDERS)}")
-    if kind == "collab":
-        return CollabEmbedder().fit(training_sequences(load_prepared(data_dir)["train"]))
-    if model_path is None:
-        raise ConfigError(f"the {kind} embedder needs --embed-model PATH (a local model folder)")
-    template = manifest_template(load_manifest(data_dir))
-    cls = LMEmbedder if kind == "lm" else TextEmbedder
-    return cls(model_path, load_items(data_dir), template.render_history, device=device)
-
-
-def pool_rows(num_rows: int, pool_size: int | None, seed: int = 0) -> list[int]:
-    """Train rows indexed in Stage 1: all of them, or a seeded uniform sample of `pool_size` (sorted).
-
-    A smaller pool makes slow embedders (a real LM over 80k windows) affordable; compare embedders on the
-    same pool (same size and seed), since a smaller pool alone changes what can be retrieved.
-    """
-    if pool_size is None or pool_size >= num_rows:
-        return list(range(num_rows))
-    if pool_size < 1:
-        raise ConfigError(f"pool size must be >= 1, got {pool_size}")
-    return sorted(int(i) for i in np.random.default_rng(seed).choice(num_rows, size=pool_size, replace=False))
-
-
-def _take(columns: Sequence[list], rows: list[int]) -> list[list]:
-    """The given rows of several parallel columns."""
-    return [[col[r] for r in rows] for col in columns]
-
-
-def open_index(data_dir: str | Path, embedder: Embedder, client, hnsw: dict | None = None,
-               pool_size: int | None = None, pool_seed: int = 0, progress: bool = True) -> UserIndex:
-    """The Chroma collection for (dataset, embedder, data, pool); built from the train pool if empty.
-
-    The index returned carries `embedder` and `data` (this folder), so it can serve live queries.
-
-    Args:
-        pool_size: index a seeded sample of this many training examples instead of all of them.
-        pool_seed: the sample's seed.
-        progress: bars while a new collection's pool is embedded and written (`progress.enabled`).
-    """
-    manifest = load_manifest(data_dir)
-    train = load_prepared(data_dir)["train"]
-    rows = pool_rows(train.num_rows, pool_size, pool_seed)
-    sampled = len(rows) < train.num_rows
-    suffix = f"-pool{len(rows)}s{pool_seed}" if sampled else ""
-    name = collection_name(manifest["dataset"], embedder.id + suffix, manifest["data_hash"])
-    ids, users, nexts, times = (column(train, c) for c in ("example_id", "user_id", "target_item_id", "timestamp"))
-    if sampled:
-        ids, users, nexts, times = _take((ids, users, nexts, times), rows)
-    lookup = {e: (u, n, t) for e, u, n, t in zip(ids, users, nexts, times, strict=True)}
-    index = UserIndex(client, name, hnsw=hnsw, lookup=lookup,
-                      metadata={"embedder_id": embedder.id, "data_hash": manifest["data_hash"],
-                                "dataset": manifest["dataset"],
-                                **({"pool_size": len(rows), "pool_seed": pool_seed} if sampled else {})})
-    index.pool = {"size": len(rows), "train_rows": train.num_rows, "seed": pool_seed if sampled else None}
-    histories = None
-    damage = None
-    if index.count() == len(rows) and len(rows):  # an existing collection: check its files, else probe it
-        damaged = index.damaged_file()  # the sha256s recorded when last written (docs/failure-behaviour.md)
-        if damaged is not None:
-            damage = f"{damaged[0]}: {damaged[1]}"
-        elif not index.has_checksums():  # built before checksums, or a server: probe
-            histories = column(train, "history_item_ids")
-            probe = sorted(int(i) for i in np.random.default_rng(0).choice(len(rows), size=min(20, len(rows)),
-                                                                            replace=False))
-            pool_histories = _take((histories,), rows)[0] if sampled else histories
-            found = index.probe(embedder.embed([pool_histories[i] for i in probe]))
-            if sum(found) < len(probe):
-                damage = f"found only {sum(found)} of {len(probe)} stored vectors"
-        if damage:
-            logger.warning("collection %s is damaged (%s); rebuilding it", name, damage)
-            metadata = index.collection.metadata
-            client.delete_collection(name)
-            index = UserIndex(client, name, hnsw=hnsw, lookup=lookup, metadata=metadata)
-            index.pool = {"size": len(rows), "train_rows": train.num_rows, "seed": pool_seed if sampled else None}
-            index.rebuilt_after_damage = True
-    if index.count() != len(rows):
-        started = time.perf_counter()
-        histories = histories or column(train, "history_item_ids")
-        vectors = embed_all(embedder, _take((histories,), rows)[0] if sampled else histories,
-                            desc="embed train pool", progress=progress)
-        index.build(ids, vectors, users, nexts, times, progress=progress)
-        logger.info("built %s: %d vectors in %.1fs", name, len(rows), time.perf_counter() - started)
-    # the files as this process leaves them (Chroma rewrote them when it opened the folder, or built them):
-    # the next process checks them before Chroma opens the folder (`retriever.CHECKSUM_FILE`)
-    index.record_checksums()
-    index.embedder, index.data = embedder, Path(data_dir)  # what a live retriever needs (live.UserRetriever)
-    return index
 
 
 def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embedder: Embedder, n: int = 10,
@@ -245,7 +147,7 @@ def _add_neighbors(data_dir, out: Path, index: UserIndex, embedder: Embedder, n:
             histories, users, times, ids = (column(ds, c) for c in ("history_item_ids", "user_id", "timestamp",
                                                                     "example_id"))
             if len(queried) < ds.num_rows:
-                histories, users, times, ids = _take((histories, users, times, ids), queried)
+                histories, users, times, ids = take_rows((histories, users, times, ids), queried)
             if not all(users):
                 raise LeakageError(f"{data_dir} [{split}]: {sum(1 for u in users if not u)} rows have no user id, so "
                                    "the same-user rule cannot be applied; re-prepare the data with this version "
