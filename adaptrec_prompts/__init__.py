@@ -55,7 +55,7 @@ _LAZY = {
     "evaluate": "adaptrec_prompts.evaluation.harness",
     "RunConfig": "adaptrec_prompts.evaluation.runs",
     "run_eval": "adaptrec_prompts.evaluation.runs",
-    "Results": "adaptrec_prompts.evaluation.runs",
+    "Results": "adaptrec_prompts.evaluation.results",
 }
 
 __all__ = [

@@ -59,7 +59,7 @@ MOVED: dict[str, str | tuple[str, ...]] = {
     P + "baselines.sasrec": P + "evaluation.baselines.sasrec",
     P + "metrics": P + "evaluation.metrics",
     P + "report": P + "evaluation.report",
-    P + "runs": P + "evaluation.runs",
+    P + "runs": (P + "evaluation.runs", P + "evaluation.results"),
     # fine-tuning
     P + "sft_data": P + "finetune.rows",
     P + "sft_experiment": P + "finetune.experiment",
@@ -73,7 +73,7 @@ MOVED: dict[str, str | tuple[str, ...]] = {
 # an old module whose name is now the package holding its code -> the modules its other names live in
 FORMER_MODULES: dict[str, tuple[str, ...]] = {
     P + "cli": (P + "cli.app",),
-    P + "evaluation": (P + "evaluation.harness",),
+    P + "evaluation": (P + "evaluation.harness", P + "evaluation.results"),
     P + "experiments": (P + "experiments.experiment",),
 }
 

@@ -99,8 +99,9 @@ def main(args: argparse.Namespace) -> int:
     from adaptrec_prompts.cli.commands import format_results
     from adaptrec_prompts.data.prepare import load_manifest, load_prepared
     from adaptrec_prompts.data.render import manifest_template
-    from adaptrec_prompts.evaluation.harness import evaluate, read_log
+    from adaptrec_prompts.evaluation.harness import evaluate
     from adaptrec_prompts.evaluation.metrics import paired_comparison
+    from adaptrec_prompts.evaluation.results import read_log
     from adaptrec_prompts.programs.adaptrec import AdaptRec
 
     manifest = load_manifest(args.data)

@@ -114,7 +114,7 @@ def test_pipeline_main_job_with_a_local_model(ml100k_raw, tiny_model, tmp_path, 
 
 
 def test_pipeline_table_states_chance_the_metrics_and_flags_a_position_picker(tmp_path):
-    from adaptrec_prompts.evaluation.runs import Results
+    from adaptrec_prompts.evaluation.results import Results
     from adaptrec_prompts.experiments.pipeline import chance_level, table
 
     def run(hr1, counts, flag):

@@ -15,8 +15,9 @@ from adaptrec_prompts.cli.app import main
 from adaptrec_prompts.data.render import load_template
 from adaptrec_prompts.errors import ConfigError
 from adaptrec_prompts.evaluation.baselines import PopularityBaseline, RandomBaseline
-from adaptrec_prompts.evaluation.harness import evaluate, read_log
+from adaptrec_prompts.evaluation.harness import evaluate
 from adaptrec_prompts.evaluation.metrics import METRIC_KEYS
+from adaptrec_prompts.evaluation.results import read_log
 from adaptrec_prompts.programs.adaptrec import AdaptRec
 from adaptrec_prompts.retrieval.embedders import training_sequences
 

@@ -6,7 +6,7 @@ import pytest
 
 from adaptrec_prompts.cli.app import main
 from adaptrec_prompts.data.prepare import load_manifest
-from adaptrec_prompts.evaluation.harness import read_log
+from adaptrec_prompts.evaluation.results import read_log
 from adaptrec_prompts.experiments.experiment import plan
 from conftest import goodreads_with_neighbors
 

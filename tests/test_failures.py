@@ -10,7 +10,8 @@ import pytest
 
 from adaptrec_prompts.cli.app import main
 from adaptrec_prompts.errors import ConfigError, Interrupted, RunInUseError
-from adaptrec_prompts.evaluation.harness import evaluate, read_log
+from adaptrec_prompts.evaluation.harness import evaluate
+from adaptrec_prompts.evaluation.results import read_log
 
 
 class _Baseline:

@@ -14,7 +14,7 @@ import pytest
 
 from adaptrec_prompts.cli.app import main
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.evaluation.harness import read_log
+from adaptrec_prompts.evaluation.results import read_log
 from adaptrec_prompts.utils.testing import MockOpenAIServer
 
 ANSWER = "[[ ## answer ## ]]\n1\n\n[[ ## completed ## ]]"

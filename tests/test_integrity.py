@@ -312,7 +312,8 @@ class _Flaky:
 
 
 def test_a_bug_stops_the_run_and_keeps_what_finished(ml100k, tmp_path):
-    from adaptrec_prompts.evaluation.harness import evaluate, read_log
+    from adaptrec_prompts.evaluation.harness import evaluate
+    from adaptrec_prompts.evaluation.results import read_log
 
     rows = ml100k["test"].select(range(5)).to_list()
     bug = _Flaky({rows[2]["example_id"]: [KeyError("history_titles")]})
@@ -324,7 +325,8 @@ def test_a_bug_stops_the_run_and_keeps_what_finished(ml100k, tmp_path):
 
 
 def test_provider_errors_are_retried_then_counted(ml100k, tmp_path):
-    from adaptrec_prompts.evaluation.harness import evaluate, read_log
+    from adaptrec_prompts.evaluation.harness import evaluate
+    from adaptrec_prompts.evaluation.results import read_log
 
     class ServerError(Exception):
         status_code = 503
@@ -359,7 +361,8 @@ def test_top1_position_histogram_flags_a_run_that_picks_a_list_position():
 def test_with_threads_a_bug_still_keeps_every_example_that_finished(ml100k, tmp_path):
     import threading
 
-    from adaptrec_prompts.evaluation.harness import evaluate, read_log
+    from adaptrec_prompts.evaluation.harness import evaluate
+    from adaptrec_prompts.evaluation.results import read_log
 
     rows = ml100k["test"].select(range(8)).to_list()
     released = threading.Event()

@@ -6,8 +6,9 @@ import pytest
 
 from adaptrec_prompts.cli.app import main, make_parser
 from adaptrec_prompts.errors import ConfigError, IncompleteRunError
-from adaptrec_prompts.evaluation.harness import read_log
-from adaptrec_prompts.evaluation.runs import Results, RunConfig, config_fields, run_eval
+from adaptrec_prompts.evaluation.results import read_log
+from adaptrec_prompts.evaluation.results import Results
+from adaptrec_prompts.evaluation.runs import RunConfig, config_fields, run_eval
 
 
 def _manifest(folder):

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 # light (no torch/DSPy at import); build_program and format_results stay importable from here
-from adaptrec_prompts.evaluation.runs import PROGRAM_CHOICES, Results, build_program, format_results  # noqa: F401
+from adaptrec_prompts.evaluation.results import Results, format_results
+from adaptrec_prompts.evaluation.runs import PROGRAM_CHOICES, build_program  # noqa: F401
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:

@@ -41,7 +41,7 @@ from dspy.utils.usage_tracker import track_usage
 
 from adaptrec_prompts.errors import DISK_FULL, ConfigError, DiskFullError, Interrupted, ProviderError
 from adaptrec_prompts.evaluation.metrics import RESULTS_SCHEMA_VERSION, aggregate, example_metrics
-from adaptrec_prompts.evaluation.runs import Results
+from adaptrec_prompts.evaluation.results import Results, read_log
 from adaptrec_prompts.programs.adaptrec import AdaptRec
 from adaptrec_prompts.programs.chat_adapters import eval_adapter
 from adaptrec_prompts.utils import timing
@@ -111,20 +111,6 @@ def predict_row(program, row: dict) -> dict:
                          f"{row['example_id']} that is not a permutation of its {len(row['candidate_item_ids'])} "
                          "candidates: a bug in the baseline")
     return out
-
-
-def read_log(path: Path) -> dict[str, dict]:
-    """Last record per example id from a predictions log (a torn last line from a kill is ignored)."""
-    records: dict[str, dict] = {}
-    if path.is_file():
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                records[record["example_id"]] = record
-    return records
 
 
 class _Log:
@@ -278,7 +264,7 @@ def evaluate(program, rows, out_dir: str | Path, config: dict | None = None, lm=
             resolved setting and the config file); a rerun that changes them records the latest.
 
     Returns:
-        A `runs.Results` (what `run_eval` returns too): `.metrics`, `.n`, `.errors`, `.to_pandas()` over these
+        A `results.Results` (what `run_eval` returns too): `.metrics`, `.n`, `.errors`, `.to_pandas()` over these
         rows, and a read-only mapping over the dict written to `out_dir/results.json` (`results["metrics"]`).
     """
     out = Path(out_dir)

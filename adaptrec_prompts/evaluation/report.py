@@ -26,7 +26,8 @@ METRICS = ("HR@1", "HR@1|valid", "HR@5", "NDCG@5", "ValidRatio")
 def load_run(folder: Path) -> dict:
     """A run folder's results, config and program config. The top-1 position histogram is recomputed from
     the predictions log when the log holds exactly the run's examples (runs written before it existed)."""
-    from adaptrec_prompts.evaluation.harness import read_log, top1_positions
+    from adaptrec_prompts.evaluation.harness import top1_positions
+    from adaptrec_prompts.evaluation.results import read_log
 
     results = json.loads((folder / "results.json").read_text())
     log = read_log(folder / "predictions.jsonl")
@@ -158,7 +159,7 @@ def same_top1(left: dict, right: dict) -> str:
 
 def load_log(path: Path, ids: set[str] | None = None) -> dict:
     """A run's per-example records (example id -> record), only those in `ids` when given."""
-    from adaptrec_prompts.evaluation.harness import read_log
+    from adaptrec_prompts.evaluation.results import read_log
 
     log = read_log(path)
     return log if ids is None else {e: r for e, r in log.items() if e in ids}

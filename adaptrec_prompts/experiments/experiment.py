@@ -252,7 +252,8 @@ def run_experiment(config: Experiment, command: str | None = None, *, config_fil
     from adaptrec_prompts.backends.api import is_local, local_model_dir
     from adaptrec_prompts.data.prepare import load_manifest, load_prepared
     from adaptrec_prompts.data.schema import column
-    from adaptrec_prompts.evaluation.runs import RunConfig, format_results, load_lm, run_eval
+    from adaptrec_prompts.evaluation.results import format_results
+    from adaptrec_prompts.evaluation.runs import RunConfig, load_lm, run_eval
     from adaptrec_prompts.utils.devices import resolve_device
 
     command = command or "adaptrec_prompts.experiments.run_experiment(...) (experiment.json holds the config)"

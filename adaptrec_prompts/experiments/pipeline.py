@@ -17,7 +17,8 @@ import math
 from pathlib import Path
 
 from adaptrec_prompts.evaluation.report import position_cell
-from adaptrec_prompts.evaluation.runs import Results, RunConfig, format_results, load_lm, run_eval
+from adaptrec_prompts.evaluation.results import Results, format_results
+from adaptrec_prompts.evaluation.runs import RunConfig, load_lm, run_eval
 
 BASELINES = ("random", "popularity", "userknn")
 
