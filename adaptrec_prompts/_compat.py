@@ -29,7 +29,7 @@ P = "adaptrec_prompts."
 MOVED: dict[str, str | tuple[str, ...]] = {
     # shared utilities
     P + "devices": P + "utils.devices",
-    P + "options": P + "utils.options",
+    P + "options": (P + "utils.options", P + "cli.app"),  # number_type: the command line's argparse type
     P + "progress": P + "utils.progress",
     P + "testing": P + "utils.testing",
     P + "timing": P + "utils.timing",
@@ -58,7 +58,7 @@ MOVED: dict[str, str | tuple[str, ...]] = {
     P + "baselines.demo_match": P + "evaluation.baselines.demo_match",
     P + "baselines.sasrec": P + "evaluation.baselines.sasrec",
     P + "metrics": P + "evaluation.metrics",
-    P + "report": P + "evaluation.report",
+    P + "report": (P + "evaluation.report", P + "cli.report"),  # main: eval/report.py's command line
     P + "runs": (P + "evaluation.runs", P + "evaluation.results"),
     # fine-tuning
     P + "sft_data": P + "finetune.rows",

@@ -82,9 +82,9 @@ def test_the_harness_builds_it_with_the_programs_settings(tmp_path, goodreads_ra
     # hits where it is shown (it has no other signal than popularity)
     import json
 
+    from adaptrec_prompts.cli.report import main as report
     from adaptrec_prompts.data.prepare import load_prepared
     from adaptrec_prompts.evaluation.baselines.demo_match import demo_exposure
-    from adaptrec_prompts.evaluation.report import main as report
 
     run_eval(RunConfig(data=data, out=tmp_path / "pop", program="baseline:popularity"))
     assert report([str(tmp_path / "run"), str(tmp_path / "pop"), "--out", str(tmp_path / "rep"),

@@ -86,10 +86,10 @@ def test_same_top1_counts_shared_scored_examples_only():
 def test_report_pairs_runs_of_the_same_name_from_two_experiments(gr_data, tmp_path, capsys):
     """`eval/report.py A B --reference A`: two runs called `random` (two experiments, other seeds) get names
     that tell them apart, and B is compared with A on the examples both ran."""
+    from adaptrec_prompts.cli.report import main as report_main
     from adaptrec_prompts.data.prepare import load_prepared
     from adaptrec_prompts.evaluation.baselines import RandomBaseline
     from adaptrec_prompts.evaluation.harness import evaluate
-    from adaptrec_prompts.evaluation.report import main as report_main
 
     rows = load_prepared(gr_data[1])["test_extended"].to_list()[:12]
     a, b = tmp_path / "exp-a" / "runs" / "random", tmp_path / "exp-b" / "runs" / "random"

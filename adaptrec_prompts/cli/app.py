@@ -12,7 +12,7 @@ from adaptrec_prompts.cli.commands import PROGRAM_CHOICES
 from adaptrec_prompts.cli.config_file import ConfigFileParser, add_config_option
 from adaptrec_prompts.errors import DISK_FULL, AdaptRecError, Interrupted
 from adaptrec_prompts.utils.devices import DEVICE_HELP, device_problem
-from adaptrec_prompts.utils.options import number_type
+from adaptrec_prompts.utils.options import number_problem, valid_range
 
 SPLITS = ("train", "valid", "test", "test_extended")  # schema.SPLITS, without importing datasets here
 NO_PROGRESS = "no progress bars (they show only when stderr is a terminal and CI is not set)"
@@ -350,6 +350,24 @@ def device_name(text: str) -> str:
 def add_device_option(p: argparse.ArgumentParser, what: str = "") -> None:
     """--device, the same option wherever a local model runs (`eval` defined it first)."""
     p.add_argument("--device", default="cpu", type=device_name, help=DEVICE_HELP + what)
+
+
+def number_type(low=None, high=None, *, integer: bool = True, above: bool = False):
+    """An argparse `type=`: parse the text, then apply `number_problem`'s rule (message: the valid range)."""
+
+    def parse(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole' if integer else 'a'} number "
+                                             f"{valid_range(low, high) if not above else f'> {low}'}, got {text!r}") from None
+        problem = number_problem(value, low=low, high=high, integer=integer, above=above)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = "number"  # argparse names the type in "invalid number value"
+    return parse
 
 
 def positive_int(text: str) -> int:
