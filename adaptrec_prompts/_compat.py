@@ -63,7 +63,7 @@ MOVED: dict[str, str | tuple[str, ...]] = {
     # fine-tuning
     P + "sft_data": P + "finetune.rows",
     P + "sft_experiment": P + "finetune.experiment",
-    P + "training": P + "finetune.trainer",
+    P + "training": (P + "finetune.trainer", P + "finetune.losses", P + "finetune.callbacks"),
     # command line and drivers
     P + "commands": P + "cli.commands",
     P + "config_file": P + "cli.config_file",

@@ -26,13 +26,10 @@ YAML keys unknown to the dataclasses are fatal (TrlParser's strict default).
 
 from __future__ import annotations
 
-from adaptrec_prompts.finetune.trainer import (  # noqa: F401 - the script's names, for callers and tests
-    AdaptRecSFTArguments,
-    SelfAdaptiveSelection,
-    split_rows_with_demonstrations,
-    tokenize_fn,
-    train,
-)
+# the script's names, for callers and tests
+from adaptrec_prompts.finetune.callbacks import SelfAdaptiveSelection  # noqa: F401
+from adaptrec_prompts.finetune.losses import tokenize_fn
+from adaptrec_prompts.finetune.trainer import AdaptRecSFTArguments, split_rows_with_demonstrations, train  # noqa: F401
 
 
 def make_parser():
@@ -42,7 +39,7 @@ def make_parser():
 
 
 def _tokenizer_fn(model, tokenizer, prompt_format: str = "auto"):
-    """`adaptrec_prompts.finetune.trainer.tokenize_fn` under the script's older name."""
+    """`adaptrec_prompts.finetune.losses.tokenize_fn` under the script's older name."""
     return tokenize_fn(model, tokenizer, prompt_format)
 
 

@@ -274,7 +274,7 @@ def test_answer_only_logits_trainer_has_trls_loss_and_trains(gr_nb, tmp_path):
     from trl import SFTConfig, SFTTrainer
 
     from adaptrec_prompts.backends.tiny import build_tiny_llama
-    from adaptrec_prompts.finetune.trainer import answer_only_trainer, tokenize_fn
+    from adaptrec_prompts.finetune.losses import answer_only_trainer, tokenize_fn
 
     program = AdaptRec(load_template("books"), selection="static", n_retrieve=6, m_select=3)
     train = datasets.load_from_disk(str(gr_nb))["train"]
@@ -392,8 +392,8 @@ def test_candidate_log_likelihoods_are_score_modes_scores_with_gradients(ml100k,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from adaptrec_prompts.backends.hf import HFEngine
+    from adaptrec_prompts.finetune.losses import candidate_log_likelihoods
     from adaptrec_prompts.finetune.rows import listwise_row
-    from adaptrec_prompts.finetune.trainer import candidate_log_likelihoods
 
     row = with_fake_neighbors(ml100k["test"][3], ml100k["train"].select(range(40, 60)))
     program = AdaptRec(load_template("movies"), selection="static", m_select=3, mode="score", prompt="compact",
@@ -461,7 +461,7 @@ def test_the_listwise_scores_need_the_prompts_cache(ml100k, tiny_model):
     # prompt; TRL's config turns it on by default, and the listwise trainer turns it off (the test above)
     from transformers import AutoModelForCausalLM
 
-    from adaptrec_prompts.finetune.trainer import candidate_log_likelihoods
+    from adaptrec_prompts.finetune.losses import candidate_log_likelihoods
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     model.gradient_checkpointing_enable()
@@ -471,7 +471,7 @@ def test_the_listwise_scores_need_the_prompts_cache(ml100k, tiny_model):
 
 
 def test_choice_diagnostics_refuse_records_of_other_rows(tmp_path):
-    from adaptrec_prompts.finetune.trainer import ChoiceDiagnostics
+    from adaptrec_prompts.finetune.callbacks import ChoiceDiagnostics
 
     rows = [{"example_id": "a", "candidate_item_ids": [1, 2]}, {"example_id": "b", "candidate_item_ids": [1, 2]}]
     ChoiceDiagnostics(None, {"valid": rows}, {}, tmp_path / "d.jsonl", 0, identity={"loss": "answer"})

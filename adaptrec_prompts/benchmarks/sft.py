@@ -55,8 +55,8 @@ def run(data_dir: str | Path, model: str = "gemma-3-270m", rows: int = 6, select
 
     from adaptrec_prompts.data.prepare import load_manifest, load_prepared
     from adaptrec_prompts.data.render import manifest_template
+    from adaptrec_prompts.finetune.losses import answer_only_loss, answer_only_trainer, tokenize_fn
     from adaptrec_prompts.finetune.rows import stage3_row
-    from adaptrec_prompts.finetune.trainer import answer_only_loss, answer_only_trainer, tokenize_fn
     from adaptrec_prompts.programs.adaptrec import AdaptRec
     from adaptrec_prompts.utils.devices import trainer_use_cpu
 

@@ -1,7 +1,7 @@
 """`adaptrec sft-experiment`: the paper's main setting, fine-tuned AdaptRec vs a fine-tuned zero-shot model.
 
 On one seeded sample of training windows (the same rows, order and steps for every variant), LoRA adapters
-are trained with `training.train` for each variant: `none` (zero-shot prompts, LLaRA's text-only setting),
+are trained with `trainer.train` for each variant: `none` (zero-shot prompts, LLaRA's text-only setting),
 `static` (AdaptRec, the embedding top M users) and `adaptive` (the self-adaptive selection callback). Each
 adapter, the untuned model and the classical baselines are then evaluated on the same frozen examples in
 score mode, and a report gives every run with CIs, where its top-1s sit in the candidate list, and the
@@ -51,9 +51,9 @@ class SFTExperiment:
         prompt, demo_items, labels: the prompt style shared by training and evaluation (`AdaptRec`); labels
             "titles" answers with the title alone (LLaRA's format).
         loss: "answer" (TRL's SFT loss on the answer's tokens) or "listwise" (the cross-entropy of the target
-            among the K candidates' answer scores, what score mode ranks by; `training.listwise_loss`).
+            among the K candidates' answer scores, what score mode ranks by; `losses.listwise_loss`).
         diagnostics_rows, diagnostics_train_rows, diagnostics_steps: the choice diagnostics recorded while each
-            variant trains (`training.ChoiceDiagnostics`): the first `diagnostics_rows` validation rows and the
+            variant trains (`callbacks.ChoiceDiagnostics`): the first `diagnostics_rows` validation rows and the
             first `diagnostics_train_rows` training rows, scored before training, every `diagnostics_steps`
             steps and at the end; the report plots them and tabulates them (0: off).
         split, limit: the evaluation rows (the first `limit` of the split).
@@ -391,14 +391,14 @@ def diagnostics_seconds(config: SFTExperiment, out: Path) -> str:
     for variant in config.variants:
         path = out / "train" / variant / "choice_diagnostics.jsonl"
         if path.is_file():
-            from adaptrec_prompts.finetune.trainer import ChoiceDiagnostics
+            from adaptrec_prompts.finetune.callbacks import ChoiceDiagnostics
 
             seconds += sum(r.get("seconds") or 0.0 for r in ChoiceDiagnostics.read(path))
     return f" (the training times include {seconds:.0f} s of choice diagnostics)" if seconds else ""
 
 
 def diagnostics_section(config: SFTExperiment, out: Path) -> str:
-    """The choice diagnostics each variant recorded while training (`training.ChoiceDiagnostics`), as a table:
+    """The choice diagnostics each variant recorded while training (`callbacks.ChoiceDiagnostics`), as a table:
     rows seen, slice, choice NLL against ln K, HR@1 and HR@1 by whether the target is shown."""
     import math
 
@@ -407,7 +407,7 @@ def diagnostics_section(config: SFTExperiment, out: Path) -> str:
         path = out / "train" / variant / "choice_diagnostics.jsonl"
         if not path.is_file():
             continue
-        from adaptrec_prompts.finetune.trainer import ChoiceDiagnostics
+        from adaptrec_prompts.finetune.callbacks import ChoiceDiagnostics
 
         for d in ChoiceDiagnostics.read(path):  # one record per (step, slice), in step order
             k = d["k"]
