@@ -60,7 +60,7 @@ def _read_json(file: Path, fix: str) -> dict:
 
 
 def manifest(adapter: str | Path) -> dict | None:
-    """The adapter's adaptrec_manifest.json (written by `training.train`), or None for an adapter from elsewhere."""
+    """The adapter's adaptrec_manifest.json (written by `finetune.trainer.train`), or None for an adapter from elsewhere."""
     file = Path(adapter) / MANIFEST
     return _read_json(file, "train the adapter again or remove the file") if file.is_file() else None
 

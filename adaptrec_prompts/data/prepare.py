@@ -123,8 +123,9 @@ def prepare_dataset(dataset: str, out: str | Path, raw_dir: str | Path | None = 
                     cache_dir: str | Path = "artifacts/raw") -> Path:
     """`adaptrec data prepare` as a function: build the frozen splits and write the prepared folder `out`.
 
-    Named `prepare_dataset`, not `prepare`, because `adaptrec_prompts.data.prepare` is this module: a package
-    attribute of that name would be replaced by the module as soon as anything imports it.
+    Named `prepare_dataset`, not `prepare`, because `prepare` is this module's name (and was
+    `adaptrec_prompts.prepare`): a package attribute of that name would be replaced by the module as soon as
+    anything imports it.
 
     Args:
         raw_dir: the unpacked raw files (e.g. ../shared/data/ml-100k); None downloads them into `cache_dir`

@@ -304,7 +304,7 @@ def unique_names(folders: list[Path]) -> dict[Path, str]:
 
 def choice_report(adapters: list[Path], out: Path, title: str, command: str = "") -> Path:
     """Compare training objectives by what they teach: each adapter folder's choice diagnostics
-    (`training.ChoiceDiagnostics`, recorded while it trained) as one table and one plot - the choice NLL
+    (`finetune.callbacks.ChoiceDiagnostics`, recorded while it trained) as one table and one plot - the choice NLL
     and HR@1 on the validation slice (and on its own training rows) against rows seen - next to what
     `baseline:demo-match` gets on the same validation rows with the same M and demo items. Writes
     out/table.md, out/choice.png and out/choice.json; returns out."""

@@ -2,7 +2,7 @@
 
 `RunConfig` holds every setting of a run, with the defaults of `adaptrec eval`; `run_eval` checks it against
 the data, builds the program (an AdaptRec variant, a saved program or a baseline) and the LM, and evaluates
-it with the harness (`evaluation.evaluate`: resumable run folder, manifest, predictions log, metrics with
+it with the harness (`harness.evaluate`: resumable run folder, manifest, predictions log, metrics with
 CIs). `adaptrec eval`, `adaptrec experiment` and `adaptrec pipeline` all run through here, so a notebook,
 a script and the command line produce the same run folder for the same settings.
 
@@ -356,7 +356,7 @@ def run_eval(config: RunConfig, lm=None, progress: bool = True, *, config_file: 
     elif lm is None:
         lm = load_lm(config, progress)
     local = is_local(config.lm or "hf:")
-    # what identifies the run (evaluation.run_identity) and what it was run with; unchanged since before
+    # what identifies the run (harness.run_identity) and what it was run with; unchanged since before
     # RunConfig existed, so older run folders still resume
     recorded = {"data": str(config.data), "data_hash": manifest.get("data_hash"), "split": config.split,
                 "limit": config.limit, "examples": split.num_rows, "program": program_label(config.program),

@@ -13,7 +13,7 @@ For one LM and one frozen split it runs, on the same examples:
 
 Runs grow in rounds of `chunk` examples (every variant at 20, then at 40, ...), so stopping at any point
 leaves every variant on the same examples; rerunning resumes (finished examples are never recomputed, see
-`evaluation.run_identity`). After every round the report folder is rewritten: table.md (metrics with 95%
+`harness.run_identity`). After every round the report folder is rewritten: table.md (metrics with 95%
 CIs), compare.md (paired tests against zero-shot), bars.png and sweep.png.
 
     from adaptrec_prompts.experiments.experiment import Experiment, run_experiment

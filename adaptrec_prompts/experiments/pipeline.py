@@ -91,7 +91,7 @@ def chance_level(k: int) -> dict[str, float]:
 def table(results: dict[str, Results], *, limit: int = 40, n: int = 10, m: int = 5, k: int = 20) -> str:
     """The job's table: every run's n, HR@1 and NDCG@5 with 95% CIs, ValidRatio and where its top-1s sit in the
     candidate list; then the chance level, what the metrics mean, and a line for each run whose top-1 is mostly
-    one list position (`evaluation.top1_positions`: a flag above 3x chance that chance would not give)."""
+    one list position (`harness.top1_positions`: a flag above 3x chance that chance would not give)."""
     chance = chance_level(k)
     lines = [f"ML-100K test (LLaRA-compatible held-out users), K={k}, score mode, M={m}, N={n}; "
              f"LLM rows on the first {limit} users; 95% bootstrap CIs",

@@ -55,7 +55,7 @@ class AdaptRec(dspy.Module):
         mode: "generate", "score", "score-calibrated" or "score-permuted" (Stage 3; see
             `NextItemRecommender`).
         orders: list orders averaged in "score-permuted" mode.
-        prompt: "full" (DSPy's ChatAdapter) or "compact" (`adapters.CompactAdapter`: the instructions as the
+        prompt: "full" (DSPy's ChatAdapter) or "compact" (`chat_adapters.CompactAdapter`: the instructions as the
             system message, no field boilerplate; for base models and cheap fine-tuning).
         demo_items: show only each similar user's last `demo_items` history items (None: all of them).
         labels: "numbers", "letters" or "titles", how Stage-3 candidates are labelled and answered (see
@@ -121,7 +121,7 @@ class AdaptRec(dspy.Module):
             **config: AdaptRec's arguments (selection, n_retrieve, m_select, mode, seed, prompt, labels...).
 
         Returns:
-            A `live.LiveAdaptRec`: call it with `history_titles` (or `history_item_ids`) and
+            A `LiveAdaptRec`: call it with `history_titles` (or `history_item_ids`) and
             `candidate_titles` (or `candidate_ids`); titles map to ids through the folder's items.jsonl.
             A history from outside the dataset needs nothing else (its user is `NEW_USER`: nothing of
             theirs is in the pool); a dataset row passes its `user_id`, `timestamp` and `example_id` and gets

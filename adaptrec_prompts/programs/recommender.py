@@ -74,7 +74,7 @@ class NextItemRecommender(dspy.Module):
         self.null_signature = for_labels(RecommendNextItemZeroShot, labels)
 
     def adapter(self) -> dspy.ChatAdapter:
-        """The adapter this module renders through (`adapters.adapter_for`)."""
+        """The adapter this module renders through (`chat_adapters.adapter_for`)."""
         return adapter_for(self.prompt)
 
     def inputs(self, history_titles: Sequence[str], candidate_titles: Sequence[str],

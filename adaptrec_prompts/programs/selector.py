@@ -58,7 +58,7 @@ class UserSelector(dspy.Module):
         self.select = dspy.Predict(SelectSimilarUsers)
 
     def adapter(self) -> dspy.ChatAdapter:
-        """The adapter this module renders through (`adapters.adapter_for`)."""
+        """The adapter this module renders through (`chat_adapters.adapter_for`)."""
         return adapter_for(self.prompt)
 
     def inputs(self, history_titles: Sequence[str], pool_histories: Sequence[Sequence[str]], m: int) -> dict:

@@ -451,7 +451,7 @@ def open_index(data_dir: str | Path, embedder, client, hnsw: dict | None = None,
         index.build(ids, vectors, users, nexts, times, progress=progress)
         logger.info("built %s: %d vectors in %.1fs", name, len(rows), time.perf_counter() - started)
     # the files as this process leaves them (Chroma rewrote them when it opened the folder, or built them):
-    # the next process checks them before Chroma opens the folder (`retriever.CHECKSUM_FILE`)
+    # the next process checks them before Chroma opens the folder (`CHECKSUM_FILE`)
     index.record_checksums()
     index.embedder, index.data = embedder, Path(data_dir)  # what a live retriever needs (live.UserRetriever)
     return index

@@ -147,7 +147,7 @@ class UserRetriever(dspy.Module):
 
         Returns:
             A Prediction with `users` ([(history titles, next title)] best first: AdaptRec's `neighbors`
-            input), `neighbors` (`retriever.Neighbor` records), `example_ids`, `user_ids` and `scores`.
+            input), `neighbors` (`index.Neighbor` records), `example_ids`, `user_ids` and `scores`.
 
         Raises:
             LeakageError: user_id is None or "".
