@@ -20,12 +20,17 @@ chromadb only when it opens a client.
     results.metrics["HR@1"], results.to_pandas()
 
 (examples/notebook.py runs the whole path, save and load included; examples/quickstart.py a shorter tour.)
+
+The subpackages follow the data flow, each importing only those before it (docs/design.md, Package map):
+`data` -> `retrieval` (Stage 1) -> `programs` (Stages 2-3) -> `backends` -> `evaluation` -> `finetune` ->
+`cli`, `experiments`, `benchmarks`; `errors` and `utils` serve them all. The module paths of 0.1
+(`adaptrec_prompts.modules`, ...) still import, with a DeprecationWarning (`_compat`, CHANGELOG.md).
 """
 
 from __future__ import annotations
 
-import importlib
-
+from adaptrec_prompts import _compat
+from adaptrec_prompts._lazy import exports
 from adaptrec_prompts.errors import (AdaptRecError, ConfigError, DataError, DownloadError, IncompleteRunError,
                                      Interrupted, LeakageError, OutputExistsError, RunInUseError, UnknownItemError,
                                      UnsafePickleError)
@@ -34,23 +39,23 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it (imported on first access)
 _LAZY = {
-    "prepare_dataset": "adaptrec_prompts.prepare",
-    "load_prepared": "adaptrec_prompts.prepare",
-    "UserIndex": "adaptrec_prompts.retriever",
-    "NEW_USER": "adaptrec_prompts.retriever",
-    "UserRetriever": "adaptrec_prompts.live",
-    "build_neighbors": "adaptrec_prompts.neighbors",
-    "AdaptRec": "adaptrec_prompts.modules",
-    "UserSelector": "adaptrec_prompts.modules",
-    "NextItemRecommender": "adaptrec_prompts.modules",
-    "save_program": "adaptrec_prompts.modules",
-    "load_program": "adaptrec_prompts.modules",
+    "prepare_dataset": "adaptrec_prompts.data.prepare",
+    "load_prepared": "adaptrec_prompts.data.prepare",
+    "UserIndex": "adaptrec_prompts.retrieval.index",
+    "NEW_USER": "adaptrec_prompts.retrieval.index",
+    "UserRetriever": "adaptrec_prompts.retrieval.live",
+    "build_neighbors": "adaptrec_prompts.retrieval.neighbors",
+    "AdaptRec": "adaptrec_prompts.programs.adaptrec",
+    "UserSelector": "adaptrec_prompts.programs.selector",
+    "NextItemRecommender": "adaptrec_prompts.programs.recommender",
+    "save_program": "adaptrec_prompts.programs.saving",
+    "load_program": "adaptrec_prompts.programs.saving",
     "make_lm": "adaptrec_prompts.backends.api",
     "build_tiny_model": "adaptrec_prompts.backends.tiny",
-    "evaluate": "adaptrec_prompts.evaluation",
-    "RunConfig": "adaptrec_prompts.runs",
-    "run_eval": "adaptrec_prompts.runs",
-    "Results": "adaptrec_prompts.runs",
+    "evaluate": "adaptrec_prompts.evaluation.harness",
+    "RunConfig": "adaptrec_prompts.evaluation.runs",
+    "run_eval": "adaptrec_prompts.evaluation.runs",
+    "Results": "adaptrec_prompts.evaluation.results",
 }
 
 __all__ = [
@@ -69,15 +74,5 @@ __all__ = [
     "__version__",
 ]
 
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'adaptrec_prompts' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = exports(__name__, _LAZY)
+_compat.install()  # the 0.1 module paths (adaptrec_prompts.modules, ...) still import: CHANGELOG.md

@@ -59,7 +59,7 @@ class RunInUseError(AdaptRecError):
 class IncompleteRunError(AdaptRecError):
     """A run finished with examples that failed on provider errors; rerunning the command retries them.
 
-    `results` holds what was scored (a `runs.Results`, when the run got that far), so a caller can still
+    `results` holds what was scored (a `Results`, when the run got that far), so a caller can still
     report it: the metrics cover the scored examples only, which is why the run is not called finished.
     """
 

@@ -3,7 +3,7 @@
     python eval/choice_report.py runs/pilot/titles-answer/train/static runs/pilot/titles-listwise/train/static \
         --out docs/results/sft-objectives-ml-100k --title "ML-100K validation: which objective learns the choice?"
 
-The code lives in `adaptrec_prompts.report.choice_report`.
+The code lives in `adaptrec_prompts.evaluation.report.choice_report`.
 """
 
 import argparse
@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from adaptrec_prompts.report import choice_report
+from adaptrec_prompts.evaluation.report import choice_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ VARIANTS = {"adaptive": "AdaptRec (LLM selects M of N)", "static": "static top-M
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from adaptrec_prompts.cli import positive_int
+    from adaptrec_prompts.cli.app import positive_int
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="prepared folder with Stage-1 neighbour columns")
@@ -61,8 +61,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 def estimate(rows, variants, model: str, m: int, n: int, template, max_tokens: int) -> tuple[int, int, float | None]:
     """(prompt tokens, completion tokens, USD) before any call. Tokens ~ characters / 4 (no tokenizer download)."""
-    from adaptrec_prompts.evaluation import estimate_cost
-    from adaptrec_prompts.modules import AdaptRec, eval_adapter, example_inputs
+    from adaptrec_prompts.evaluation.harness import estimate_cost
+    from adaptrec_prompts.programs.adaptrec import AdaptRec, example_inputs
+    from adaptrec_prompts.programs.chat_adapters import eval_adapter
 
     adapter, chars, calls = eval_adapter(), 0, 0
     for variant in variants:
@@ -95,12 +96,13 @@ def main(args: argparse.Namespace) -> int:
     import dspy
 
     from adaptrec_prompts.backends import api_lm
-    from adaptrec_prompts.commands import format_results
-    from adaptrec_prompts.evaluation import evaluate, read_log
-    from adaptrec_prompts.metrics import paired_comparison
-    from adaptrec_prompts.modules import AdaptRec
-    from adaptrec_prompts.prepare import load_manifest, load_prepared
-    from adaptrec_prompts.render import manifest_template
+    from adaptrec_prompts.cli.commands import format_results
+    from adaptrec_prompts.data.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.data.render import manifest_template
+    from adaptrec_prompts.evaluation.harness import evaluate
+    from adaptrec_prompts.evaluation.metrics import paired_comparison
+    from adaptrec_prompts.evaluation.results import read_log
+    from adaptrec_prompts.programs.adaptrec import AdaptRec
 
     manifest = load_manifest(args.data)
     split = load_prepared(args.data)[args.split]

@@ -72,10 +72,10 @@ def agreement(url: str, alias: str, data: str, split: str, limit: int) -> dict:
     """Server vs in-process engine on the same prompt text: the next token after the answer header."""
     from adaptrec_prompts.backends.gemma import gemma_270m_dir
     from adaptrec_prompts.backends.hf import HFEngine
-    from adaptrec_prompts.modules import AdaptRec, example_inputs
-    from adaptrec_prompts.prepare import load_manifest, load_prepared
-    from adaptrec_prompts.render import manifest_template
-    from adaptrec_prompts.scoring import _label_of
+    from adaptrec_prompts.data.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.data.render import manifest_template
+    from adaptrec_prompts.programs.adaptrec import AdaptRec, example_inputs
+    from adaptrec_prompts.programs.scoring import _label_of
 
     template = manifest_template(load_manifest(data))
     rows = load_prepared(data)[split].select(range(limit)).to_list()

@@ -3,12 +3,13 @@
     python eval/report.py runs/ml100k/* --out docs/results/ml100k-baselines --title "ML-100K test, baselines"
     python eval/report.py runs/userknn-n* --out docs/results/userknn-sweep --sweep n_retrieve
 
-The code lives in `adaptrec_prompts.report` (also used by `adaptrec experiment`).
+The code lives in `adaptrec_prompts.evaluation.report` (also used by `adaptrec experiment`); this command line
+in `adaptrec_prompts.cli.report`.
 """
 
 import sys
 
-from adaptrec_prompts.report import main
+from adaptrec_prompts.cli.report import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
     python finetune/export_adapter.py runs/pilot/titles-listwise/train/static finetune/adapters/ml-100k-static
 
 The copy loads wherever the original did (`adaptrec eval ... --adapter finetune/adapters/ml-100k-static`);
-`adaptrec_prompts.lora.export_adapter` is the library call and says what is kept.
+`adaptrec_prompts.backends.lora.export_adapter` is the library call and says what is kept.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from adaptrec_prompts.errors import AdaptRecError
-    from adaptrec_prompts.lora import export_adapter
+    from adaptrec_prompts.backends.lora import export_adapter
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("adapter", help="the trained adapter folder (adapter_config.json, adapter_model.safetensors)")

@@ -16,7 +16,7 @@ The paper's setting (Llama-2-7B, LoRA r=16 on all attention and MLP projections,
         --model_name_or_path /models/Llama-2-7b-hf --output_dir artifacts/sft/llama2-ml
     accelerate launch finetune/sft.py --config ...   # several GPUs
 
-Rows are TRL conversational prompt-completion rows from `adaptrec_prompts.sft_data` (loss on the
+Rows are TRL conversational prompt-completion rows from `adaptrec_prompts.finetune.rows` (loss on the
 completion only). `--selection adaptive` makes the selection self-adaptive: the model being trained
 re-selects the demonstrations of upcoming examples every `--selection_refresh_steps` steps (score mode:
 each pool user is ranked by the log-likelihood of being named first in the Stage-2 answer), and the
@@ -26,13 +26,10 @@ YAML keys unknown to the dataclasses are fatal (TrlParser's strict default).
 
 from __future__ import annotations
 
-from adaptrec_prompts.training import (  # noqa: F401 - the script's names, for callers and tests
-    AdaptRecSFTArguments,
-    SelfAdaptiveSelection,
-    split_rows_with_demonstrations,
-    tokenize_fn,
-    train,
-)
+# the script's names, for callers and tests
+from adaptrec_prompts.finetune.callbacks import SelfAdaptiveSelection  # noqa: F401
+from adaptrec_prompts.finetune.losses import tokenize_fn
+from adaptrec_prompts.finetune.trainer import AdaptRecSFTArguments, split_rows_with_demonstrations, train  # noqa: F401
 
 
 def make_parser():
@@ -42,7 +39,7 @@ def make_parser():
 
 
 def _tokenizer_fn(model, tokenizer, prompt_format: str = "auto"):
-    """`adaptrec_prompts.training.tokenize_fn` under the script's older name."""
+    """`adaptrec_prompts.finetune.losses.tokenize_fn` under the script's older name."""
     return tokenize_fn(model, tokenizer, prompt_format)
 
 

@@ -7,7 +7,7 @@
 
 import sys
 
-from adaptrec_prompts.cli import main
+from adaptrec_prompts.cli.app import main
 
 if __name__ == "__main__":
     sys.exit(main(["compile", *sys.argv[1:]]))

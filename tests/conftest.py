@@ -51,8 +51,8 @@ def goodreads_raw() -> Path:
 @pytest.fixture(scope="session")
 def ml100k_prepared(tmp_path_factory, ml100k_raw) -> Path:
     """ML-100K prepared once per session with the default protocol and seed 0."""
-    from adaptrec_prompts.prepare import build, save
-    from adaptrec_prompts.protocol import ProtocolConfig
+    from adaptrec_prompts.data.prepare import build, save
+    from adaptrec_prompts.data.protocol import ProtocolConfig
 
     ddict, titles, manifest = build("ml-100k", ml100k_raw, ProtocolConfig())
     return save(ddict, titles, manifest, tmp_path_factory.mktemp("prepared") / "ml-100k")
@@ -68,10 +68,12 @@ def ml100k(ml100k_prepared):
 def goodreads_with_neighbors(root: Path, raw: Path, n: int, splits: list[str]) -> tuple[Path, Path]:
     """The GoodReads fixture prepared (K=10) under root/gr, plus a copy with collab Chroma neighbours
     for `splits` under root/gr-nb. Returns (prepared, with neighbours)."""
-    from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
-    from adaptrec_prompts.prepare import build, save
-    from adaptrec_prompts.protocol import ProtocolConfig
-    from adaptrec_prompts.retriever import make_client
+    from adaptrec_prompts.data.prepare import build, save
+    from adaptrec_prompts.data.protocol import ProtocolConfig
+    from adaptrec_prompts.retrieval.embedders import make_embedder
+    from adaptrec_prompts.retrieval.index import make_client
+    from adaptrec_prompts.retrieval.index import open_index
+    from adaptrec_prompts.retrieval.neighbors import add_neighbors
 
     data = save(*build("goodreads", raw, ProtocolConfig(k_candidates=10)), root / "gr")
     emb = make_embedder("collab", data)
@@ -93,7 +95,7 @@ def with_fake_neighbors(row: dict, train, n: int = 10) -> dict:
 def tiny_model(tmp_path_factory, ml100k) -> Path:
     """A micro Llama with a chat template and a BPE tokenizer trained on rendered ML-100K prompts."""
     from adaptrec_prompts.backends.tiny import build_tiny_llama, prompt_corpus
-    from adaptrec_prompts.render import load_template
+    from adaptrec_prompts.data.render import load_template
 
     return build_tiny_llama(prompt_corpus(ml100k["train"].select(range(200)), load_template("movies")),
                             tmp_path_factory.mktemp("models") / "micro", size="micro", chat_template=True)
@@ -104,7 +106,7 @@ def check_neighbour_rules(out):
     users. Returns (the DatasetDict, how many neighbours were checked)."""
     import datasets
 
-    from adaptrec_prompts.schema import column
+    from adaptrec_prompts.data.schema import column
 
     ddict = datasets.load_from_disk(str(out))
     train = ddict["train"]

@@ -7,13 +7,13 @@ pre-tokenizer, with digits split one per token (Llama, Mistral, Gemma) or kept w
 import dspy
 import pytest
 
-from adaptrec_prompts import testing
 from adaptrec_prompts.backends import api_lm
+from adaptrec_prompts.data.render import candidate_label, load_template
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.modules import AdaptRec, example_inputs
-from adaptrec_prompts.parsing import parse_choice
-from adaptrec_prompts.render import candidate_label, load_template
-from adaptrec_prompts.scoring import _openai_tokenizer
+from adaptrec_prompts.programs.adaptrec import AdaptRec, example_inputs
+from adaptrec_prompts.programs.parsing import parse_choice
+from adaptrec_prompts.programs.scoring import _openai_tokenizer
+from adaptrec_prompts.utils import testing
 
 MOVIES = load_template("movies")
 K = 20
@@ -78,7 +78,7 @@ def test_label_variants_of_one_token_add_up():
     """'A' and ' A' name the same candidate: their probabilities are summed, not the larger one kept."""
     import math
 
-    from adaptrec_prompts.scoring import api_label_scores
+    from adaptrec_prompts.programs.scoring import api_label_scores
 
     text = "[[ ## answer ## ]]\nA. X\n\n[[ ## completed ## ]]"
     content = testing.logprobs_content(text, {"A": math.log(0.3), " A": math.log(0.2), "B": math.log(0.4)}, True)
@@ -123,7 +123,7 @@ def test_letters_in_generate_mode_and_parsing(ml100k):
 def test_sft_rows_and_local_scoring_use_the_same_letters(ml100k, tiny_model):
     """Training rows answer with the target's letter; the local engine scores lettered answers."""
     from adaptrec_prompts.backends.hf import hf_lm
-    from adaptrec_prompts.sft_data import stage3_row
+    from adaptrec_prompts.finetune.rows import stage3_row
 
     row = ml100k["test"][1]
     program = AdaptRec(MOVIES, selection="none", mode="score", labels="letters", prompt="compact")
@@ -197,7 +197,7 @@ def test_calibrated_letters_over_the_api_rank_without_nan(ml100k, monkeypatch):
 
 def test_a_saved_program_keeps_its_labels(tmp_path):
     """Its instructions and demos name its labels: another labels value would mix numbered wording with letters."""
-    from adaptrec_prompts.modules import load_program, save_program
+    from adaptrec_prompts.programs.saving import load_program, save_program
 
     path = save_program(AdaptRec(MOVIES, selection="none"), tmp_path / "p.json")
     assert load_program(path).labels == "numbers"

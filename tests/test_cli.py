@@ -6,9 +6,9 @@ import zipfile
 import datasets
 import pytest
 
-from adaptrec_prompts.cli import main
-from adaptrec_prompts.data.download import Archive, download
+from adaptrec_prompts.cli.app import main
 from adaptrec_prompts.data._io import sha256_file
+from adaptrec_prompts.data.download import Archive, download
 from adaptrec_prompts.errors import DownloadError
 from conftest import REPO
 
@@ -89,7 +89,7 @@ def test_download_offline_says_raw_dir(tmp_path):
 
 
 def test_import_stays_light():
-    code = ("import sys, adaptrec_prompts, adaptrec_prompts.cli; "
+    code = ("import sys, adaptrec_prompts, adaptrec_prompts.cli.app; "
             "heavy = [m for m in ('torch', 'chromadb', 'trl', 'transformers', 'peft') if m in sys.modules]; "
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -102,8 +102,8 @@ def test_pipeline_main_job_with_a_local_model(ml100k_raw, tiny_model, tmp_path, 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from adaptrec_prompts.modules import AdaptRec
-    from adaptrec_prompts.render import load_template
+    from adaptrec_prompts.programs.adaptrec import AdaptRec
+    from adaptrec_prompts.data.render import load_template
 
     out = tmp_path / "main"
     argv = ["pipeline", "--raw-dir", str(ml100k_raw), "--out", str(out), "--lm", f"hf:{tiny_model}", "--limit", "3"]
@@ -139,8 +139,8 @@ def test_pipeline_main_job_with_a_local_model(ml100k_raw, tiny_model, tmp_path, 
 
 
 def test_pipeline_table_states_chance_the_metrics_and_flags_a_position_picker(tmp_path):
-    from adaptrec_prompts.pipeline import chance_level, table
-    from adaptrec_prompts.runs import Results
+    from adaptrec_prompts.evaluation.results import Results
+    from adaptrec_prompts.experiments.pipeline import chance_level, table
 
     def run(hr1, counts, flag):
         metric = lambda v: {"value": v, "ci_low": v, "ci_high": v}

@@ -6,12 +6,14 @@ import dspy
 import pytest
 from dspy.utils.dummies import DummyLM
 
-from adaptrec_prompts.cli import main
+from adaptrec_prompts.cli.app import main
+from adaptrec_prompts.data.render import load_template
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.evaluation import evaluate
-from adaptrec_prompts.modules import AdaptRec, eval_adapter, load_program, save_program
-from adaptrec_prompts.optimize import compile_program, diff_programs, metric_fn, to_examples
-from adaptrec_prompts.render import load_template
+from adaptrec_prompts.evaluation.harness import evaluate
+from adaptrec_prompts.programs.adaptrec import AdaptRec
+from adaptrec_prompts.programs.chat_adapters import eval_adapter
+from adaptrec_prompts.programs.optimize import compile_program, diff_programs, metric_fn, to_examples
+from adaptrec_prompts.programs.saving import load_program, save_program
 
 PROPOSER = {"program_description": "It recommends movies.", "module_description": "Stage 3 of AdaptRec.",
             "observations": "Movie histories.", "summary": "Movie data.",

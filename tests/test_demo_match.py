@@ -2,8 +2,8 @@
 
 import pytest
 
-from adaptrec_prompts.baselines.demo_match import DemoMatchBaseline, demo_exposure
 from adaptrec_prompts.errors import ConfigError
+from adaptrec_prompts.evaluation.baselines.demo_match import DemoMatchBaseline, demo_exposure
 
 # four retrieved users, best first; the program shows the first M (static)
 ROW = {"example_id": "u9/5", "candidate_item_ids": [10, 20, 30, 40], "target_item_id": 30,
@@ -65,7 +65,7 @@ def test_settings_that_show_no_user_or_need_an_lm_are_refused():
 def test_the_harness_builds_it_with_the_programs_settings(tmp_path, goodreads_raw):
     from conftest import goodreads_with_neighbors
 
-    from adaptrec_prompts.runs import RunConfig, build_program, run_eval
+    from adaptrec_prompts.evaluation.runs import RunConfig, build_program, run_eval
 
     _, data = goodreads_with_neighbors(tmp_path, goodreads_raw, 6, ["train", "test"])
     program = build_program("baseline:demo-match:random-retrieved", data, n=6, m=3, demo_items=2, seed=4)
@@ -82,9 +82,9 @@ def test_the_harness_builds_it_with_the_programs_settings(tmp_path, goodreads_ra
     # hits where it is shown (it has no other signal than popularity)
     import json
 
-    from adaptrec_prompts.baselines.demo_match import demo_exposure
-    from adaptrec_prompts.prepare import load_prepared
-    from adaptrec_prompts.report import main as report
+    from adaptrec_prompts.cli.report import main as report
+    from adaptrec_prompts.data.prepare import load_prepared
+    from adaptrec_prompts.evaluation.baselines.demo_match import demo_exposure
 
     run_eval(RunConfig(data=data, out=tmp_path / "pop", program="baseline:popularity"))
     assert report([str(tmp_path / "run"), str(tmp_path / "pop"), "--out", str(tmp_path / "rep"),

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from adaptrec_prompts.cli import main, make_parser
-from adaptrec_prompts.devices import check_device, resolve_device, trainer_use_cpu
+from adaptrec_prompts.cli.app import main, make_parser
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.experiments import Experiment
-from adaptrec_prompts.runs import RunConfig
-from adaptrec_prompts.sft_experiment import SFTExperiment
+from adaptrec_prompts.evaluation.runs import RunConfig
+from adaptrec_prompts.experiments.experiment import Experiment
+from adaptrec_prompts.finetune.experiment import SFTExperiment
+from adaptrec_prompts.utils.devices import check_device, resolve_device, trainer_use_cpu
 from conftest import goodreads_with_neighbors
 
 # every command that runs a local model, with just enough arguments to get past argparse

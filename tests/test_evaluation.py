@@ -11,14 +11,15 @@ import dspy
 import pytest
 from dspy.utils.dummies import DummyLM
 
-from adaptrec_prompts.baselines import PopularityBaseline, RandomBaseline
-from adaptrec_prompts.cli import main
-from adaptrec_prompts.embed import training_sequences
+from adaptrec_prompts.cli.app import main
+from adaptrec_prompts.data.render import load_template
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.evaluation import evaluate, read_log
-from adaptrec_prompts.metrics import METRIC_KEYS
-from adaptrec_prompts.modules import AdaptRec
-from adaptrec_prompts.render import load_template
+from adaptrec_prompts.evaluation.baselines import PopularityBaseline, RandomBaseline
+from adaptrec_prompts.evaluation.harness import evaluate
+from adaptrec_prompts.evaluation.metrics import METRIC_KEYS
+from adaptrec_prompts.evaluation.results import read_log
+from adaptrec_prompts.programs.adaptrec import AdaptRec
+from adaptrec_prompts.retrieval.embedders import training_sequences
 
 
 def _rows(ml100k, n=12):

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from adaptrec_prompts.cli import main
-from adaptrec_prompts.evaluation import read_log
-from adaptrec_prompts.experiments import plan
-from adaptrec_prompts.prepare import load_manifest
+from adaptrec_prompts.cli.app import main
+from adaptrec_prompts.data.prepare import load_manifest
+from adaptrec_prompts.evaluation.results import read_log
+from adaptrec_prompts.experiments.experiment import plan
 from conftest import goodreads_with_neighbors
 
 
@@ -75,7 +75,7 @@ def test_experiment_needs_neighbours_and_prepared_for_embedders(gr_data, tiny_mo
 
 
 def test_same_top1_counts_shared_scored_examples_only():
-    from adaptrec_prompts.report import same_top1
+    from adaptrec_prompts.evaluation.report import same_top1
 
     left = {"a": {"ranking": [1, 2]}, "b": {"ranking": [3, 1]}, "c": {"ranking": [5]}, "d": {"ranking": [7]}}
     right = {"a": {"ranking": [1, 9]}, "b": {"ranking": [1, 3]}, "c": {"ranking": [5], "error": "timeout"},
@@ -86,10 +86,10 @@ def test_same_top1_counts_shared_scored_examples_only():
 def test_report_pairs_runs_of_the_same_name_from_two_experiments(gr_data, tmp_path, capsys):
     """`eval/report.py A B --reference A`: two runs called `random` (two experiments, other seeds) get names
     that tell them apart, and B is compared with A on the examples both ran."""
-    from adaptrec_prompts.baselines import RandomBaseline
-    from adaptrec_prompts.evaluation import evaluate
-    from adaptrec_prompts.prepare import load_prepared
-    from adaptrec_prompts.report import main as report_main
+    from adaptrec_prompts.cli.report import main as report_main
+    from adaptrec_prompts.data.prepare import load_prepared
+    from adaptrec_prompts.evaluation.baselines import RandomBaseline
+    from adaptrec_prompts.evaluation.harness import evaluate
 
     rows = load_prepared(gr_data[1])["test_extended"].to_list()[:12]
     a, b = tmp_path / "exp-a" / "runs" / "random", tmp_path / "exp-b" / "runs" / "random"

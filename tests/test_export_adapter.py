@@ -40,7 +40,7 @@ def trained_like(tmp_path_factory, tiny_model):
 def test_the_copy_is_fp16_with_the_record_and_without_pickles(trained_like, tiny_model, tmp_path):
     from safetensors.torch import load_file
 
-    from adaptrec_prompts.lora import architecture, export_adapter
+    from adaptrec_prompts.backends.lora import architecture, export_adapter
 
     out = export_adapter(trained_like, tmp_path / "shipped")
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
@@ -58,9 +58,10 @@ def test_the_copy_is_fp16_with_the_record_and_without_pickles(trained_like, tiny
 
 def test_the_fp16_copy_ranks_like_the_original(trained_like, tiny_model, ml100k, tmp_path):
     from adaptrec_prompts.backends.hf import HFEngine
-    from adaptrec_prompts.lora import export_adapter
-    from adaptrec_prompts.modules import NextItemRecommender, eval_adapter
-    from adaptrec_prompts.render import load_template
+    from adaptrec_prompts.backends.lora import export_adapter
+    from adaptrec_prompts.programs.chat_adapters import eval_adapter
+    from adaptrec_prompts.programs.recommender import NextItemRecommender
+    from adaptrec_prompts.data.render import load_template
 
     row = with_fake_neighbors(ml100k["test"][0], ml100k["train"])
     rec, adapter = NextItemRecommender(load_template("movies")), eval_adapter()
@@ -79,7 +80,7 @@ def test_the_fp16_copy_ranks_like_the_original(trained_like, tiny_model, ml100k,
 
 
 def test_bad_input_and_an_existing_folder_are_refused(trained_like, tmp_path):
-    from adaptrec_prompts.lora import export_adapter
+    from adaptrec_prompts.backends.lora import export_adapter
 
     with pytest.raises(ConfigError, match="has no adapter_config.json"):
         export_adapter(tmp_path, tmp_path / "x")
@@ -103,7 +104,7 @@ def test_the_script_prints_what_it_wrote_and_refuses_with_exit_2(trained_like, t
 def test_the_shipped_adapters_are_what_their_manifests_say(name):
     import hashlib
 
-    from adaptrec_prompts.lora import trained_settings
+    from adaptrec_prompts.backends.lora import trained_settings
 
     folder = ROOT / "finetune" / "adapters" / name
     recorded = json.loads((folder / "adaptrec_manifest.json").read_text())

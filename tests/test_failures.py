@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from adaptrec_prompts.cli import main
+from adaptrec_prompts.cli.app import main
 from adaptrec_prompts.errors import ConfigError, Interrupted, RunInUseError
-from adaptrec_prompts.evaluation import evaluate, read_log
+from adaptrec_prompts.evaluation.harness import evaluate
+from adaptrec_prompts.evaluation.results import read_log
 
 
 class _Baseline:
@@ -87,13 +88,13 @@ def test_ctrl_c_in_the_cli_prints_one_line_and_exits_130(ml100k_prepared, tmp_pa
     import signal
 
     script = ("import time\n"
-              "from adaptrec_prompts import evaluation\n"
-              "orig = evaluation._run_one\n"
+              "from adaptrec_prompts.evaluation import harness\n"
+              "orig = harness._run_one\n"
               "def slow(*a, **k):\n"
               "    time.sleep(0.02)\n"
               "    return orig(*a, **k)\n"
-              "evaluation._run_one = slow\n"
-              "from adaptrec_prompts.cli import main\n"
+              "harness._run_one = slow\n"
+              "from adaptrec_prompts.cli.app import main\n"
               f"raise SystemExit(main(['eval', '--data', {str(ml100k_prepared)!r}, '--program', 'baseline:random', "
               f"'--split', 'test_extended', '--out', {str(tmp_path / 'run')!r}, '--no-progress']))\n")
     # a terminal's Ctrl-C: SIGINT at its default disposition (a library in this test process may have set it to
@@ -147,7 +148,7 @@ def test_non_utf8_bytes_name_the_file_and_line(tmp_path):
 
 def test_an_api_run_where_examples_failed_exits_non_zero_and_says_how_to_resume(ml100k_prepared, tmp_path, capsys,
                                                                                  monkeypatch):
-    from adaptrec_prompts.testing import MockOpenAIServer
+    from adaptrec_prompts.utils.testing import MockOpenAIServer
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-real")
     with MockOpenAIServer(lambda number, body: ("500", None)) as server:
@@ -187,8 +188,8 @@ def test_damaged_llara_pickles_fail_with_the_file_named(llara_movielens_raw, ml1
 def test_duplicate_raw_events_are_dropped_and_counted(ml100k_raw, tmp_path):
     import shutil
 
-    from adaptrec_prompts.prepare import build
-    from adaptrec_prompts.protocol import ProtocolConfig
+    from adaptrec_prompts.data.prepare import build
+    from adaptrec_prompts.data.protocol import ProtocolConfig
 
     raw = tmp_path / "ml-100k"
     shutil.copytree(ml100k_raw, raw)
@@ -201,7 +202,7 @@ def test_duplicate_raw_events_are_dropped_and_counted(ml100k_raw, tmp_path):
 
 
 def test_a_second_server_is_asked_not_answered_from_the_first_ones_cache(ml100k_prepared, tmp_path, monkeypatch):
-    from adaptrec_prompts.testing import MockOpenAIServer
+    from adaptrec_prompts.utils.testing import MockOpenAIServer
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-real")
     answer = "[[ ## answer ## ]]\n1\n\n[[ ## completed ## ]]"
@@ -214,7 +215,7 @@ def test_a_second_server_is_asked_not_answered_from_the_first_ones_cache(ml100k_
 
 
 def test_a_server_that_never_answers_times_out_instead_of_hanging(ml100k_prepared, tmp_path, capsys, monkeypatch):
-    from adaptrec_prompts.testing import MockOpenAIServer
+    from adaptrec_prompts.utils.testing import MockOpenAIServer
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-real")
     started = time.perf_counter()
@@ -229,17 +230,17 @@ def test_a_server_that_never_answers_times_out_instead_of_hanging(ml100k_prepare
 
 
 def test_chroma_problems_are_messages_not_tracebacks(tmp_path, capsys):
-    from adaptrec_prompts.retriever import make_client
+    from adaptrec_prompts.retrieval.index import make_client
 
     with pytest.raises(ConfigError, match=r"no Chroma server answers at http://127.0.0.1:9/.*chroma run"):
         make_client(url="http://127.0.0.1:9/")
     # the damaged-file case runs in its own process: a broken Chroma system must not stay in this one's cache
-    script = ("import sys\nfrom adaptrec_prompts.retriever import make_client\nfrom adaptrec_prompts.errors import "
+    script = ("import sys\nfrom adaptrec_prompts.retrieval.index import make_client\nfrom adaptrec_prompts.errors import "
               "ConfigError\npath = sys.argv[1]\nmake_client(path=path)\nif len(sys.argv) > 2:\n"
               "    import pathlib\n    f = pathlib.Path(path) / 'chroma.sqlite3'\n"
               "    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])\n")
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "chroma"), "damage"], check=True, timeout=120)
-    check = ("import sys\nfrom adaptrec_prompts.retriever import make_client\nfrom adaptrec_prompts.errors import "
+    check = ("import sys\nfrom adaptrec_prompts.retrieval.index import make_client\nfrom adaptrec_prompts.errors import "
              "ConfigError\ntry:\n    make_client(path=sys.argv[1])\nexcept ConfigError as exc:\n    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", check, str(tmp_path / "chroma")], capture_output=True, text=True,
                          timeout=120)
@@ -250,8 +251,10 @@ def test_a_damaged_hnsw_file_is_detected_and_the_index_rebuilt(ml100k_prepared, 
     import datasets
     from chromadb.api.client import SharedSystemClient
 
-    from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
-    from adaptrec_prompts.retriever import make_client
+    from adaptrec_prompts.retrieval.embedders import make_embedder
+    from adaptrec_prompts.retrieval.index import make_client
+    from adaptrec_prompts.retrieval.index import open_index
+    from adaptrec_prompts.retrieval.neighbors import add_neighbors
 
     embedder = make_embedder("collab", ml100k_prepared)
     index = open_index(ml100k_prepared, embedder, make_client(path=tmp_path / "chroma"), pool_size=3000)
@@ -294,7 +297,7 @@ def test_a_record_torn_inside_a_multibyte_character_is_cut_not_a_crash(ml100k, t
 
 
 def test_a_server_named_by_the_environment_is_not_answered_from_the_cache(ml100k_prepared, tmp_path, monkeypatch):
-    from adaptrec_prompts.testing import MockOpenAIServer
+    from adaptrec_prompts.utils.testing import MockOpenAIServer
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-real")
     answer = "[[ ## answer ## ]]\n1\n\n[[ ## completed ## ]]"
@@ -312,9 +315,9 @@ def test_a_server_named_by_the_environment_is_not_answered_from_the_cache(ml100k
 def test_preparing_empty_raw_files_is_refused(ml100k_raw, tmp_path):
     import shutil
 
+    from adaptrec_prompts.data.prepare import build
+    from adaptrec_prompts.data.protocol import ProtocolConfig
     from adaptrec_prompts.errors import DataError
-    from adaptrec_prompts.prepare import build
-    from adaptrec_prompts.protocol import ProtocolConfig
 
     raw = tmp_path / "ml-100k"
     shutil.copytree(ml100k_raw, raw)

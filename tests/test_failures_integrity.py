@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from adaptrec_prompts.cli import main
+from adaptrec_prompts.cli.app import main
+from adaptrec_prompts.data.render import load_template
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.modules import AdaptRec, load_program, save_program
-from adaptrec_prompts.render import load_template
+from adaptrec_prompts.programs.adaptrec import AdaptRec
+from adaptrec_prompts.programs.saving import load_program, save_program
 
 ANSWER = "[[ ## answer ## ]]\n1\n\n[[ ## completed ## ]]"
 
@@ -27,7 +28,7 @@ def _program_file(tmp_path, edit, name="p.json", **config):
 
 def test_a_program_file_naming_an_lm_is_refused_and_no_server_is_asked(ml100k_prepared, tmp_path, capsys,
                                                                         monkeypatch):
-    from adaptrec_prompts.testing import MockOpenAIServer
+    from adaptrec_prompts.utils.testing import MockOpenAIServer
 
     def inject(payload):
         payload["state"]["recommender.recommend"]["lm"] = {"model": "openai/gpt-4o-mini", "temperature": 1.7,
@@ -108,9 +109,9 @@ def test_numeric_options_of_other_commands_and_config_files(ml100k_prepared, tmp
 
 
 def test_numeric_settings_are_checked_by_the_library_too(tmp_path):
-    from adaptrec_prompts.baselines import UserKNNBaseline
-    from adaptrec_prompts.protocol import ProtocolConfig
-    from adaptrec_prompts.runs import RunConfig
+    from adaptrec_prompts.data.protocol import ProtocolConfig
+    from adaptrec_prompts.evaluation.baselines import UserKNNBaseline
+    from adaptrec_prompts.evaluation.runs import RunConfig
 
     for n in (0, -5):  # 0 ranked like Popularity, -5 like 5 (Python slicing)
         with pytest.raises(ConfigError, match=rf"n_retrieve \(--n\) must be >= 1, got {n}"):
@@ -132,16 +133,17 @@ def test_numeric_settings_are_checked_by_the_library_too(tmp_path):
 
 @pytest.fixture(scope="module")
 def gr(tmp_path_factory, goodreads_raw):
-    from adaptrec_prompts.prepare import build, save
-    from adaptrec_prompts.protocol import ProtocolConfig
+    from adaptrec_prompts.data.prepare import build, save
+    from adaptrec_prompts.data.protocol import ProtocolConfig
 
     root = tmp_path_factory.mktemp("gr")
     return save(*build("goodreads", goodreads_raw, ProtocolConfig(k_candidates=10)), root / "gr")
 
 
 def _index(gr, chroma):
-    from adaptrec_prompts.neighbors import make_embedder, open_index
-    from adaptrec_prompts.retriever import make_client
+    from adaptrec_prompts.retrieval.embedders import make_embedder
+    from adaptrec_prompts.retrieval.index import make_client
+    from adaptrec_prompts.retrieval.index import open_index
 
     embedder = make_embedder("collab", gr)
     return open_index(gr, embedder, make_client(path=chroma), progress=False), embedder
@@ -152,7 +154,7 @@ def test_a_neighbour_folder_being_written_is_not_written_twice(gr, tmp_path):
     import sys
 
     from adaptrec_prompts.errors import RunInUseError
-    from adaptrec_prompts.neighbors import add_neighbors
+    from adaptrec_prompts.retrieval.neighbors import add_neighbors
 
     index, embedder = _index(gr, tmp_path / "chroma")
     lock = tmp_path / ".nb.lock"
@@ -177,8 +179,8 @@ def test_a_neighbour_folder_being_written_is_not_written_twice(gr, tmp_path):
 def test_a_damaged_prepared_file_is_named_not_a_crash(gr, tmp_path, damage):
     import shutil
 
+    from adaptrec_prompts.data.prepare import load_items, load_prepared
     from adaptrec_prompts.errors import DataError
-    from adaptrec_prompts.prepare import load_items, load_prepared
 
     folder = tmp_path / "gr"
     shutil.copytree(gr, folder)
@@ -220,8 +222,10 @@ def test_partial_index_damage_is_found_by_the_recorded_checksums_and_rebuilt(ml1
     import datasets
     from chromadb.api.client import SharedSystemClient
 
-    from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
-    from adaptrec_prompts.retriever import make_client
+    from adaptrec_prompts.retrieval.embedders import make_embedder
+    from adaptrec_prompts.retrieval.index import make_client
+    from adaptrec_prompts.retrieval.index import open_index
+    from adaptrec_prompts.retrieval.neighbors import add_neighbors
 
     embedder = make_embedder("collab", ml100k_prepared)
 
@@ -268,7 +272,7 @@ def _adapter(base, out, record_architecture=True, **program):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from adaptrec_prompts.lora import architecture
+    from adaptrec_prompts.backends.lora import architecture
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
                            LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))

@@ -12,10 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from adaptrec_prompts.cli import main
+from adaptrec_prompts.cli.app import main
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.evaluation import read_log
-from adaptrec_prompts.testing import MockOpenAIServer
+from adaptrec_prompts.evaluation.results import read_log
+from adaptrec_prompts.utils.testing import MockOpenAIServer
 
 ANSWER = "[[ ## answer ## ]]\n1\n\n[[ ## completed ## ]]"
 
@@ -239,7 +239,7 @@ def test_request_settings_out_of_range_are_refused_before_the_run_folder(ml100k_
     ("retries", -2, "--retries -2: must be a whole number >= 0"),
 ])
 def test_runconfig_refuses_request_settings_out_of_range(tmp_path, field, value, message):
-    from adaptrec_prompts.runs import RunConfig
+    from adaptrec_prompts.evaluation.runs import RunConfig
 
     with pytest.raises(ConfigError, match=message):
         RunConfig(data=tmp_path, out=tmp_path / "run", **{field: value})
@@ -266,8 +266,9 @@ def test_compare_names_a_missing_folder_and_different_splits(ml100k_prepared, tm
 
 
 def _program(tmp_path, change=None):
-    from adaptrec_prompts.modules import AdaptRec, save_program
-    from adaptrec_prompts.render import load_template
+    from adaptrec_prompts.data.render import load_template
+    from adaptrec_prompts.programs.adaptrec import AdaptRec
+    from adaptrec_prompts.programs.saving import save_program
 
     path = save_program(AdaptRec(load_template("movies"), selection="none", mode="generate"), tmp_path / "p.json")
     if change:
@@ -309,7 +310,7 @@ def test_a_missing_adapter_folder_is_named_before_the_model_loads(ml100k_prepare
 
 
 def test_a_misspelt_template_placeholder_fails_when_the_template_loads(ml100k_prepared, tmp_path, capsys):
-    from adaptrec_prompts.render import TEMPLATES_DIR, load_template
+    from adaptrec_prompts.data.render import TEMPLATES_DIR, load_template
 
     bad = tmp_path / "bad.toml"
     bad.write_text((TEMPLATES_DIR / "movies.toml").read_text().replace("{titles}.", "{tittles}.", 1))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from adaptrec_prompts.testing import MockOpenAIServer
+from adaptrec_prompts.utils.testing import MockOpenAIServer
 from conftest import goodreads_with_neighbors
 
 SCRIPT = Path(__file__).resolve().parents[1] / "eval" / "fewshot_gpt4.py"
@@ -82,10 +82,10 @@ def test_dry_run_prints_the_estimate_only(gr_nb, tmp_path, monkeypatch, capsys):
 def test_api_score_mode_reads_first_token_logprobs(ml100k, monkeypatch):
     import dspy
 
-    from adaptrec_prompts import testing
     from adaptrec_prompts.backends import api_lm
-    from adaptrec_prompts.modules import AdaptRec
-    from adaptrec_prompts.render import load_template
+    from adaptrec_prompts.data.render import load_template
+    from adaptrec_prompts.programs.adaptrec import AdaptRec
+    from adaptrec_prompts.utils import testing
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
     plain = testing.chat_response

@@ -19,8 +19,10 @@ def test_gemma_preset_loads_scores_and_generates(ml100k, tmp_path_factory):
     import dspy
 
     from adaptrec_prompts.backends.gemma import gemma_lm
-    from adaptrec_prompts.modules import AdaptRec, NextItemRecommender, eval_adapter, example_inputs
-    from adaptrec_prompts.render import load_template
+    from adaptrec_prompts.data.render import load_template
+    from adaptrec_prompts.programs.adaptrec import AdaptRec, example_inputs
+    from adaptrec_prompts.programs.chat_adapters import eval_adapter
+    from adaptrec_prompts.programs.recommender import NextItemRecommender
 
     cache = os.environ.get("ADAPTREC_MODEL_CACHE", "artifacts/models")
     lm = gemma_lm(cache_dir=cache, max_new_tokens=24)

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 
 from adaptrec_prompts.backends.hf import END_MARKER, HFEngine, hf_lm
+from adaptrec_prompts.data.render import load_template
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.modules import AdaptRec, NextItemRecommender, eval_adapter, example_inputs
-from adaptrec_prompts.render import load_template
+from adaptrec_prompts.programs.adaptrec import AdaptRec, example_inputs
+from adaptrec_prompts.programs.chat_adapters import eval_adapter
+from adaptrec_prompts.programs.recommender import NextItemRecommender
 from conftest import with_fake_neighbors
 
 MOVIES = load_template("movies")
@@ -165,7 +167,7 @@ def test_dense_gemma_copy_drops_the_gguf_quantization_flag(tmp_path):
 
 
 def test_stage2_score_mode_keeps_the_m_users_most_likely_to_open_the_list(tiny_model, ml100k):
-    from adaptrec_prompts.modules import UserSelector, stage2_completions
+    from adaptrec_prompts.programs.selector import UserSelector, stage2_completions
 
     lm = hf_lm(tiny_model)
     row = with_fake_neighbors(ml100k["test"][0], ml100k["train"], n=8)
@@ -185,8 +187,8 @@ def test_stage2_score_mode_keeps_the_m_users_most_likely_to_open_the_list(tiny_m
 
 
 def test_calibrated_score_mode_subtracts_the_content_free_prompt(tiny_model, ml100k):
-    from adaptrec_prompts.modules import NULL_HISTORY, answer_block
-    from adaptrec_prompts.signatures import RecommendNextItemZeroShot
+    from adaptrec_prompts.programs.recommender import NULL_HISTORY, answer_block
+    from adaptrec_prompts.programs.signatures import RecommendNextItemZeroShot
 
     lm = hf_lm(tiny_model)
     row = with_fake_neighbors(ml100k["test"][0], ml100k["train"], n=5)
@@ -264,7 +266,7 @@ def test_scoring_and_generation_log_no_deprecated_cache_warning(tiny_model, stag
 
 
 def test_loading_draws_no_transformers_bar_with_progress_off(tiny_model, capfd, monkeypatch):
-    from adaptrec_prompts import progress
+    from adaptrec_prompts.utils import progress
 
     monkeypatch.setattr(progress, "_stderr_is_terminal", lambda: True)  # where transformers would draw it
     monkeypatch.delenv("CI", raising=False)

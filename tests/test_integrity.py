@@ -14,7 +14,7 @@ import pytest
 from adaptrec_prompts.data import load_llara
 from adaptrec_prompts.data.llara import LlaraRow, link_users, read_restricted_pickle
 from adaptrec_prompts.errors import LeakageError, UnsafePickleError
-from adaptrec_prompts.metrics import aggregate, paired_comparison
+from adaptrec_prompts.evaluation.metrics import aggregate, paired_comparison
 from conftest import check_neighbour_rules
 
 
@@ -82,10 +82,12 @@ def test_link_users_rule_is_the_window_continuation():
 
 @pytest.fixture(scope="module")
 def llara_lastfm(tmp_path_factory, llara_lastfm_raw):
-    from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
-    from adaptrec_prompts.prepare import build, save
-    from adaptrec_prompts.protocol import ProtocolConfig
-    from adaptrec_prompts.retriever import make_client
+    from adaptrec_prompts.data.prepare import build, save
+    from adaptrec_prompts.data.protocol import ProtocolConfig
+    from adaptrec_prompts.retrieval.embedders import make_embedder
+    from adaptrec_prompts.retrieval.index import make_client
+    from adaptrec_prompts.retrieval.index import open_index
+    from adaptrec_prompts.retrieval.neighbors import add_neighbors
 
     root = tmp_path_factory.mktemp("llara-lastfm")
     data = save(*build("llara", llara_lastfm_raw, ProtocolConfig()), root / "data")
@@ -98,7 +100,7 @@ def llara_lastfm(tmp_path_factory, llara_lastfm_raw):
 def test_llara_lastfm_is_llaras_122_users_one_row_each(llara_lastfm):
     import datasets
 
-    from adaptrec_prompts.prepare import load_manifest
+    from adaptrec_prompts.data.prepare import load_manifest
 
     ddict = datasets.load_from_disk(str(llara_lastfm[0]))
     assert (ddict["test"].num_rows, ddict["valid"].num_rows, ddict["test_extended"].num_rows) == (122, 122, 2495)
@@ -123,10 +125,12 @@ def test_llara_lastfm_training_rows_never_see_their_own_example_or_user(llara_la
 def test_neighbours_are_refused_for_rows_without_user_ids(tmp_path, goodreads_raw):
     import datasets
 
-    from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
-    from adaptrec_prompts.prepare import build, save
-    from adaptrec_prompts.protocol import ProtocolConfig
-    from adaptrec_prompts.retriever import make_client
+    from adaptrec_prompts.data.prepare import build, save
+    from adaptrec_prompts.data.protocol import ProtocolConfig
+    from adaptrec_prompts.retrieval.embedders import make_embedder
+    from adaptrec_prompts.retrieval.index import make_client
+    from adaptrec_prompts.retrieval.index import open_index
+    from adaptrec_prompts.retrieval.neighbors import add_neighbors
 
     ddict, titles, manifest = build("goodreads", goodreads_raw, ProtocolConfig(k_candidates=10))
     ddict = datasets.DatasetDict({s: d.map(lambda r: {"user_id": None}, features=d.features) for s, d in ddict.items()})
@@ -188,7 +192,7 @@ def test_a_dataframe_pickled_by_this_pandas_still_loads(tmp_path):
 def test_sasrec_scores_are_finite_for_short_histories(ml100k):
     import torch
 
-    from adaptrec_prompts.baselines.sasrec import SASRecBaseline
+    from adaptrec_prompts.evaluation.baselines.sasrec import SASRecBaseline
 
     model = SASRecBaseline(ml100k["train"].select(range(2000)), epochs=1)
     short = [r for r in ml100k["test_extended"].select(range(300)) if len(r["history_item_ids"]) < 10][:20]
@@ -200,7 +204,7 @@ def test_sasrec_scores_are_finite_for_short_histories(ml100k):
 
 
 def test_sasrec_early_stopping_keeps_the_best_validation_epoch(ml100k):
-    from adaptrec_prompts.baselines.sasrec import SASRecBaseline
+    from adaptrec_prompts.evaluation.baselines.sasrec import SASRecBaseline
 
     valid = ml100k["valid"].to_list()
     model = SASRecBaseline(ml100k["train"].select(range(1500)), epochs=4, valid=valid, patience=1, seed=1, dim=16)
@@ -216,8 +220,8 @@ def test_sasrec_early_stopping_keeps_the_best_validation_epoch(ml100k):
 
 
 def test_popularity_counts_are_the_training_users_interactions(ml100k, ml100k_raw):
-    from adaptrec_prompts.baselines import PopularityBaseline
-    from adaptrec_prompts.embed import training_sequences
+    from adaptrec_prompts.evaluation.baselines import PopularityBaseline
+    from adaptrec_prompts.retrieval.embedders import training_sequences
 
     train_users = set(ml100k["train"]["user_id"])
     by_hand: dict[int, int] = {}
@@ -276,7 +280,7 @@ def test_paired_comparison_refuses_runs_on_different_candidates():
 
 
 def test_report_tables_have_as_many_delimiter_cells_as_columns():
-    from adaptrec_prompts.report import table
+    from adaptrec_prompts.evaluation.report import table
 
     metric = {"value": 0.1, "ci_low": 0.0, "ci_high": 0.2}
     run = {"name": "x", "config": {"program": "static", "split": "test"},
@@ -308,7 +312,8 @@ class _Flaky:
 
 
 def test_a_bug_stops_the_run_and_keeps_what_finished(ml100k, tmp_path):
-    from adaptrec_prompts.evaluation import evaluate, read_log
+    from adaptrec_prompts.evaluation.harness import evaluate
+    from adaptrec_prompts.evaluation.results import read_log
 
     rows = ml100k["test"].select(range(5)).to_list()
     bug = _Flaky({rows[2]["example_id"]: [KeyError("history_titles")]})
@@ -320,7 +325,8 @@ def test_a_bug_stops_the_run_and_keeps_what_finished(ml100k, tmp_path):
 
 
 def test_provider_errors_are_retried_then_counted(ml100k, tmp_path):
-    from adaptrec_prompts.evaluation import evaluate, read_log
+    from adaptrec_prompts.evaluation.harness import evaluate
+    from adaptrec_prompts.evaluation.results import read_log
 
     class ServerError(Exception):
         status_code = 503
@@ -339,7 +345,7 @@ def test_provider_errors_are_retried_then_counted(ml100k, tmp_path):
 
 
 def test_top1_position_histogram_flags_a_run_that_picks_a_list_position():
-    from adaptrec_prompts.evaluation import top1_positions
+    from adaptrec_prompts.evaluation.harness import top1_positions
 
     cands = list(range(100, 120))
     first = [{"ranking": [cands[0]], "candidate_item_ids": cands} for _ in range(8)]
@@ -355,7 +361,8 @@ def test_top1_position_histogram_flags_a_run_that_picks_a_list_position():
 def test_with_threads_a_bug_still_keeps_every_example_that_finished(ml100k, tmp_path):
     import threading
 
-    from adaptrec_prompts.evaluation import evaluate, read_log
+    from adaptrec_prompts.evaluation.harness import evaluate
+    from adaptrec_prompts.evaluation.results import read_log
 
     rows = ml100k["test"].select(range(8)).to_list()
     released = threading.Event()
@@ -377,7 +384,7 @@ def test_with_threads_a_bug_still_keeps_every_example_that_finished(ml100k, tmp_
 
 
 def test_only_explicit_causes_make_an_error_a_transport_error():
-    from adaptrec_prompts.evaluation import is_transport_error
+    from adaptrec_prompts.evaluation.harness import is_transport_error
 
     try:
         try:
@@ -397,10 +404,12 @@ def test_only_explicit_causes_make_an_error_a_transport_error():
 
 
 def test_neighbours_refuse_splits_whose_users_are_not_sure(tmp_path):
-    from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
-    from adaptrec_prompts.prepare import build, save
-    from adaptrec_prompts.protocol import ProtocolConfig
-    from adaptrec_prompts.retriever import make_client
+    from adaptrec_prompts.data.prepare import build, save
+    from adaptrec_prompts.data.protocol import ProtocolConfig
+    from adaptrec_prompts.retrieval.embedders import make_embedder
+    from adaptrec_prompts.retrieval.index import make_client
+    from adaptrec_prompts.retrieval.index import open_index
+    from adaptrec_prompts.retrieval.neighbors import add_neighbors
 
     def neighbours(raw: Path, splits: list[str]) -> None:
         data = save(*build("llara", raw, ProtocolConfig(k_candidates=5)), raw.parent / (raw.name + "-data"))

@@ -10,13 +10,14 @@ import datasets
 import dspy
 import pytest
 
-from adaptrec_prompts.cli import main
+from adaptrec_prompts.cli.app import main
+from adaptrec_prompts.data.schema import SPLITS, column
 from adaptrec_prompts.errors import LeakageError, UnknownItemError
-from adaptrec_prompts.evaluation import evaluate
-from adaptrec_prompts.live import LiveAdaptRec, UserRetriever
-from adaptrec_prompts.modules import AdaptRec, example_inputs, load_program, save_program
-from adaptrec_prompts.retriever import NEW_USER, UserIndex
-from adaptrec_prompts.schema import SPLITS, column
+from adaptrec_prompts.evaluation.harness import evaluate
+from adaptrec_prompts.programs.adaptrec import AdaptRec, LiveAdaptRec, example_inputs
+from adaptrec_prompts.programs.saving import load_program, save_program
+from adaptrec_prompts.retrieval.index import NEW_USER, UserIndex
+from adaptrec_prompts.retrieval.live import UserRetriever
 from conftest import goodreads_with_neighbors
 
 N = 5

@@ -24,9 +24,9 @@ def test_real_server_scores_letters_and_refuses_split_numbers(ml100k, monkeypatc
 
     from adaptrec_prompts.backends import api_lm
     from adaptrec_prompts.backends.llamacpp import LlamaCppServer
+    from adaptrec_prompts.data.render import load_template
     from adaptrec_prompts.errors import ConfigError
-    from adaptrec_prompts.modules import AdaptRec, example_inputs
-    from adaptrec_prompts.render import load_template
+    from adaptrec_prompts.programs.adaptrec import AdaptRec, example_inputs
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-local")
     row = ml100k["test"][0]

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from adaptrec_prompts.data import load_goodreads, load_lastfm, load_movielens, make_unique_titles, normalize_movie_title
+from adaptrec_prompts.data.protocol import user_sequences
 from adaptrec_prompts.errors import DataError
-from adaptrec_prompts.protocol import user_sequences
 
 
 def test_movielens_counts_match_the_published_statistics(ml100k_raw):

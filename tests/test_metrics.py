@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adaptrec_prompts.metrics import METRIC_KEYS, aggregate, example_metrics, hit_at_k, ndcg_at_k, paired_comparison
+from adaptrec_prompts.evaluation.metrics import METRIC_KEYS, aggregate, example_metrics, hit_at_k, ndcg_at_k, paired_comparison
 
 
 def test_hand_computed_per_example_values():

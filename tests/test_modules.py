@@ -4,10 +4,12 @@ import dspy
 import pytest
 from dspy.utils.dummies import DummyLM
 
+from adaptrec_prompts.data.render import load_template
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.modules import (AdaptRec, NextItemRecommender, UserSelector, example_inputs, load_program,
-                                      save_program)
-from adaptrec_prompts.render import load_template
+from adaptrec_prompts.programs.adaptrec import AdaptRec, example_inputs
+from adaptrec_prompts.programs.recommender import NextItemRecommender
+from adaptrec_prompts.programs.saving import load_program, save_program
+from adaptrec_prompts.programs.selector import UserSelector
 from conftest import with_fake_neighbors
 
 MOVIES = load_template("movies")

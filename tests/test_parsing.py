@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adaptrec_prompts.parsing import normalize, parse_choice, parse_selection, ranking_from_scores
+from adaptrec_prompts.programs.parsing import normalize, parse_choice, parse_selection, ranking_from_scores
 
 IDS = [10, 20, 30, 40]
 TITLES = ["Alien (1979)", "Aliens (1986)", "12 Monkeys (1995)", "Chasing Amy (1997) [item 246]"]

@@ -1,4 +1,4 @@
-"""Progress bars (`adaptrec_prompts.progress`): one style (count, rate, time left) and one rule for when they
+"""Progress bars (`adaptrec_prompts.utils.progress`): one style (count, rate, time left) and one rule for when they
 show: asked for, stderr a terminal, and not under CI. Tests run with a captured stderr, so the terminal is
 faked where a bar is expected."""
 
@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from adaptrec_prompts import progress
-from adaptrec_prompts.embed import CollabEmbedder, embed_all, training_sequences
-from adaptrec_prompts.evaluation import evaluate
-from adaptrec_prompts.schema import column
+from adaptrec_prompts.data.schema import column
+from adaptrec_prompts.evaluation.harness import evaluate
+from adaptrec_prompts.retrieval.embedders import CollabEmbedder, embed_all, training_sequences
+from adaptrec_prompts.utils import progress
 
 
 class Terminal(io.StringIO):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from adaptrec_prompts.data import load_movielens
+from adaptrec_prompts.data.prepare import build, data_hash, load_manifest, save, stats
+from adaptrec_prompts.data.protocol import ProtocolConfig, draw_candidates, user_sequences
+from adaptrec_prompts.data.schema import COLUMNS, SPLITS
 from adaptrec_prompts.errors import ConfigError, OutputExistsError
-from adaptrec_prompts.prepare import build, data_hash, load_manifest, save, stats
-from adaptrec_prompts.protocol import ProtocolConfig, draw_candidates, user_sequences
-from adaptrec_prompts.schema import COLUMNS, SPLITS
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ def test_errors_are_one_family_and_unknown_names_fail_normally():
 def test_runs_are_part_of_the_public_api():
     """`adaptrec eval` as a call: RunConfig, run_eval and Results come from the package, resolved from runs."""
     from adaptrec_prompts import Results, RunConfig, run_eval
-    from adaptrec_prompts import runs
+    from adaptrec_prompts.evaluation import runs
 
     assert {"RunConfig", "run_eval", "Results"} <= set(adaptrec_prompts.__all__)
     assert (RunConfig, run_eval, Results) == (runs.RunConfig, runs.run_eval, runs.Results)

@@ -12,10 +12,12 @@ import pytest
 import adaptrec_prompts
 from adaptrec_prompts import AdaptRec, Results, RunConfig, UserIndex, load_program, run_eval, save_program
 from adaptrec_prompts.backends.api import make_lm
+from adaptrec_prompts.data.render import load_template
 from adaptrec_prompts.errors import ConfigError, OutputExistsError
-from adaptrec_prompts.modules import NextItemRecommender, UserSelector, example_inputs
-from adaptrec_prompts.render import load_template
-from adaptrec_prompts.testing import MockOpenAIServer, logprobs_content
+from adaptrec_prompts.programs.adaptrec import example_inputs
+from adaptrec_prompts.programs.recommender import NextItemRecommender
+from adaptrec_prompts.programs.selector import UserSelector
+from adaptrec_prompts.utils.testing import MockOpenAIServer, logprobs_content
 from conftest import with_fake_neighbors
 
 MOVIES = load_template("movies")
@@ -122,7 +124,7 @@ def test_a_program_that_needs_neighbours_is_refused_before_the_lm_loads(ml100k_p
 
 def test_evaluate_returns_results_like_run_eval(ml100k_prepared, tmp_path):
     from adaptrec_prompts import evaluate
-    from adaptrec_prompts.runs import build_program
+    from adaptrec_prompts.evaluation.runs import build_program
 
     rows = list(adaptrec_prompts.load_prepared(ml100k_prepared)["test"].select(range(4)))
     results = evaluate(build_program("baseline:popularity", ml100k_prepared), rows, tmp_path / "pop",

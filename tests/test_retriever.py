@@ -13,13 +13,15 @@ import datasets
 import numpy as np
 import pytest
 
-from adaptrec_prompts.cli import main
-from adaptrec_prompts.embed import CollabEmbedder, LMEmbedder, l2_normalize, training_sequences
-from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
-from adaptrec_prompts.prepare import build, load_manifest, save
-from adaptrec_prompts.protocol import ProtocolConfig
-from adaptrec_prompts.retriever import QueryStats, UserIndex, collection_name, exact_top_k, make_client
-from adaptrec_prompts.schema import column
+from adaptrec_prompts.cli.app import main
+from adaptrec_prompts.data.prepare import build, load_manifest, save
+from adaptrec_prompts.data.protocol import ProtocolConfig
+from adaptrec_prompts.data.schema import column
+from adaptrec_prompts.retrieval.embedders import CollabEmbedder, LMEmbedder, l2_normalize, training_sequences
+from adaptrec_prompts.retrieval.embedders import make_embedder
+from adaptrec_prompts.retrieval.index import QueryStats, UserIndex, collection_name, exact_top_k, make_client
+from adaptrec_prompts.retrieval.index import open_index
+from adaptrec_prompts.retrieval.neighbors import add_neighbors
 from conftest import check_neighbour_rules
 
 
@@ -156,7 +158,7 @@ def test_neighbors_pipeline_embedded_respects_leakage_rules(gr, tmp_path):
 
 
 def test_a_sampled_pool_indexes_only_its_sample_and_keeps_the_rules(gr, tmp_path):
-    from adaptrec_prompts.neighbors import pool_rows
+    from adaptrec_prompts.retrieval.index import pool_rows
 
     train = datasets.load_from_disk(str(gr))["train"]
     rows = pool_rows(train.num_rows, 40, seed=3)
@@ -219,7 +221,7 @@ def test_server_mode_gives_the_same_neighbours(gr, tmp_path, chroma_server):
 
 
 def test_lm_embedder_with_tiny_model(tiny_model, ml100k):
-    from adaptrec_prompts.render import load_template
+    from adaptrec_prompts.data.render import load_template
 
     titles = dict(zip(column(ml100k["test"], "target_item_id"), column(ml100k["test"], "target_title")))
     for row in ml100k["test"].select(range(4)):
@@ -239,7 +241,7 @@ def test_lm_embedder_reads_a_tied_checkpoint_that_stores_only_lm_head(tiny_model
     from safetensors.torch import load_file, save_model
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from adaptrec_prompts.render import load_template
+    from adaptrec_prompts.data.render import load_template
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -265,8 +267,8 @@ def test_lm_embedder_reads_a_tied_checkpoint_that_stores_only_lm_head(tiny_model
 def test_text_embedder_without_the_extra_says_how_to_install():
     import importlib.util
 
-    from adaptrec_prompts.embed import TextEmbedder
     from adaptrec_prompts.errors import ConfigError
+    from adaptrec_prompts.retrieval.embedders import TextEmbedder
 
     if importlib.util.find_spec("sentence_transformers") is not None:
         pytest.skip("sentence-transformers is installed; no tiny sentence-transformers model can be built offline here")

@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from adaptrec_prompts.cli import main, make_parser
+from adaptrec_prompts.cli.app import main, make_parser
 from adaptrec_prompts.errors import ConfigError, IncompleteRunError
-from adaptrec_prompts.evaluation import read_log
-from adaptrec_prompts.runs import Results, RunConfig, config_fields, run_eval
+from adaptrec_prompts.evaluation.results import read_log
+from adaptrec_prompts.evaluation.results import Results
+from adaptrec_prompts.evaluation.runs import RunConfig, config_fields, run_eval
 
 
 def _manifest(folder):
@@ -64,7 +65,7 @@ def test_run_eval_needs_an_lm_name_for_llm_programs(ml100k_prepared, tmp_path):
 
 
 def test_an_incomplete_run_raises_with_what_was_scored(ml100k_prepared, tmp_path, monkeypatch):
-    from adaptrec_prompts.testing import MockOpenAIServer
+    from adaptrec_prompts.utils.testing import MockOpenAIServer
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-real")
     with MockOpenAIServer(lambda number, body: ("500", None)) as server:

@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import torch
 
+from adaptrec_prompts.data.prepare import build, save
+from adaptrec_prompts.data.protocol import ProtocolConfig
+from adaptrec_prompts.data.render import load_template
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.modules import AdaptRec, example_inputs
-from adaptrec_prompts.neighbors import add_neighbors, make_embedder, open_index
-from adaptrec_prompts.prepare import build, save
-from adaptrec_prompts.protocol import ProtocolConfig
-from adaptrec_prompts.render import load_template
-from adaptrec_prompts.retriever import make_client
-from adaptrec_prompts.sft_data import build_rows, stage2_label, stage2_row, stage3_row
+from adaptrec_prompts.finetune.rows import build_rows, stage2_label, stage2_row, stage3_row
+from adaptrec_prompts.programs.adaptrec import AdaptRec, example_inputs
+from adaptrec_prompts.retrieval.embedders import make_embedder
+from adaptrec_prompts.retrieval.index import make_client
+from adaptrec_prompts.retrieval.index import open_index
+from adaptrec_prompts.retrieval.neighbors import add_neighbors
 from conftest import goodreads_with_neighbors
 
 SCRIPT = Path(__file__).resolve().parents[1] / "finetune" / "sft.py"
@@ -247,7 +249,7 @@ def test_plain_prompt_training_tokenizes_like_the_plain_engine(gr_nb, tmp_path):
 def test_a_train_sample_of_neighbours_is_what_sft_trains_on(goodreads_raw, tmp_path):
     import datasets
 
-    from adaptrec_prompts.neighbors import pool_rows
+    from adaptrec_prompts.retrieval.index import pool_rows
 
     data = save(*build("goodreads", goodreads_raw, ProtocolConfig(k_candidates=10)), tmp_path / "gr")
     emb = make_embedder("collab", data)
@@ -272,7 +274,7 @@ def test_answer_only_logits_trainer_has_trls_loss_and_trains(gr_nb, tmp_path):
     from trl import SFTConfig, SFTTrainer
 
     from adaptrec_prompts.backends.tiny import build_tiny_llama
-    from adaptrec_prompts.training import answer_only_trainer, tokenize_fn
+    from adaptrec_prompts.finetune.losses import answer_only_trainer, tokenize_fn
 
     program = AdaptRec(load_template("books"), selection="static", n_retrieve=6, m_select=3)
     train = datasets.load_from_disk(str(gr_nb))["train"]
@@ -320,7 +322,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_adapter(gr_n
 
 
 def test_balanced_sample_spreads_target_positions():
-    from adaptrec_prompts.sft_experiment import balanced_sample
+    from adaptrec_prompts.finetune.experiment import balanced_sample
 
     rows = [{"example_id": f"e{i}", "target_item_id": 7, "candidate_item_ids": [7, 1, 2, 3] if i % 4 == 0 else
              [1, 2, 3, 7]} for i in range(40)]  # target at position 1 in 10 rows, at position 4 in 30
@@ -333,7 +335,7 @@ def test_balanced_sample_spreads_target_positions():
 def test_sft_experiment_trains_each_variant_on_the_same_rows_and_resumes(gr_nb, tmp_path):
     import datasets
 
-    from adaptrec_prompts.sft_experiment import SFTExperiment, run
+    from adaptrec_prompts.finetune.experiment import SFTExperiment, run
 
     config = SFTExperiment(data=str(gr_nb), out=str(tmp_path / "exp"), model="tiny", train_rows=8, epochs=0.5,
                            batch_size=2, grad_accum=1, learning_rate=5e-3, lora_r=4, n=6, m=3, refresh_steps=1,
@@ -369,7 +371,7 @@ def gr_valid(tmp_path_factory, goodreads_raw):
 def test_listwise_rows_are_the_inference_prompt_and_score_mode_completions(ml100k, labels):
     from conftest import with_fake_neighbors
 
-    from adaptrec_prompts.sft_data import listwise_row
+    from adaptrec_prompts.finetune.rows import listwise_row
 
     row = with_fake_neighbors(ml100k["train"][500], ml100k["train"].select(range(40, 60)))
     program = AdaptRec(load_template("movies"), selection="static", m_select=4, mode="score", prompt="compact",
@@ -390,8 +392,8 @@ def test_candidate_log_likelihoods_are_score_modes_scores_with_gradients(ml100k,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from adaptrec_prompts.backends.hf import HFEngine
-    from adaptrec_prompts.sft_data import listwise_row
-    from adaptrec_prompts.training import candidate_log_likelihoods
+    from adaptrec_prompts.finetune.losses import candidate_log_likelihoods
+    from adaptrec_prompts.finetune.rows import listwise_row
 
     row = with_fake_neighbors(ml100k["test"][3], ml100k["train"].select(range(40, 60)))
     program = AdaptRec(load_template("movies"), selection="static", m_select=3, mode="score", prompt="compact",
@@ -428,9 +430,9 @@ def test_listwise_training_with_title_answers_learns_its_rows_and_records_the_ch
     assert (tmp_path / "out" / "loss.png").stat().st_size > 0
     assert all(np.isfinite(e["loss"]) for e in out["log_history"] if "loss" in e)
 
-    from adaptrec_prompts.baselines.demo_match import DemoMatchBaseline
-    from adaptrec_prompts.embed import training_sequences
-    from adaptrec_prompts.report import choice_report
+    from adaptrec_prompts.evaluation.baselines.demo_match import DemoMatchBaseline
+    from adaptrec_prompts.evaluation.report import choice_report
+    from adaptrec_prompts.retrieval.embedders import training_sequences
 
     report = choice_report([tmp_path / "out"], tmp_path / "rep", "objectives")
     saved = json.loads((report / "choice.json").read_text())
@@ -459,7 +461,7 @@ def test_the_listwise_scores_need_the_prompts_cache(ml100k, tiny_model):
     # prompt; TRL's config turns it on by default, and the listwise trainer turns it off (the test above)
     from transformers import AutoModelForCausalLM
 
-    from adaptrec_prompts.training import candidate_log_likelihoods
+    from adaptrec_prompts.finetune.losses import candidate_log_likelihoods
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     model.gradient_checkpointing_enable()
@@ -469,7 +471,7 @@ def test_the_listwise_scores_need_the_prompts_cache(ml100k, tiny_model):
 
 
 def test_choice_diagnostics_refuse_records_of_other_rows(tmp_path):
-    from adaptrec_prompts.training import ChoiceDiagnostics
+    from adaptrec_prompts.finetune.callbacks import ChoiceDiagnostics
 
     rows = [{"example_id": "a", "candidate_item_ids": [1, 2]}, {"example_id": "b", "candidate_item_ids": [1, 2]}]
     ChoiceDiagnostics(None, {"valid": rows}, {}, tmp_path / "d.jsonl", 0, identity={"loss": "answer"})
@@ -504,7 +506,7 @@ def test_choice_diagnostics_refuse_the_test_split_and_unknown_losses(gr_valid, t
 def test_sft_experiment_with_title_answers_reports_the_floor_and_the_choice(gr_valid, tmp_path):
     import datasets
 
-    from adaptrec_prompts.sft_experiment import SFTExperiment, run
+    from adaptrec_prompts.finetune.experiment import SFTExperiment, run
 
     config = SFTExperiment(data=str(gr_valid), out=str(tmp_path / "exp"), model="tiny", variants=("none", "static"),
                            train_rows=6, epochs=1.0, batch_size=2, grad_accum=1, learning_rate=5e-3, lora_r=4, n=6, m=3,

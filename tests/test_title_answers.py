@@ -3,11 +3,11 @@
 import dspy
 import pytest
 
+from adaptrec_prompts.data.render import load_template
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.modules import AdaptRec, example_inputs
-from adaptrec_prompts.parsing import parse_choice
-from adaptrec_prompts.render import load_template
-from adaptrec_prompts.sft_data import stage3_row
+from adaptrec_prompts.finetune.rows import stage3_row
+from adaptrec_prompts.programs.adaptrec import AdaptRec, example_inputs
+from adaptrec_prompts.programs.parsing import parse_choice
 
 
 def test_titles_render_without_labels_and_the_instructions_say_so(ml100k):
@@ -54,7 +54,7 @@ def test_score_mode_ranks_the_titles_by_their_likelihood(ml100k, tiny_model):
 
 
 def test_api_score_mode_refuses_title_answers():
-    from adaptrec_prompts.scoring import score_completions
+    from adaptrec_prompts.programs.scoring import score_completions
 
     lm = dspy.LM("openai/gpt-4o-mini", api_key="unused", api_base="http://127.0.0.1:9/v1")
     with pytest.raises(ConfigError, match="labels='titles'.*labels='letters' or mode='generate'"):

@@ -1,7 +1,11 @@
-"""LM backends. Nothing heavy is imported here: `hf` imports torch/transformers when used.
+"""LM backends (above the programs they run, below the evaluation that runs them). Nothing heavy is imported
+here: `hf` imports torch/transformers when used.
 
-- API models: `api_lm("openai/gpt-4o")` or any `dspy.LM` (keys come from the environment).
-- Local Hugging Face models: `hf_lm(path, adapter=...)` -> a `dspy.LM` over `HFEngine` (generate + score).
+- API models: `api_lm("openai/gpt-4o")` or any `dspy.LM` (keys come from the environment); `make_lm(spec)`
+  turns an `--lm` spec into an LM (`api`).
+- Local Hugging Face models: `hf_lm(path, adapter=...)` -> a `dspy.LM` over `HFEngine` (generate + score),
+  with a peft LoRA adapter folder checked first (`lora`).
+- `tiny`: tiny Llamas built locally; `gemma`: the Gemma 3 270M preset; `llamacpp`: a llama.cpp server.
 """
 
 from adaptrec_prompts.backends.api import api_lm, make_lm

@@ -27,9 +27,9 @@ import torch
 from dspy.lm15 import Message, Response, TextPart, Usage, response_to_events
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from adaptrec_prompts.devices import resolve_device
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.progress import library_bars
+from adaptrec_prompts.utils.devices import resolve_device
+from adaptrec_prompts.utils.progress import library_bars
 
 END_MARKER = "[[ ## completed ## ]]"
 PROMPT_FORMATS = ("auto", "chat", "plain")
@@ -118,7 +118,7 @@ class HFEngine:
             if adapter:
                 from peft import PeftModel
 
-                from adaptrec_prompts.lora import check_adapter
+                from adaptrec_prompts.backends.lora import check_adapter
 
                 check_adapter(adapter, model_path)  # only what training writes, trained on this base model
                 try:

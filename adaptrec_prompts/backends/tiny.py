@@ -52,7 +52,7 @@ def build_tiny_llama(texts: Iterable[str], out_dir: str | Path, size: str = "mic
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from adaptrec_prompts.progress import library_bars
+    from adaptrec_prompts.utils.progress import library_bars
 
     hidden, inter, layers, heads = SIZES[size]
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size, chat_template=chat_template)
@@ -73,7 +73,8 @@ def build_tiny_llama(texts: Iterable[str], out_dir: str | Path, size: str = "mic
 def prompt_corpus(rows, template) -> list[str]:
     """Rendered Stage-3 prompts with their answers (each row's own history as its similar user): text to
     train a tiny tokenizer on, so the prompt boilerplate and titles tokenize compactly."""
-    from adaptrec_prompts.modules import NextItemRecommender, eval_adapter
+    from adaptrec_prompts.programs.chat_adapters import eval_adapter
+    from adaptrec_prompts.programs.recommender import NextItemRecommender
 
     rec, adapter = NextItemRecommender(template), eval_adapter()
     texts = []
@@ -107,9 +108,9 @@ def build_tiny_model(data: str | Path, out: str | Path, *, size: str = "micro", 
         >>> path = build_tiny_model("artifacts/ml-100k", "artifacts/models/tiny")  # doctest: +SKIP
         >>> lm = make_lm(f"hf:{path}")  # doctest: +SKIP
     """
+    from adaptrec_prompts.data.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.data.render import manifest_template
     from adaptrec_prompts.errors import ConfigError
-    from adaptrec_prompts.prepare import load_manifest, load_prepared
-    from adaptrec_prompts.render import manifest_template
 
     if size not in SIZES:
         raise ConfigError(f"size={size!r} is not a tiny model size; use one of {', '.join(SIZES)}")

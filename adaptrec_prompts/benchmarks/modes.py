@@ -18,10 +18,12 @@ import torch
 
 from adaptrec_prompts.backends.hf import hf_lm
 from adaptrec_prompts.backends.tiny import build_tiny_llama, prompt_corpus
+from adaptrec_prompts.data.prepare import load_manifest, load_prepared
+from adaptrec_prompts.data.render import manifest_template
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.modules import AdaptRec, NextItemRecommender, answer_block, eval_adapter, example_inputs
-from adaptrec_prompts.prepare import load_manifest, load_prepared
-from adaptrec_prompts.render import manifest_template
+from adaptrec_prompts.programs.adaptrec import AdaptRec, example_inputs
+from adaptrec_prompts.programs.chat_adapters import eval_adapter
+from adaptrec_prompts.programs.recommender import NextItemRecommender, answer_block
 
 
 def run(data_dir: str | Path, examples: int = 10, m_select: int = 5, max_new_tokens: int = 32,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptrec_prompts.retriever import DEFAULT_HNSW, exact_top_k
+from adaptrec_prompts.retrieval.index import DEFAULT_HNSW, exact_top_k
 
 
 def synthetic(n: int, dim: int = 64, seed: int = 0, centres: int = 256) -> np.ndarray:
@@ -121,10 +121,10 @@ def coverage(data_dir: str | Path, n: int = 10, seed: int = 0) -> dict:
     """coverage@N on the valid split (exact search): does the target appear among the next items / histories of
     the N Stage-1 users (collab; distinct users, each with their best allowed window) vs N random users (the
     `RandomUsers` control: uniform over the pool's users under the same rules)?"""
-    from adaptrec_prompts.embed import CollabEmbedder, training_sequences
-    from adaptrec_prompts.neighbors import RandomUsers
-    from adaptrec_prompts.prepare import load_prepared
-    from adaptrec_prompts.schema import column
+    from adaptrec_prompts.data.prepare import load_prepared
+    from adaptrec_prompts.data.schema import column
+    from adaptrec_prompts.retrieval.embedders import CollabEmbedder, training_sequences
+    from adaptrec_prompts.retrieval.neighbors import RandomUsers
 
     ddict = load_prepared(data_dir)
     train, valid = ddict["train"], ddict["valid"]

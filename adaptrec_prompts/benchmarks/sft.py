@@ -18,7 +18,7 @@ from pathlib import Path
 
 from adaptrec_prompts.backends.presets import GEMMA_PRESET
 from adaptrec_prompts.errors import ConfigError
-from adaptrec_prompts.training import LORA_TARGETS
+from adaptrec_prompts.finetune.trainer import LORA_TARGETS
 
 
 def _model_dir(model: str, data_dir: Path, template, rows: list[dict], work: Path) -> tuple[Path, str]:
@@ -53,12 +53,12 @@ def run(data_dir: str | Path, model: str = "gemma-3-270m", rows: int = 6, select
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from adaptrec_prompts.devices import trainer_use_cpu
-    from adaptrec_prompts.modules import AdaptRec
-    from adaptrec_prompts.prepare import load_manifest, load_prepared
-    from adaptrec_prompts.render import manifest_template
-    from adaptrec_prompts.sft_data import stage3_row
-    from adaptrec_prompts.training import answer_only_loss, answer_only_trainer, tokenize_fn
+    from adaptrec_prompts.data.prepare import load_manifest, load_prepared
+    from adaptrec_prompts.data.render import manifest_template
+    from adaptrec_prompts.finetune.losses import answer_only_loss, answer_only_trainer, tokenize_fn
+    from adaptrec_prompts.finetune.rows import stage3_row
+    from adaptrec_prompts.programs.adaptrec import AdaptRec
+    from adaptrec_prompts.utils.devices import trainer_use_cpu
 
     use_cpu = trainer_use_cpu(device)  # before any data or model is loaded
     data_dir = Path(data_dir)

@@ -15,7 +15,7 @@ from pathlib import Path
 from adaptrec_prompts.data._io import iter_lines, require_file, require_folder
 from adaptrec_prompts.data.llara import load_llara
 from adaptrec_prompts.data.movielens import LAYOUT, load_movielens
-from adaptrec_prompts.protocol import ProtocolConfig, split_users, user_sequences
+from adaptrec_prompts.data.protocol import ProtocolConfig, split_users, user_sequences
 
 
 def compare_llara_movielens(raw_dir: str | Path, llara_dir: str | Path,
