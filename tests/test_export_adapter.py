@@ -114,3 +114,14 @@ def test_the_shipped_adapters_are_what_their_manifests_say(name):
     assert trained_settings(folder) == {"prompt": "compact", "labels": "titles", "demo_items": 5}
     assert recorded["program"]["selection"] == ("static" if name.endswith("static") else "none")
     assert not list(folder.glob("*.bin")) and not list(folder.glob("checkpoint-*"))
+
+
+def test_the_main_job_finds_the_shipped_adapters_for_gemma_only():
+    from adaptrec_prompts.experiments.pipeline import adapter_program, shipped_adapters
+
+    found = shipped_adapters("gemma-3-270m")
+    assert found == [ROOT / "finetune" / "adapters" / "ml-100k-listwise-zero-shot",
+                     ROOT / "finetune" / "adapters" / "ml-100k-listwise-static"]
+    assert [adapter_program(f)["selection"] for f in found] == ["none", "static"]
+    assert adapter_program(found[1]) == {"selection": "static", "m": 5, "demo_items": 5}
+    assert shipped_adapters("hf:artifacts/models/tiny") == [] and shipped_adapters("openai/gpt-4o") == []
