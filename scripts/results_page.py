@@ -9,6 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
+CURVE = "sft-curve-llara-lastfm"  # the learning curve: one longer run, its validation diagnostics every 128 rows
 
 INTRO = """# Results
 
@@ -285,6 +286,10 @@ OBJECTIVES = [
      "ML-100K (192 position-balanced training windows, LoRA r = 16 on attention, lr 5e-4); the first 24 LastFM "
      "validation users scored before training, halfway and at the end. Few LastFM prompts show the target (1 of "
      "these 24), so this slice says little about reading the demonstrations; the test split below has 9 such rows."),
+    ("Learning curve: the same recipe on 512 LastFM rows (validation diagnostics every 128 rows)", CURVE,
+     "One static adapter trained on 512 position-balanced LastFM windows (128 steps of 4; otherwise the recipe "
+     "above), scoring the first 48 validation users every 32 steps. One run with one cosine schedule, so a point "
+     "at 128 rows is that run part-way, not a 128-row run; the test split is not used."),
     ("The LastFM listwise adapters on the 122 test users, next to the floor", "sft-listwise-llara-lastfm",
      "The two adapters of the section above in score mode on LLaRA's 122 LastFM test users, on the same rows, "
      "targets and candidates as the floor section's no-LM rows, with the untuned model under the same prompts; "
@@ -381,7 +386,20 @@ def listwise_summary() -> str:
                      f"demo-match {o['targets']['floor']}; above tuned zero-shot at p < 0.05 "
                      f"{o['targets']['zero-shot']}; top-1 position {o['targets']['position']}.")
     return ("**Fine-tuning that learns the choice.** " + " ".join(parts) + " Each adapter trained on 192 windows "
-            "(48 steps of 4); not yet run: the self-adaptive variant.\n")
+            f"(48 steps of 4).{learning_curve()} Not yet run: the self-adaptive variant.\n")
+
+
+def learning_curve() -> str:
+    """A sentence with the learning curve's validation choice NLL and HR@1 by rows seen (choice.json of the
+    longer run), or "" when it is not there."""
+    choice = _load(CURVE, "choice.json")
+    if not choice:
+        return ""
+    adapter = choice["adapters"][0]
+    points = sorted((r for r in adapter["records"] if r["slice"] == "valid"), key=lambda r: r["step"])
+    curve = ", ".join(f"{r['step'] * adapter['per_step']} rows: {r['choice_nll']:.2f} / {r['hr1']:.3f}" for r in points)
+    return (f" Learning curve (LastFM, static prompts, one run of {adapter['rows']} rows, the first {choice['rows']} "
+            f"validation users; choice NLL / HR@1, demo-match HR@1 {choice['floor_hr1']:.3f} on the same rows): {curve}.")
 
 
 def readme_outcome() -> str:
