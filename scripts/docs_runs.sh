@@ -147,6 +147,8 @@ if [ "${SFT:-0}" = 1 ]; then
   adaptrec sft-experiment --data $A/llara-lastfm-sft --train-rows 512 --grad-accum 4 --learning-rate 5e-4 \
     --lora-targets attention --labels titles --loss listwise --variants static --diagnostics-rows 48 \
     --diagnostics-train-rows 8 --diagnostics-steps 32 --train-only --no-progress --out $R/sft/lastfm-listwise
+  python eval/choice_report.py $R/sft/lastfm-listwise/train/static --out docs/results/sft-curve-llara-lastfm \
+    --title "LastFM validation (first 48 users): the listwise static adapter's learning curve over 512 rows"
   step "The shipped adapters (finetune/adapters): fp16 copies of the two ML-100K listwise adapters"
   for v in static:static none:zero-shot; do
     [ -d finetune/adapters/ml-100k-listwise-${v##*:} ] || python finetune/export_adapter.py \

@@ -348,11 +348,15 @@ def listwise_outcome(dataset: str, objectives: str, test: str, chosen_here: bool
                 f"McNemar p {'< 0.001' if c['p_value'] < 0.001 else '= ' + format(c['p_value'], '.3f')})")
 
     floor_diff = tuned["value"] - hr1["demo-match"]["value"]
-    zs_diff, zs = lead("tuned-zero-shot")
+    if "tuned-zero-shot" in by_b:
+        zs_diff, zs = lead("tuned-zero-shot")
+        zs_target = ("met" if zs_diff > 0 and zs["p_value"] < 0.05 else
+                     f"missed ({zs_diff:+.3f}, p = {zs['p_value']:.3f})")
+    else:
+        zs_target = "not measured (no tuned zero-shot run in the report)"
     targets = {
         "floor": ("met" if floor_diff >= 0 else f"missed by {-floor_diff:.3f}"),
-        "zero-shot": ("met" if zs_diff > 0 and zs["p_value"] < 0.05 else
-                      f"missed ({zs_diff:+.3f}, p = {zs['p_value']:.3f})"),
+        "zero-shot": zs_target,
         "position": ("flagged" if position.get("flag") else "not flagged")
                     + f" (#{position.get('most_common')} on {100 * (position.get('most_common_share') or 0):.0f}%)",
     }
@@ -362,13 +366,15 @@ def listwise_outcome(dataset: str, objectives: str, test: str, chosen_here: bool
         "valid": (f"validation users ({choice['rows']} rows, chance choice NLL ln {k} = {math.log(k):.2f}; demo-match "
                   f"HR@1 {choice['floor_hr1']:.3f} on the same rows): {valid}"),
         "test": (f"tuned AdaptRec (static) HR@1 {tuned['value']:.3f} [{tuned['ci_low']:.3f}, {tuned['ci_high']:.3f}] "
-                 f"against {versus('demo-match')}, {versus('tuned-zero-shot')}, "
-                 + "".join(f"{versus(u)}, " for u in ("untuned-static", "untuned-zero-shot") if u in by_b)
+                 f"against {versus('demo-match')}, "
+                 + "".join(f"{versus(u)}, " for u in ("tuned-zero-shot", "untuned-static", "untuned-zero-shot")
+                           if u in by_b)
                  + f"{versus('userknn')} and {versus('popularity')} (the tuned model's lead, paired)"),
         "shown": (f"Where the prompt shows the target ({exposure['shown']} of {exposure['rows']} rows) tuned static "
                   f"hits {round(shown['hr1_shown'] * shown['n_shown'])}; elsewhere "
                   f"{round(shown['hr1_not_shown'] * shown['n_not_shown'])} of {shown['n_not_shown']}"),
-        "demo_match": hr1["demo-match"]["value"], "zero_shot": hr1["tuned-zero-shot"]["value"],
+        "demo_match": hr1["demo-match"]["value"], "zero_shot": (hr1.get("tuned-zero-shot") or {}).get("value"),
+        "trained": sorted({(a["rows"], a["rows"] // a["per_step"], a["per_step"]) for a in choice["adapters"]}),
     }
 
 
@@ -385,8 +391,11 @@ def listwise_summary() -> str:
         parts.append(f"{head} On the {o['n']} {o['dataset']} test users, {o['test']}. {o['shown']}. Targets: HR@1 >= "
                      f"demo-match {o['targets']['floor']}; above tuned zero-shot at p < 0.05 "
                      f"{o['targets']['zero-shot']}; top-1 position {o['targets']['position']}.")
-    return ("**Fine-tuning that learns the choice.** " + " ".join(parts) + " Each adapter trained on 192 windows "
-            f"(48 steps of 4).{learning_curve()} Not yet run: the self-adaptive variant.\n")
+    trained = sorted({t for o in found for t in o["trained"]})
+    curve = learning_curve()
+    return ("**Fine-tuning that learns the choice.** " + " ".join(parts) + " Training: "
+            + "; ".join(f"{rows} windows in {steps} steps of {per}" for rows, steps, per in trained) + f" per adapter.{curve}"
+            + " Not yet run: the self-adaptive variant" + ("" if curve else ", the learning curve") + ".\n")
 
 
 def learning_curve() -> str:
@@ -409,12 +418,14 @@ def readme_outcome() -> str:
         return ""
     rows = "; ".join(
         f"{o['dataset']} ({o['n']} test users): tuned AdaptRec HR@1 {o['tuned']['value']:.3f} vs demo-match "
-        f"{o['demo_match']:.3f} (the floor: {o['targets']['floor']}) and tuned zero-shot {o['zero_shot']:.3f} "
-        f"(ahead of it at p < 0.05: {o['targets']['zero-shot']}), top-1 position {o['targets']['position'].split(' (')[0]}"
-        for o in found)
-    return ("Outcome of the chosen objective (title answers, listwise loss, LoRA on Gemma 3 270M, 192 training "
-            f"windows; generated from the reports by `python scripts/results_page.py`): {rows}. Details, CIs and "
-            "what is not yet run: [docs/results.md](docs/results.md).")
+        f"{o['demo_match']:.3f} (the floor: {o['targets']['floor']})"
+        + (f" and tuned zero-shot {o['zero_shot']:.3f}" if o["zero_shot"] is not None else "")
+        + f" (ahead of it at p < 0.05: {o['targets']['zero-shot']}), top-1 position "
+        f"{o['targets']['position'].split(' (')[0]}" for o in found)
+    windows = " or ".join(str(rows_) for rows_ in sorted({t[0] for o in found for t in o["trained"]}))
+    return (f"Outcome of the chosen objective (title answers, listwise loss, LoRA on Gemma 3 270M, {windows} "
+            f"training windows; generated from the reports by `python scripts/results_page.py`): {rows}. Details, "
+            "CIs and what is not yet run: [docs/results.md](docs/results.md).")
 
 
 README_MARKERS = ("<!-- outcome: generated by scripts/results_page.py -->", "<!-- /outcome -->")
@@ -426,7 +437,7 @@ def write_readme_outcome() -> None:
     readme, text = ROOT / "README.md", readme_outcome()
     page = readme.read_text()
     begin, end = README_MARKERS
-    if not text or begin not in page or end not in page:
+    if not text or begin not in page or end not in page.split(begin, 1)[1]:
         return
     head, rest = page.split(begin, 1)
     readme.write_text(f"{head}{begin}\n\n{text}\n\n{end}{rest.split(end, 1)[1]}")

@@ -127,14 +127,20 @@ def test_pipeline_main_job_with_a_local_model(ml100k_raw, tiny_model, tmp_path, 
                        demo_items=4).config()
     (adapter / "adaptrec_manifest.json").write_text(json.dumps({"base_model": str(tiny_model), "program": program,
                                                                 "train_rows": 8, "steps": 2}))
-    assert main([*argv, "--out", str(tmp_path / "tuned"), "--adapters", str(adapter)]) == 0
+    assert main([*argv, "--adapters", f"{adapter},{adapter}"]) == 2  # one per selection
+    assert "include two trained with the same selection" in capsys.readouterr().err
+    assert main([*argv, "--lm", "openai/gpt-4o-mini", "--adapters", str(adapter)]) == 2  # before any row runs
+    assert "load on a local model only, and --lm openai/gpt-4o-mini is not one" in capsys.readouterr().err
+    assert main([*argv, "--adapters", str(adapter)]) == 0  # the same job folder
     printed = capsys.readouterr().out
     assert rows(printed)[-1] == ["micro-tuned-static", "3"]
-    manifest = json.loads((tmp_path / "tuned" / "runs" / "micro-tuned-static" / "manifest.json").read_text())
+    assert "paired: adaptrec compare" not in printed.split("Tuned rows")[1]  # no zero-shot twin: no pair to compare
+    manifest = json.loads((out / "runs" / "micro-tuned-static" / "manifest.json").read_text())
     used = manifest["config"]["program_config"]
     assert (used["labels"], used["prompt"], used["demo_items"], used["m_select"]) == ("titles", "compact", 4, 3)
-    floor = json.loads((tmp_path / "tuned" / "runs" / "demo-match" / "manifest.json").read_text())["run_config"]
-    assert (floor["m"], floor["demo_items"]) == (3, 4)
+    floor = json.loads((out / "runs" / "demo-match-m3-items4" / "manifest.json").read_text())
+    assert (floor["run_config"]["m"], floor["run_config"]["demo_items"]) == (3, 4)
+    assert (out / "runs" / "demo-match-m5-itemsall" / "results.json").is_file()  # the first floor, not reused for it
     assert f"{adapter}: LoRA r=? on {tiny_model}" in printed and "selection static, prompt compact, labels titles" in printed
 
 

@@ -90,6 +90,26 @@ def test_bad_input_and_an_existing_folder_are_refused(trained_like, tmp_path):
     with pytest.raises(OutputExistsError, match="exists; choose another folder or pass overwrite=True"):
         export_adapter(trained_like, tmp_path / "taken")
     assert export_adapter(trained_like, tmp_path / "taken", overwrite=True).joinpath("adapter_config.json").is_file()
+    (tmp_path / "a-file").write_text("x")
+    assert export_adapter(trained_like, tmp_path / "a-file", overwrite=True, dtype="float32").is_dir()
+
+
+def test_other_dtypes_and_a_failed_export_leaves_nothing_behind(trained_like, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from adaptrec_prompts.backends.lora import export_adapter
+
+    for dtype in ("bfloat16", "float32"):
+        out = export_adapter(trained_like, tmp_path / dtype, dtype=dtype)
+        assert {str(t.dtype) for t in load_file(out / "adapter_model.safetensors").values()} == {f"torch.{dtype}"}
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_like, broken)
+    (broken / "adaptrec_manifest.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not readable JSON"):
+        export_adapter(broken, tmp_path / "never")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bfloat16", "broken", "float32"]  # no .partial, no out
 
 
 def test_the_script_prints_what_it_wrote_and_refuses_with_exit_2(trained_like, tmp_path):

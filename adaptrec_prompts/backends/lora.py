@@ -174,22 +174,28 @@ def export_adapter(adapter: str | Path, out: str | Path, *, dtype: str = "float1
         raise OutputExistsError(f"export_adapter: {out} exists; choose another folder or pass overwrite=True")
     tensors = load_file(src / WEIGHTS)
     cast = {k: (v.to(dtypes[dtype]) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
-    staging = out.with_name(out.name + ".partial")
+    staging = out.parent / (out.resolve().name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_file(cast, staging / WEIGHTS, metadata={"format": "pt"})
-    for name in EXPORTED:
-        if (src / name).is_file() and name != MANIFEST:
-            shutil.copy2(src / name, staging / name)
-    recorded = manifest(src)
-    if recorded is not None:
-        if recorded.get("base_model_architecture") is None and recorded.get("base_model"):
-            recorded["base_model_architecture"] = architecture(recorded["base_model"])
-        digest = lambda f: hashlib.sha256(f.read_bytes()).hexdigest()  # noqa: E731
-        recorded["exported"] = {"from": str(src), "dtype": dtype, "source_weights_sha256": digest(src / WEIGHTS),
-                                "weights_sha256": digest(staging / WEIGHTS)}
-        (staging / MANIFEST).write_text(json.dumps(recorded, indent=2) + "\n", encoding="utf-8")
-    if out.exists():
+    try:
+        save_file(cast, staging / WEIGHTS, metadata={"format": "pt"})
+        for name in EXPORTED:
+            if (src / name).is_file() and name != MANIFEST:
+                shutil.copy2(src / name, staging / name)
+        recorded = manifest(src)
+        if recorded is not None:
+            if recorded.get("base_model_architecture") is None and recorded.get("base_model"):
+                recorded["base_model_architecture"] = architecture(recorded["base_model"])
+            digest = lambda f: hashlib.sha256(f.read_bytes()).hexdigest()  # noqa: E731
+            recorded["exported"] = {"from": str(src), "dtype": dtype, "source_weights_sha256": digest(src / WEIGHTS),
+                                    "weights_sha256": digest(staging / WEIGHTS)}
+            (staging / MANIFEST).write_text(json.dumps(recorded, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing half-written is left behind
+        raise
+    if out.is_dir() and not out.is_symlink():
         shutil.rmtree(out)
+    elif out.exists() or out.is_symlink():
+        out.unlink()
     staging.rename(out)
     return out

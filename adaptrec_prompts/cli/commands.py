@@ -372,7 +372,8 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     """prepare -> Stage-1 neighbours -> baselines -> AdaptRec (static M) and zero-shot with an LM -> one table."""
     import time
 
-    from adaptrec_prompts.experiments.pipeline import describe_adapters, lm_run_name, main_job, shipped_adapters, table
+    from adaptrec_prompts.experiments.pipeline import (adapter_program, describe_adapters, lm_run_name, main_job,
+                                                       shipped_adapters, table, tuned_run_name)
 
     started = time.perf_counter()
     adapters = None if args.adapters is None else [a for a in args.adapters.split(",") if a and a != "none"]
@@ -384,11 +385,13 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     print(f"\ntotal {time.perf_counter() - started:.0f} s. Full test set: --limit 95; paired test: adaptrec compare "
           f"{zero_shot} {static}")
     if adapters:
-        tuned = [results[name].path for name in list(results)[-len(adapters):]]
+        tuned = {adapter_program(a)["selection"]: results[tuned_run_name(args.lm, adapter_program(a)["selection"])].path
+                 for a in adapters}
+        pair = f"\n  paired: adaptrec compare {tuned['none']} {tuned['static']}" if {"none", "static"} <= set(tuned) else ""
         print("Tuned rows (the paper's main setting, fine-tuned with vs without demonstrations):\n  "
-              + "\n  ".join(describe_adapters(adapters)) + f"\n  paired: adaptrec compare {' '.join(map(str, tuned))}")
-    print("To train adapters yourself (CPU-hours per dataset on 2 cores; the measured times are in docs/results.md, "
-          "\"Fine-tuned Gemma 3 270M\"):\n  adaptrec index neighbors --data " + f"{Path(args.out) / 'ml-100k'} --out "
+              + "\n  ".join(describe_adapters(adapters)) + pair)
+    print("To train such adapters yourself (the shipped pair's recipe; each manifest in finetune/adapters records its "
+          "training seconds):\n  adaptrec index neighbors --data " + f"{Path(args.out) / 'ml-100k'} --out "
           f"{Path(args.out) / 'ml-100k-sft'} --splits train,valid,test --train-sample 3000\n  adaptrec sft-experiment "
-          f"--data {Path(args.out) / 'ml-100k-sft'} --out {Path(args.out) / 'sft'} --train-rows 512 --grad-accum 4 "
+          f"--data {Path(args.out) / 'ml-100k-sft'} --out {Path(args.out) / 'sft'} --train-rows 192 --grad-accum 4 "
           "--learning-rate 5e-4 --lora-targets attention --labels titles --loss listwise --variants none,static")

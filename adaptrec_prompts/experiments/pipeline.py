@@ -52,6 +52,11 @@ def adapter_program(adapter: str | Path) -> dict:
                           "pass adapter folders written by `adaptrec sft-experiment` or finetune/sft.py") from None
 
 
+def tuned_run_name(lm: str, selection: str) -> str:
+    """The run folder of a tuned row: <model>-tuned-zero-shot, or <model>-tuned-<selection>."""
+    return f"{lm_run_name(lm, 'none').removesuffix('-zero-shot')}-tuned-{'zero-shot' if selection == 'none' else selection}"
+
+
 def lm_run_name(lm: str, program: str) -> str:
     """The run folder of an LM row: the model's folder name plus zero-shot or static."""
     return f"{lm.removeprefix('hf:').rsplit('/', 1)[-1]}-{'zero-shot' if program == 'none' else 'static'}"
@@ -88,7 +93,14 @@ def main_job(out: str | Path = "artifacts/main", *, raw_dir: str | Path | None =
     if is_local(lm):  # a GPU torch cannot see: refused before the data and the neighbours are built
         resolve_device(device)
     adapters = shipped_adapters(lm) if adapters is None else [Path(a) for a in adapters]
+    if adapters and not is_local(lm):
+        raise ConfigError(f"adapters: LoRA folders load on a local model only, and --lm {lm} is not one; pass the "
+                          "base they were trained on (gemma-3-270m or hf:PATH), or --adapters none")
     tuned = [(Path(a), adapter_program(a)) for a in adapters]  # a folder without its record: refused before any work
+    names = [tuned_run_name(lm, p["selection"]) for _, p in tuned]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"adapters: {', '.join(map(str, adapters))} include two trained with the same selection; "
+                          "their rows would share one run folder: pass one adapter per selection")
     shown = [p for _, p in tuned if p["selection"] != "none"]
     floor = {"m": shown[0]["m"], "demo_items": shown[0]["demo_items"]} if shown else {"m": m, "demo_items": None}
     out = Path(out)
@@ -103,7 +115,10 @@ def main_job(out: str | Path = "artifacts/main", *, raw_dir: str | Path | None =
         print(f"wrote {nb}: top-{n} neighbours from {index.name}", flush=True)
     results: dict[str, Results] = {}
     for baseline in (*BASELINES, "demo-match"):
-        folder = runs / baseline
+        # demo-match reads the prompt of the row it is the floor of: its folder names those settings, so a rerun
+        # with other adapters never reuses a floor built for another prompt
+        folder = runs / (f"demo-match-m{floor['m']}-items{floor['demo_items'] or 'all'}"
+                         if baseline == "demo-match" else baseline)
         if (folder / "results.json").is_file():  # a finished full-split run: nothing to resume
             results[baseline] = Results.load(folder)
             continue
@@ -119,9 +134,9 @@ def main_job(out: str | Path = "artifacts/main", *, raw_dir: str | Path | None =
         model = model or load_lm(config, progress)  # one model for both rows
         results[name] = run_eval(config, lm=model, progress=progress)
         print(format_results(str(config.out), results[name]), flush=True)
-    for adapter, trained in tuned:
+    del model  # each tuned row loads the base again with its adapter: not two copies at once
+    for (adapter, trained), name in zip(tuned, names, strict=True):
         selection = trained["selection"]
-        name = f"{lm_run_name(lm, 'none').removesuffix('-zero-shot')}-tuned-{'zero-shot' if selection == 'none' else selection}"
         config = RunConfig(data=nb, out=runs / name, program=selection, lm=lm, adapter=str(adapter), mode="score",
                            n=n, m=trained["m"], limit=limit, device=device,
                            **(trained_settings(adapter) or {}))  # the prompt, labels and demo_items it was trained on
