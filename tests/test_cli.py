@@ -141,7 +141,7 @@ def test_pipeline_main_job_with_a_local_model(ml100k_raw, tiny_model, tmp_path, 
     floor = json.loads((out / "runs" / "demo-match-m3-items4" / "manifest.json").read_text())
     assert (floor["run_config"]["m"], floor["run_config"]["demo_items"]) == (3, 4)
     assert (out / "runs" / "demo-match-m5-itemsall" / "results.json").is_file()  # the first floor, not reused for it
-    assert f"{adapter}: LoRA r=? on {tiny_model}" in printed and "selection static, prompt compact, labels titles" in printed
+    assert f"{adapter}: LoRA r=? on {tiny_model.name}," in printed and "selection static, prompt compact, labels titles" in printed
 
 
 def test_pipeline_table_states_chance_the_metrics_and_flags_a_position_picker(tmp_path):

@@ -192,7 +192,7 @@ def describe_adapters(adapters: Sequence[str | Path]) -> list[str]:
         recorded = json.loads((Path(adapter) / "adaptrec_manifest.json").read_text(encoding="utf-8"))
         program, config = recorded.get("program") or {}, recorded.get("config") or {}
         script, model = config.get("script") or {}, config.get("model") or {}
-        lines.append(f"{adapter}: LoRA r={model.get('lora_r', '?')} on {recorded.get('base_model', '?')}, "
+        lines.append(f"{adapter}: LoRA r={model.get('lora_r', '?')} on {Path(recorded.get('base_model') or '?').name}, "
                      f"{script.get('loss', 'answer')} loss, {recorded.get('train_rows', '?')} training windows of "
                      f"{recorded.get('data', '?')} ({recorded.get('steps', '?')} steps); selection "
                      f"{program.get('selection', 'none')}, prompt {program.get('prompt', 'full')}, labels "
