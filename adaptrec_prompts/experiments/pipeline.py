@@ -155,16 +155,17 @@ def table(results: dict[str, Results], *, limit: int = 40, n: int = 10, m: int =
     """The job's table: every run's n, HR@1 and NDCG@5 with 95% CIs, ValidRatio and where its top-1s sit in the
     candidate list; then the chance level, what the metrics mean, and a line for each run whose top-1 is mostly
     one list position (`harness.top1_positions`: a flag above 3x chance that chance would not give)."""
+    width = max(26, *(len(name) + 2 for name in results))  # the run names stay one column
     chance = chance_level(k)
     lines = [f"ML-100K test (LLaRA-compatible held-out users), K={k}, score mode, M={m}, N={n}; "
              f"LLM rows on the first {limit} users; 95% bootstrap CIs",
-             f"{'run':<26}{'n':>5}  {'HR@1':<22}{'NDCG@5':<22}{'ValidRatio':>10}  top-1 position"]
+             f"{'run':<{width}}{'n':>5}  {'HR@1':<22}{'NDCG@5':<22}{'ValidRatio':>10}  top-1 position"]
     flagged = []
     for name, r in results.items():
         cells = {key: f"{r.metrics[key]['value']:.3f} [{r.metrics[key]['ci_low']:.3f}, {r.metrics[key]['ci_high']:.3f}]"
                  for key in ("HR@1", "NDCG@5")}
         position = r.get("top1_position") or {}
-        lines.append(f"{name:<26}{r.n:>5}  {cells['HR@1']:<22}{cells['NDCG@5']:<22}"
+        lines.append(f"{name:<{width}}{r.n:>5}  {cells['HR@1']:<22}{cells['NDCG@5']:<22}"
                      f"{r.metrics['ValidRatio']['value']:>10.3f}  {position_cell(r)}")
         if position.get("flag"):
             top = position["most_common"]
