@@ -139,8 +139,9 @@ def test_existing_output_is_not_overwritten(goodreads_raw, tmp_path):
     out = save(ddict, titles, manifest, tmp_path / "gr")
     marker = out / "manifest.json"
     before = marker.read_bytes()
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="pass overwrite=True") as caught:  # a library call: the argument
         save(ddict, titles, manifest, out)
+    assert "--overwrite" not in str(caught.value) and "--overwrite" in caught.value.cli_message  # the CLI's wording
     assert marker.read_bytes() == before
     save(ddict, titles, manifest, out, overwrite=True)
     assert not list(tmp_path.glob(".gr.partial-*"))

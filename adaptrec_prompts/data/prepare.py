@@ -146,9 +146,7 @@ def prepare_dataset(dataset: str, out: str | Path, raw_dir: str | Path | None = 
 
         raw_dir = download(dataset, cache_dir)
     with OutputLock(out):
-        if Path(out).exists() and not overwrite:  # before the work, which would be thrown away at the end
-            raise OutputExistsError(f"output folder {str(out)!r} exists; pass --overwrite to replace it or "
-                                    "choose another --out")
+        refuse_existing(out, overwrite)  # again under the lock: before the work, which would be thrown away
         ddict, titles, manifest = build(dataset, raw_dir, config or ProtocolConfig(), items_file=items_file,
                                         domain=domain)
         return save(ddict, titles, manifest, out, overwrite=overwrite)
@@ -212,9 +210,7 @@ def save(ddict: datasets.DatasetDict, titles: dict[int, str], manifest: dict, ou
         OutputExistsError: `out` exists and `overwrite` is false.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"output folder {str(out)!r} exists; pass --overwrite to replace it or choose "
-                                "another --out")
+    refuse_existing(out, overwrite)
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     try:
@@ -229,8 +225,9 @@ def save(ddict: datasets.DatasetDict, titles: dict[int, str], manifest: dict, ou
     if out.exists():
         if not overwrite:  # another writer finished first (the check above ran before the work): keep theirs
             shutil.rmtree(partial, ignore_errors=True)
-            raise OutputExistsError(f"output folder {str(out)!r} was written by another process while this one "
-                                    "worked; it is kept. Pass --overwrite to replace it or choose another --out")
+            kept = f"output folder {str(out)!r} was written by another process while this one worked; it is kept. "
+            raise OutputExistsError(kept + "Pass overwrite=True to replace it or choose another output folder",
+                                    cli=kept + "Pass --overwrite to replace it or choose another --out")
         shutil.rmtree(out)
     partial.rename(out)
     return out

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import datasets
 
-from adaptrec_prompts.data.prepare import OutputLock, load_items, load_manifest, load_prepared, save
+from adaptrec_prompts.data.prepare import OutputLock, load_items, load_manifest, load_prepared, refuse_existing, save
 from adaptrec_prompts.data.protocol import example_rng
 from adaptrec_prompts.data.schema import SPLITS, column
-from adaptrec_prompts.errors import ConfigError, LeakageError, OutputExistsError
+from adaptrec_prompts.errors import ConfigError, LeakageError
 from adaptrec_prompts.retrieval.embedders import Embedder, embed_all
 from adaptrec_prompts.retrieval.index import QueryStats, UserIndex, pool_rows, take_rows
 
@@ -114,9 +114,7 @@ def add_neighbors(data_dir: str | Path, out: str | Path, index: UserIndex, embed
         raise ConfigError(f"unknown splits {sorted(unknown)}; valid: {', '.join(SPLITS)}")
     out = Path(out)
     with OutputLock(out):  # a second `index neighbors` on the same --out is refused, never interleaved
-        if out.exists() and not overwrite:  # before any query: the work would be thrown away at the end
-            raise OutputExistsError(f"output folder {str(out)!r} exists; pass --overwrite to replace it or choose "
-                                    "another --out")
+        refuse_existing(out, overwrite)  # before any query: the work would be thrown away at the end
         return _add_neighbors(data_dir, out, index, embedder, n, splits, overfetch, overwrite, train_sample,
                               train_sample_seed, random_seed, progress)
 
