@@ -131,3 +131,20 @@ def check_neighbour_rules(out):
                 checked += len(ids)
             assert len(row["random_example_ids"]) == len(row["neighbor_example_ids"])
     return ddict, checked
+
+
+@pytest.fixture(scope="module")
+def stage3(ml100k):
+    """The Stage-3 messages and the K answer completions for one real ML-100K test example (static, M = 5)."""
+    from adaptrec_prompts.data.render import load_template
+    from adaptrec_prompts.programs.chat_adapters import eval_adapter
+    from adaptrec_prompts.programs.recommender import NextItemRecommender
+
+    row = with_fake_neighbors(ml100k["test"][0], ml100k["train"])
+    rec, adapter = NextItemRecommender(load_template("movies")), eval_adapter()
+    inputs = rec.inputs(row["history_titles"], row["candidate_titles"],
+                        list(zip(row["neighbor_history_titles"][:5], row["neighbor_next_titles"][:5])))
+    messages = adapter.format(rec.recommend.signature, demos=[], inputs=inputs)
+    completions = [adapter.format_assistant_message_content(rec.recommend.signature, {"answer": rec.answer_text(i, t)})
+                   for i, t in enumerate(row["candidate_titles"], start=1)]
+    return messages, completions

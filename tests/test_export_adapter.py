@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from adaptrec_prompts.errors import ConfigError, OutputExistsError
-from tests.conftest import with_fake_neighbors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,20 +55,11 @@ def test_the_copy_is_fp16_with_the_record_and_without_pickles(trained_like, tiny
     assert "base_model_architecture" not in json.loads((trained_like / "adaptrec_manifest.json").read_text())
 
 
-def test_the_fp16_copy_ranks_like_the_original(trained_like, tiny_model, ml100k, tmp_path):
+def test_the_fp16_copy_ranks_like_the_original(trained_like, tiny_model, stage3, tmp_path):
     from adaptrec_prompts.backends.hf import HFEngine
     from adaptrec_prompts.backends.lora import export_adapter
-    from adaptrec_prompts.programs.chat_adapters import eval_adapter
-    from adaptrec_prompts.programs.recommender import NextItemRecommender
-    from adaptrec_prompts.data.render import load_template
 
-    row = with_fake_neighbors(ml100k["test"][0], ml100k["train"])
-    rec, adapter = NextItemRecommender(load_template("movies")), eval_adapter()
-    inputs = rec.inputs(row["history_titles"], row["candidate_titles"],
-                        list(zip(row["neighbor_history_titles"][:5], row["neighbor_next_titles"][:5])))
-    messages = adapter.format(rec.recommend.signature, demos=[], inputs=inputs)
-    completions = [adapter.format_assistant_message_content(rec.recommend.signature, {"answer": rec.answer_text(i, t)})
-                   for i, t in enumerate(row["candidate_titles"], start=1)]
+    messages, completions = stage3
     shipped = export_adapter(trained_like, tmp_path / "shipped")
     plain = np.array(HFEngine.load(tiny_model).score(messages, completions))
     fp32 = np.array(HFEngine.load(tiny_model, adapter=trained_like).score(messages, completions))

@@ -9,7 +9,6 @@ from adaptrec_prompts.data.render import load_template
 from adaptrec_prompts.errors import ConfigError
 from adaptrec_prompts.programs.adaptrec import AdaptRec, example_inputs
 from adaptrec_prompts.programs.chat_adapters import eval_adapter
-from adaptrec_prompts.programs.recommender import NextItemRecommender
 from conftest import with_fake_neighbors
 
 MOVIES = load_template("movies")
@@ -18,19 +17,6 @@ MOVIES = load_template("movies")
 @pytest.fixture(scope="module")
 def engine(tiny_model):
     return HFEngine.load(tiny_model, max_new_tokens=12)
-
-
-@pytest.fixture(scope="module")
-def stage3(ml100k):
-    """The Stage-3 messages and the K answer completions for one real ML-100K test example."""
-    row = with_fake_neighbors(ml100k["test"][0], ml100k["train"])
-    rec, adapter = NextItemRecommender(MOVIES), eval_adapter()
-    inputs = rec.inputs(row["history_titles"], row["candidate_titles"],
-                        list(zip(row["neighbor_history_titles"][:5], row["neighbor_next_titles"][:5])))
-    messages = adapter.format(rec.recommend.signature, demos=[], inputs=inputs)
-    completions = [adapter.format_assistant_message_content(rec.recommend.signature, {"answer": rec.answer_text(i, t)})
-                   for i, t in enumerate(row["candidate_titles"], start=1)]
-    return messages, completions
 
 
 @pytest.mark.parametrize("prompt_format", ["chat", "plain"])

@@ -154,12 +154,12 @@ def export_adapter(adapter: str | Path, out: str | Path, *, dtype: str = "float1
         ConfigError: `adapter` is not an adapter folder, or `dtype` is not one of the three.
         OutputExistsError: `out` exists and `overwrite` is False.
     """
-    import hashlib
     import shutil
 
     import torch
     from safetensors.torch import load_file, save_file
 
+    from adaptrec_prompts.data._io import sha256_file
     from adaptrec_prompts.errors import OutputExistsError
 
     dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -186,9 +186,9 @@ def export_adapter(adapter: str | Path, out: str | Path, *, dtype: str = "float1
         if recorded is not None:
             if recorded.get("base_model_architecture") is None and recorded.get("base_model"):
                 recorded["base_model_architecture"] = architecture(recorded["base_model"])
-            digest = lambda f: hashlib.sha256(f.read_bytes()).hexdigest()  # noqa: E731
-            recorded["exported"] = {"from": str(src), "dtype": dtype, "source_weights_sha256": digest(src / WEIGHTS),
-                                    "weights_sha256": digest(staging / WEIGHTS)}
+            recorded["exported"] = {"from": str(src), "dtype": dtype,
+                                    "source_weights_sha256": sha256_file(src / WEIGHTS),
+                                    "weights_sha256": sha256_file(staging / WEIGHTS)}
             (staging / MANIFEST).write_text(json.dumps(recorded, indent=2) + "\n", encoding="utf-8")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # nothing half-written is left behind

@@ -373,15 +373,7 @@ def number_type(low=None, high=None, *, integer: bool = True, above: bool = Fals
     return parse
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a 0 or negative count would select no example)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+positive_int = number_type(1)  # argparse type: a whole number >= 1 (a 0 or negative count selects no example)
 
 
 def non_negative_int(text: str) -> int:

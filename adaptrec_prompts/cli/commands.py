@@ -385,8 +385,8 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     print(f"\ntotal {time.perf_counter() - started:.0f} s. Full test set: --limit 95; paired test: adaptrec compare "
           f"{zero_shot} {static}")
     if adapters:
-        tuned = {adapter_program(a)["selection"]: results[tuned_run_name(args.lm, adapter_program(a)["selection"])].path
-                 for a in adapters}
+        selections = [adapter_program(a)["selection"] for a in adapters]
+        tuned = {s: results[tuned_run_name(args.lm, s)].path for s in selections}
         pair = f"\n  paired: adaptrec compare {tuned['none']} {tuned['static']}" if {"none", "static"} <= set(tuned) else ""
         print("Tuned rows (the paper's main setting, fine-tuned with vs without demonstrations):\n  "
               + "\n  ".join(describe_adapters(adapters)) + pair)

@@ -15,11 +15,11 @@ rerunning reuses the data, the neighbours and every finished example.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from adaptrec_prompts.backends.lora import MANIFEST, manifest, trained_settings
 from adaptrec_prompts.errors import ConfigError
 from adaptrec_prompts.evaluation.report import position_cell
 from adaptrec_prompts.evaluation.results import Results, format_results
@@ -42,14 +42,12 @@ def shipped_adapters(lm: str) -> list[Path]:
 
 def adapter_program(adapter: str | Path) -> dict:
     """The selection, M and demo_items an adapter was trained with (its adaptrec_manifest.json's program)."""
-    file = Path(adapter) / "adaptrec_manifest.json"
-    try:
-        program = json.loads(file.read_text(encoding="utf-8"))["program"]
-        return {"selection": program.get("selection", "none"), "m": program.get("m_select") or 5,
-                "demo_items": program.get("demo_items")}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"adapters: {file} is missing or has no program record ({type(exc).__name__}: {exc}); "
-                          "pass adapter folders written by `adaptrec sft-experiment` or finetune/sft.py") from None
+    program = (manifest(adapter) or {}).get("program")
+    if not isinstance(program, dict):
+        raise ConfigError(f"adapters: {Path(adapter) / MANIFEST} is missing or has no program record; pass adapter "
+                          "folders written by `adaptrec sft-experiment` or finetune/sft.py")
+    return {"selection": program.get("selection", "none"), "m": program.get("m_select") or 5,
+            "demo_items": program.get("demo_items")}
 
 
 def tuned_run_name(lm: str, selection: str) -> str:
@@ -83,7 +81,6 @@ def main_job(out: str | Path = "artifacts/main", *, raw_dir: str | Path | None =
             first adapter that shows demonstrations (else M = `m`, whole histories, as the untuned static row).
     """
     from adaptrec_prompts.backends.api import is_local
-    from adaptrec_prompts.backends.lora import trained_settings
     from adaptrec_prompts.data.prepare import load_manifest, prepare_dataset
     from adaptrec_prompts.retrieval.index import UserIndex
     from adaptrec_prompts.retrieval.neighbors import add_neighbors
@@ -190,7 +187,7 @@ def describe_adapters(adapters: Sequence[str | Path]) -> list[str]:
     """One line per adapter: its folder and how it was trained (adaptrec_manifest.json), for the job's output."""
     lines = []
     for adapter in adapters:
-        recorded = json.loads((Path(adapter) / "adaptrec_manifest.json").read_text(encoding="utf-8"))
+        recorded = manifest(adapter) or {}
         program, config = recorded.get("program") or {}, recorded.get("config") or {}
         script, model = config.get("script") or {}, config.get("model") or {}
         lines.append(f"{adapter}: LoRA r={model.get('lora_r', '?')} on {Path(recorded.get('base_model') or '?').name}, "
